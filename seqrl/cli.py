@@ -1,0 +1,159 @@
+"""`seqrl finetune | validate | evaluate | generate`.
+
+User errors (bad recipe, missing file, unloadable model) print one line and exit with code 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from seqrl.errors import SeqrlError
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set optim.lr=1e-4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqrl", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("finetune", help="train with the recipe (cross-entropy, then its schedule)")
+    _add_recipe_args(p)
+
+    p = sub.add_parser("validate", help="load and check the recipe, data and model; print the resolved recipe")
+    _add_recipe_args(p)
+
+    p = sub.add_parser("evaluate", help="decode a split with a trained model and print corpus metrics")
+    _add_recipe_args(p)
+    p.add_argument("--model", help="model directory (default: RUN.output_dir/final)")
+    p.add_argument("--split", help="split to decode (default: data.test_split)")
+    p.add_argument("--num-beams", type=int, help="override eval.num_beams")
+    p.add_argument("--max-examples", type=int, help="decode only the first N examples")
+    p.add_argument("--output", help="predictions file (jsonl: source, reference, hypothesis)")
+
+    p = sub.add_parser("generate", help="translate/summarize lines of text with a trained model")
+    p.add_argument("model", help="model directory (e.g. RUN/final) or hub name")
+    p.add_argument("--input", default="-", help="file with one source per line (default: stdin)")
+    p.add_argument("--output", default="-", help="file for one output per line (default: stdout)")
+    p.add_argument("--num-beams", type=int, default=1, help="1 = greedy")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except SeqrlError as err:
+        if args.debug:
+            raise
+        print(f"seqrl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"seqrl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    # accelerate warns on every save that tied embeddings are stored once: expected, not news.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from seqrl.config import load_recipe
+    from seqrl.train import finetune
+
+    final = finetune(load_recipe(args.recipe, args.overrides))
+    print(f"done: model in {final}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from seqrl.config import dump_recipe, load_recipe
+    from seqrl.validate import validate
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    for line in validate(cfg):
+        print(line)
+    print("# resolved recipe")
+    print(dump_recipe(cfg), end="")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+
+    from seqrl import data, modeling
+    from seqrl.config import load_recipe
+    from seqrl.evaluate import evaluate_split
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    model_dir = Path(args.model or Path(cfg.run.output_dir) / "final")
+    split = args.split or cfg.data.test_split or cfg.data.eval_split
+    if args.num_beams is not None:
+        cfg.eval.num_beams = args.num_beams
+    text_model = modeling.load_saved(model_dir)
+    accelerator = Accelerator(cpu=cfg.run.cpu)
+    tokenized, _ = data.tokenize(data.load_raw(cfg.data, [split]), text_model, cfg.data)
+    model = text_model.model.to(accelerator.device)
+    scores = evaluate_split(text_model, model, tokenized[split], accelerator, cfg.data, cfg.eval,
+                            max_examples=args.max_examples,
+                            predictions_path=Path(args.output) if args.output else None,
+                            progress=cfg.log.progress_bar)
+    if accelerator.is_main_process:
+        print(json.dumps({"model": str(model_dir), "split": split, "num_beams": cfg.eval.num_beams,
+                          **{k: round(v, 4) for k, v in scores.items()}}))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from seqrl import modeling
+    from seqrl.data import truncate
+    from seqrl.evaluate import decode
+
+    if args.num_beams < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+        raise SeqrlError("--num-beams, --max-new-tokens and --batch-size must be >= 1")
+    if args.input != "-" and not Path(args.input).is_file():
+        raise SeqrlError(f"--input file not found: {args.input}")
+    text_model = modeling.load_saved(args.model)
+    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    with source:
+        lines = [line.rstrip("\n") for line in source]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = text_model.model.to(device)
+    source_ids = text_model.encode_sources(lines)
+    if text_model.max_source_tokens:  # cut as in training, so positions stay within what it learned
+        source_ids, _ = truncate(source_ids, text_model.max_source_tokens)
+    outputs = decode(text_model, model, source_ids, batch_size=args.batch_size,
+                     num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+    text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+    return 0
+
+
+COMMANDS = {"finetune": cmd_finetune, "validate": cmd_validate, "evaluate": cmd_evaluate,
+            "generate": cmd_generate}

@@ -1,0 +1,524 @@
+"""The recipe schema: typed dataclass sections, one docstring per field, defaults here only.
+
+`load_recipe(path, overrides)` turns YAML into a `RecipeConfig`. It is strict on purpose:
+an unknown key is an error with a "did you mean" hint, a value of the wrong type or out of
+range names the field by its dotted path (`optim.lr`), and nothing is silently dropped.
+Derived values are computed in one place, `RecipeConfig.check`, right after loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from seqrl.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str | None = None
+    """Hub name or local directory for `from_pretrained`; leave empty to build from `architecture`."""
+    architecture: str | None = None
+    """transformers model type to build from a config (`bart`, `marian`, `t5`, `gpt2`, ...)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the architecture's config class (`d_model`, `encoder_layers`, ...)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the weights are loaded in (mixed precision is `run.mixed_precision`)."""
+
+
+@dataclass
+class TokenizerConfig:
+    name_or_path: str | None = None
+    """Hub name or directory of a pretrained tokenizer; empty = the model's, or train one."""
+    algorithm: Literal["bpe", "unigram"] = "bpe"
+    """Algorithm of a tokenizer trained on the training texts (source and target together)."""
+    vocab_size: int = 8000
+    """Vocabulary size of a trained tokenizer, special tokens included."""
+    min_frequency: int = 2
+    """A pair or piece must occur this often in the training texts to enter a trained vocabulary."""
+    lowercase: bool = False
+    """Lowercase (and NFKC-normalise) text before a trained tokenizer sees it."""
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None
+    """A directory of `{split}.jsonl|json|csv|parquet[.gz]` files, a `save_to_disk` directory, or a hub dataset name."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Split name -> file, instead of `path` (for files named otherwise)."""
+    hub_config: str | None = None
+    """Configuration name of a hub dataset (`load_dataset(path, hub_config)`)."""
+    source_field: str = "source"
+    """Column holding the model input."""
+    target_field: str = "target"
+    """Column holding the reference output."""
+    source_prefix: str = ""
+    """Text put before every source (e.g. T5's `translate English to Spanish: `)."""
+    train_split: str = "train"
+    """Split trained on."""
+    eval_split: str = "validation"
+    """Split evaluated during training."""
+    test_split: str | None = "test"
+    """Split evaluated once after training; empty to skip."""
+    max_source_tokens: int = 128
+    """Sources are cut to this many tokens; the cut is counted and reported."""
+    max_target_tokens: int = 128
+    """Targets are cut to this many tokens (end-of-sequence included); counted and reported."""
+    max_train_examples: int | None = None
+    """Use only the first N training examples (for quick trials and tests)."""
+    empty_targets: Literal["skip", "error"] = "skip"
+    """What to do with empty or whitespace-only targets: skip them (counted and reported) or stop."""
+
+
+@dataclass
+class XentConfig:
+    batch_size: int = 32
+    """Examples per process per micro-batch in the cross-entropy (teacher-forcing) stage."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy loss (0 = none)."""
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["xent", "mixer", "alternate", "constant"] = "mixer"
+    """`xent` = cross-entropy only; `mixer` = Δ-annealed suffix sampling (Ranzato et al. 2016);
+    `alternate` = whole XENT or REINFORCE batches, REINFORCE share annealed 0 -> 1;
+    `constant` = w * XENT + (1 - w) * REINFORCE every step. See seqrl/schedule.py."""
+    xent_steps: int | None = None
+    """Optimizer steps of the pure cross-entropy stage (0 = start sequence-level training at once)."""
+    xent_epochs: float | None = None
+    """The same in epochs of the training split (exclusive with `xent_steps`)."""
+    stage_steps: int | None = None
+    """mixer: optimizer steps of each stage (each stage samples `delta` more target tokens)."""
+    stage_epochs: float | None = None
+    """mixer: the same in epochs (exclusive with `stage_steps`)."""
+    delta: int = 2
+    """mixer: tokens added to the sampled suffix at each stage (the paper's Δ)."""
+    xent_weight: float = 0.5
+    """mixer/constant: w in w * XENT + (1 - w) * REINFORCE after the pure XENT stage."""
+    rl_steps: int | None = None
+    """alternate/constant: optimizer steps after the XENT stage."""
+    rl_epochs: float | None = None
+    """alternate/constant: the same in epochs (exclusive with `rl_steps`)."""
+    anneal_steps: int | None = None
+    """alternate: steps over which the REINFORCE share of batches rises from 0 to 1 (empty = all `rl_steps`)."""
+
+
+@dataclass
+class ReinforceConfig:
+    baseline: Literal["none", "mean", "ema", "loo", "greedy", "learned"] = "loo"
+    """Control variate b in -(R - b) log p: `loo` leave-one-out over the k samples of a source,
+    `greedy` reward of the greedy decode (self-critical), `mean` batch mean, `ema` running mean,
+    `learned` MIXER's per-position linear regressor on the detached decoder state, `none`."""
+    num_samples: int = 4
+    """Samples per source (k); `loo` needs at least 2."""
+    temperature: float = 1.0
+    """Sampling temperature (1 = the model's distribution, which REINFORCE's gradient assumes)."""
+    top_k: int = 0
+    """Sample among the k most likely tokens only (0 = all)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1 = all)."""
+    normalize_advantages: bool = False
+    """Divide advantages by their batch standard deviation (after subtracting the mean)."""
+    ema_decay: float = 0.9
+    """`ema` baseline: b <- decay * b + (1 - decay) * mean reward of the batch."""
+    baseline_lr_scale: float = 0.01
+    """`learned` baseline: its learning rate is this times `optim.lr` (MIXER: 0.01)."""
+    kl_coef: float = 0.0
+    """Weight of a KL penalty to a frozen copy of the model taken when sequence-level training starts."""
+
+
+@dataclass
+class RewardConfig:
+    name: str = ""
+    """A built-in reward (`bleu`, `chrf`, `ter`, `rouge1`, `rouge2`, `rougeL`) or `package.module:function`."""
+    weight: float = 1.0
+    """Weight in the summed reward."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to the reward function on every call."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 200
+    """Linear warm-up from 0 to `lr` over this many optimizer steps."""
+    decay: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate shape after warm-up, down to 0 at the last step (`constant` stays at `lr`)."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated into one optimizer step."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this; empty = no clipping."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 500
+    """Evaluate on `data.eval_split` every this many optimizer steps (0 = only at the end)."""
+    max_examples: int | None = 500
+    """Evaluate on the first N examples of the split during training (empty = all)."""
+    batch_size: int = 64
+    """Sources per decoding batch."""
+    num_beams: int = 1
+    """1 = greedy decoding, more = beam search."""
+    max_new_tokens: int = 128
+    """Longest output decoded."""
+    metrics: list[Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL"]] = field(
+        default_factory=lambda: ["bleu", "chrf", "rougeL"]
+    )
+    """Corpus metrics reported as `eval/<name>` (sacrebleu BLEU and chrF, rouge-score ROUGE F)."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    """Where metrics, checkpoints, predictions and `final/` go."""
+    seed: int = 0
+    """Seed of every random number generator (data order, initialisation, dropout)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps, whatever else the recipe says."""
+    save_every: int = 0
+    """Write a checkpoint every this many optimizer steps (0 = none during training)."""
+    keep_checkpoints: int = 2
+    """Keep only the newest N checkpoints."""
+    overwrite: bool = False
+    """Allow an `output_dir` that already holds a run (its files are replaced)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """accelerate mixed precision."""
+    cpu: bool = False
+    """Run on the CPU even when an accelerator is present."""
+
+
+@dataclass
+class LogConfig:
+    every: int = 25
+    """Write training metrics every this many optimizer steps."""
+    trackers: list[str] = field(default_factory=list)
+    """accelerate trackers to send metrics to (`tensorboard`, `wandb`, ...); must be installed."""
+    project: str = "seqrl"
+    """Project/run-group name given to the trackers."""
+    progress_bar: bool = True
+    """Show progress bars for training and decoding."""
+
+
+@dataclass
+class RecipeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to fine-tune."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Its tokenizer."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the examples come from and how they are cut."""
+    xent: XentConfig = field(default_factory=XentConfig)
+    """The cross-entropy (teacher-forcing) stage."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Which stages run, and for how long."""
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
+    """The REINFORCE estimator of the sequence-level stages."""
+    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig(name="bleu")])
+    """Sequence-level rewards, summed with their weights."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and learning-rate schedule."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Periodic and final evaluation."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Output, seed, limits and checkpoints."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Metrics logging."""
+
+    def check(self) -> None:
+        """Cross-field and range checks; each error names the dotted field."""
+        _positive(self, "tokenizer.vocab_size", "tokenizer.min_frequency", "data.max_source_tokens",
+                  "data.max_target_tokens", "xent.batch_size", "optim.lr", "optim.grad_accum_steps",
+                  "eval.batch_size", "eval.num_beams", "eval.max_new_tokens", "log.every",
+                  "run.keep_checkpoints", "schedule.delta", "reinforce.num_samples",
+                  "reinforce.temperature", "reinforce.baseline_lr_scale")
+        _non_negative(self, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every",
+                      "run.save_every", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
+                      "reinforce.kl_coef")
+        _positive_or_none(self, "data.max_train_examples", "eval.max_examples", "run.max_steps",
+                          "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs",
+                          "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
+        _in_unit_interval(self, "xent.label_smoothing", "schedule.xent_weight", "reinforce.ema_decay")
+        if not all(0.0 <= b < 1.0 for b in self.optim.betas):
+            raise ConfigError(f"optim.betas must both be in [0, 1), got {list(self.optim.betas)}")
+        if not 0.0 < self.reinforce.top_p <= 1.0:
+            raise ConfigError(f"reinforce.top_p must be in (0, 1], got {self.reinforce.top_p}")
+        _exactly_one(self, "model.name_or_path", "model.architecture")
+        _exactly_one(self, "data.path", "data.files")
+        _exactly_one(self, "schedule.xent_steps", "schedule.xent_epochs")
+        if self.model.config and self.model.name_or_path is not None:
+            raise ConfigError("model.config only applies with model.architecture; "
+                              "remove it or drop model.name_or_path")
+        if self.data.source_field == self.data.target_field:
+            raise ConfigError(f"data.source_field and data.target_field are both "
+                              f"'{self.data.source_field}'; they must name different columns")
+        self._check_schedule()
+        self._check_reinforce()
+
+    def _check_schedule(self) -> None:
+        sched, kind = self.schedule, self.schedule.kind
+        needs = {"mixer": ("stage_steps", "stage_epochs"), "alternate": ("rl_steps", "rl_epochs"),
+                 "constant": ("rl_steps", "rl_epochs")}
+        for pair in {("stage_steps", "stage_epochs"), ("rl_steps", "rl_epochs")}:
+            given = [f"schedule.{n}" for n in pair if getattr(sched, n) is not None]
+            if pair == needs.get(kind):
+                _exactly_one(self, *(f"schedule.{n}" for n in pair), why=f"(schedule.kind: {kind})")
+            elif given:
+                raise ConfigError(f"{given[0]} does not apply to schedule.kind: {kind}; remove it")
+        if sched.anneal_steps is not None and kind != "alternate":
+            raise ConfigError(f"schedule.anneal_steps only applies to schedule.kind: alternate; remove it")
+        if kind == "alternate" and sched.anneal_steps is None:
+            if sched.rl_steps is None:
+                raise ConfigError("schedule.anneal_steps is required with schedule.rl_epochs")
+            sched.anneal_steps = sched.rl_steps  # derived default: anneal over the whole RL phase
+        if kind in ("mixer", "constant") and sched.xent_weight >= 1.0:
+            raise ConfigError(f"schedule.xent_weight {sched.xent_weight} leaves no weight on REINFORCE; "
+                              f"use schedule.kind: xent for cross-entropy only")
+
+    def _check_reinforce(self) -> None:
+        rl = self.reinforce
+        if rl.baseline == "loo" and rl.num_samples < 2:
+            raise ConfigError("reinforce.baseline: loo needs reinforce.num_samples >= 2 "
+                              f"(got {rl.num_samples}); use another baseline or more samples")
+        if self.schedule.kind != "xent" and not self.rewards:
+            raise ConfigError(f"rewards is empty; schedule.kind: {self.schedule.kind} needs at least one")
+        for i, reward in enumerate(self.rewards):
+            if not reward.name.strip():
+                raise ConfigError(f"rewards[{i}].name is empty; name a built-in reward or package.module:function")
+        names = [r.name for r in self.rewards]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"rewards: '{dupes[0]}' is listed twice; give it one entry with the summed weight")
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RecipeConfig)}
+
+
+def _get(cfg: RecipeConfig, dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _exactly_one(cfg: RecipeConfig, first: str, second: str, why: str = "") -> None:
+    a, b = _get(cfg, first), _get(cfg, second)
+    if (a is None or a == {} or a == []) == (b is None or b == {} or b == []):
+        raise ConfigError(f"set exactly one of {first} or {second}{' ' + why if why else ''}")
+
+
+def _in_unit_interval(cfg: RecipeConfig, *names: str) -> None:
+    for name in names:
+        if not 0.0 <= _get(cfg, name) < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {_get(cfg, name)}")
+
+
+def _positive(cfg: RecipeConfig, *names: str) -> None:
+    for name in names:
+        if _get(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {_get(cfg, name)}")
+
+
+def _positive_or_none(cfg: RecipeConfig, *names: str) -> None:
+    for name in names:
+        if _get(cfg, name) is not None and _get(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be > 0 (or empty), got {_get(cfg, name)}")
+
+
+def _non_negative(cfg: RecipeConfig, *names: str) -> None:
+    for name in names:
+        if _get(cfg, name) is not None and _get(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {_get(cfg, name)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML -> dataclasses, strictly.
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader reading `1e-4` as a float, as YAML 1.2 does (PyYAML's 1.1 rules want `1.0e-4`),
+    and refusing a key given twice (PyYAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key '{key}' appears twice (line {key_node.start_mark.line + 1}); "
+                                  f"keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which
+# turned `mixed_precision: no` into False.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_FLOAT_12 = re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*(?:[eE][-+]?\d+)?$"
+                       r"|^[-+]?\.\d+(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string that `_Loader` would read as a float, so dumps load back unchanged."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
+    """Read a YAML recipe, apply `a.b=value` overrides, and return the checked config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        raw = _parse_yaml(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> RecipeConfig:
+    cfg = _build(RecipeConfig, raw, prefix="")
+    cfg.check()
+    return cfg
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b=value` in a raw recipe dict; the value is parsed as YAML (`1e-4`, `[a, b]`, `null`)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value (like optim.lr=1e-4), got '{item}'")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        if node.get(part) is None:  # absent, or an empty section in the YAML
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+    try:
+        node[parts[-1]] = _parse_yaml(value) if value.strip() else None
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (tuples become lists), for YAML dumps and trackers."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def dump_recipe(cfg: RecipeConfig) -> str:
+    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "recipe"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            guess = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{guess[0]}'?" if guess else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
+    values = {}
+    for name in names:
+        if name in raw:
+            hint = hints[name]
+            if dataclasses.is_dataclass(hint):
+                values[name] = _build(hint, raw[name] if raw[name] is not None else {}, f"{prefix}{name}.")
+            else:
+                values[name] = _coerce(raw[name], hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check `value` against the type hint; return it (ints widen to floats, lists to tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, name)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            guess = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            tip = f"; did you mean '{guess[0]}'?" if guess else ""
+            raise ConfigError(f"{name} must be one of {choices}, got {value!r}{tip}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, got {_describe(value)}")
+        return [_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{name} must be a list of {len(args)} values, got {_describe(value)}")
+        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {_describe(value)}")
+        return {_coerce(k, args[0], name): _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{name}.")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool) or not isinstance(value, hint) \
+            or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {_type_name(hint)}, got {_describe(value)}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{text if len(text) < 40 else text[:37] + '...'} ({type(value).__name__})"

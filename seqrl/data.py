@@ -1,0 +1,171 @@
+"""Load examples with `datasets`, check them, and tokenize them.
+
+Raw source and reference strings are kept next to the token ids (rewards and corpus metrics
+score text, not ids), and every other column is kept as well: custom rewards receive them.
+Nothing is dropped or cut silently: empty targets and truncations are counted and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from seqrl.config import DataConfig
+from seqrl.errors import DataError
+from seqrl.modeling import TextModel
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+COMPRESSIONS = ("", ".gz", ".bz2", ".xz", ".zst")
+
+
+@dataclass
+class DataReport:
+    """What loading and tokenizing did to one split, for the log and for tests."""
+
+    split: str
+    loaded: int
+    empty_targets: int = 0
+    truncated_sources: int = 0
+    truncated_targets: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"data[{self.split}]: {self.loaded - self.empty_targets} examples used of {self.loaded}; "
+                f"{self.empty_targets} empty targets skipped; {self.truncated_sources} sources and "
+                f"{self.truncated_targets} targets cut to the length limit")
+
+
+def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
+    """Load the named splits as text columns; check the source and target fields exist."""
+    datasets.disable_progress_bars()
+    if cfg.files:
+        raw = _load_files({s: cfg.files[s] for s in splits if s in cfg.files}, "data.files")
+    elif Path(cfg.path).is_dir():
+        raw = _load_dir(Path(cfg.path), splits)
+    elif Path(cfg.path).is_file():
+        raise DataError(f"data.path '{cfg.path}' is a file; name one file per split in data.files "
+                        f"(e.g. data.files: {{train: {cfg.path}}})")
+    else:
+        raw = _load_hub(cfg)
+    missing = [s for s in splits if s not in raw]
+    if missing:
+        raise DataError(f"split(s) {missing} not found in {cfg.path or 'data.files'}; "
+                        f"available: {sorted(raw)}")
+    raw = DatasetDict({s: raw[s] for s in splits})
+    for split, ds in raw.items():
+        for role, name in (("source_field", cfg.source_field), ("target_field", cfg.target_field)):
+            if name not in ds.column_names:
+                raise DataError(f"data.{role} '{name}' is not a column of split '{split}'; "
+                                f"columns are {ds.column_names}")
+        if len(ds) == 0:
+            raise DataError(f"split '{split}' of {cfg.path or 'data.files'} is empty")
+    if cfg.max_train_examples and cfg.train_split in raw:
+        train = raw[cfg.train_split]
+        raw[cfg.train_split] = train.select(range(min(cfg.max_train_examples, len(train))))
+    return raw
+
+
+def _load_dir(path: Path, splits: list[str]) -> DatasetDict:
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as err:  # corrupt metadata, unreadable arrow files: many types
+            raise DataError(f"data.path '{path}' looks like a save_to_disk directory but cannot be read: "
+                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+        return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+    files = {}
+    for split in splits:
+        found = [path / f"{split}{ext}{comp}" for ext in FORMATS for comp in COMPRESSIONS
+                 if (path / f"{split}{ext}{comp}").is_file()]
+        if not found:
+            raise DataError(f"data.path '{path}' has no file for split '{split}' "
+                            f"(looked for {split}.jsonl/.json/.csv/.parquet, optionally .gz)")
+        files[split] = str(found[0])
+    return _load_files(files, "data.path")
+
+
+def _load_files(files: dict[str, str], where: str) -> DatasetDict:
+    by_format: dict[str, dict[str, str]] = {}
+    for split, name in files.items():
+        if not Path(name).is_file():
+            raise DataError(f"{where}: file for split '{split}' not found: {name}")
+        suffixes = [s for s in Path(name).suffixes if s not in COMPRESSIONS]
+        fmt = FORMATS.get(suffixes[-1] if suffixes else "")
+        if fmt is None:
+            raise DataError(f"{where}: cannot tell the format of {name}; use .jsonl, .json, .csv or .parquet")
+        by_format.setdefault(fmt, {})[split] = name
+    for split, name in files.items():
+        if _is_empty_file(Path(name)):
+            raise DataError(f"{where}: split '{split}' is empty ({name} holds no rows)")
+    out = DatasetDict()
+    for fmt, group in by_format.items():
+        try:
+            out.update(datasets.load_dataset(fmt, data_files=group))
+        except Exception as err:  # datasets raises many types for malformed files
+            raise DataError(f"{where}: could not read {sorted(group.values())} as {fmt}: "
+                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    return out
+
+
+def _is_empty_file(path: Path) -> bool:
+    """No rows: an empty or blank text file, a CSV with only a header, a parquet with 0 rows."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    if path.suffix in COMPRESSIONS[1:]:
+        return False  # compressed files are read by datasets; its own error stands
+    with path.open("rb") as f:
+        lines = [line for line in f.read(1 << 16).splitlines() if line.strip()]
+    return not lines or (path.suffix == ".csv" and len(lines) == 1 and path.stat().st_size < (1 << 16))
+
+
+def _load_hub(cfg: DataConfig) -> DatasetDict:
+    try:
+        return datasets.load_dataset(cfg.path, cfg.hub_config)
+    except Exception as err:  # offline, unknown name, gated: all end here
+        raise DataError(f"data.path '{cfg.path}' is neither a local file/directory nor a loadable hub "
+                        f"dataset: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig) -> tuple[DatasetDict, list[DataReport]]:
+    """Add `source_ids`/`target_ids`; skip (or reject) empty targets; cut and count over-long ones."""
+    out, reports = DatasetDict(), []
+    for split, ds in raw.items():
+        report = DataReport(split, len(ds))
+        targets = list(ds[cfg.target_field])
+        keep = [i for i, t in enumerate(targets) if isinstance(t, str) and t.strip()]
+        report.empty_targets = len(ds) - len(keep)
+        if report.empty_targets and cfg.empty_targets == "error":
+            first = next(i for i, t in enumerate(targets) if not (isinstance(t, str) and t.strip()))
+            raise DataError(f"split '{split}': {report.empty_targets} empty or missing targets in "
+                            f"'{cfg.target_field}' (first at row {first}); fix the data or set "
+                            f"data.empty_targets: skip")
+        if len(keep) < len(ds):
+            ds = ds.select(keep)
+        if len(ds) == 0:
+            raise DataError(f"split '{split}' has no example with a non-empty '{cfg.target_field}'")
+        sources = [s if isinstance(s, str) else "" for s in list(ds[cfg.source_field])]
+        src_ids = text_model.encode_sources(sources)
+        tgt_ids = text_model.encode_targets(list(ds[cfg.target_field]))
+        src_ids, report.truncated_sources = truncate(src_ids, cfg.max_source_tokens)
+        tgt_ids, report.truncated_targets = truncate(tgt_ids, cfg.max_target_tokens)
+        out[split] = ds.add_column("source_ids", src_ids).add_column("target_ids", tgt_ids)
+        reports.append(report)
+    return out, reports
+
+
+def truncate(rows: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
+    """Cut to `limit` ids keeping the last one (the end-of-sequence token)."""
+    cut = 0
+    for i, row in enumerate(rows):
+        if len(row) > limit:
+            rows[i] = row[: limit - 1] + row[-1:]
+            cut += 1
+    return rows, cut

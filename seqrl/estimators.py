@@ -1,0 +1,63 @@
+"""Pure tensor functions for the losses (no model, no config): unit-tested with hand-computed numbers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from seqrl.modeling import IGNORE_INDEX
+
+
+def masked_xent(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the positions whose label is not IGNORE_INDEX.
+
+    logits (B, T, V), labels (B, T). Returns (mean loss, number of scored tokens). Computed in
+    float32 whatever the logits' dtype, so bf16 runs do not lose the loss to rounding.
+    """
+    n_tokens = (labels != IGNORE_INDEX).sum()
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           label_smoothing=label_smoothing, reduction="sum")
+    return loss / n_tokens.clamp(min=1), n_tokens
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(tokens[b, t] | ...) from logits (B, T, V), in float32; tokens may hold IGNORE_INDEX."""
+    safe = tokens.clamp(min=0)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where mask is true (0 when the mask is empty)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def reinforce_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """The REINFORCE surrogate: -(1/N) sum_i sum_t A_i(t) log p(y_it), over sampled positions.
+
+    logprobs (N, T) of the sampled tokens, mask (N, T) true on sampled positions, advantages
+    (N,) per sequence or (N, T) per position, detached: its gradient is the score-function
+    estimate of -grad E[R] (the reward itself is never differentiated).
+    """
+    adv = advantages.detach()
+    if adv.dim() == 1:
+        adv = adv.unsqueeze(1)
+    return -(adv * logprobs * mask.to(logprobs.dtype)).sum() / logprobs.shape[0]
+
+
+def normalize(advantages: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """(A - mean) / (std + eps) over the valid entries (all of a (N,) tensor, the mask of (N, T))."""
+    if mask is None:
+        mask = torch.ones_like(advantages, dtype=torch.bool)
+    valid = advantages[mask]
+    if valid.numel() < 2:
+        return advantages - valid.mean() if valid.numel() else advantages
+    return (advantages - valid.mean()) / (valid.std() + eps)
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over sampled positions of the k3 estimate of KL(p || p_ref) on tokens drawn from p:
+    exp(r) - r - 1 with r = log p_ref - log p (non-negative, unbiased, low variance; Schulman 2020)."""
+    r = ref_logprobs.detach() - logprobs
+    return masked_mean(torch.exp(r) - r - 1.0, mask)

@@ -1,0 +1,69 @@
+"""Decode a split (greedy or beam), score it with corpus metrics, write a predictions file.
+
+Each process decodes every world_size-th example; the texts are gathered once, so rank 0
+scores the whole split exactly once, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from seqrl.config import DataConfig, EvalConfig
+from seqrl.metrics import corpus_scores
+from seqrl.modeling import TextModel
+
+
+def decode(text_model: TextModel, model: torch.nn.Module, source_ids: list[list[int]], *,
+           batch_size: int, num_beams: int, max_new_tokens: int, progress: bool = False) -> list[str]:
+    """Decode sources in length-sorted batches (less padding); return texts in input order."""
+    order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))
+    texts: list[str] = [""] * len(source_ids)
+    was_training = model.training
+    model.eval()
+    batches = range(0, len(order), batch_size)
+    for start in tqdm(batches, desc="decode", disable=not progress, leave=False):
+        idx = order[start:start + batch_size]
+        out = text_model.generate(model, [source_ids[i] for i in idx], num_beams=num_beams,
+                                  max_new_tokens=max_new_tokens)
+        for i, text in zip(idx, text_model.decode(out)):
+            texts[i] = text
+    model.train(was_training)
+    return texts
+
+
+def evaluate_split(text_model: TextModel, model: torch.nn.Module, dataset: Dataset, accelerator: Accelerator,
+                   data_cfg: DataConfig, eval_cfg: EvalConfig, *, max_examples: int | None,
+                   predictions_path: Path | None = None, progress: bool = True) -> dict[str, float]:
+    """Corpus metrics of `dataset` (first `max_examples`), on rank 0; {} on other ranks."""
+    n = len(dataset) if max_examples is None else min(max_examples, len(dataset))
+    mine = list(range(accelerator.process_index, n, accelerator.num_processes))
+    shard = dataset.select(mine)
+    texts = decode(text_model, model, list(shard["source_ids"]), batch_size=eval_cfg.batch_size,
+                   num_beams=eval_cfg.num_beams, max_new_tokens=eval_cfg.max_new_tokens,
+                   progress=progress and accelerator.is_main_process)
+    pairs = gather_object(list(zip(mine, texts)))
+    if not accelerator.is_main_process:
+        return {}
+    hyps = [text for _, text in sorted(dict(pairs).items())]
+    head = dataset.select(range(n))
+    refs, sources = list(head[data_cfg.target_field]), list(head[data_cfg.source_field])
+    scores = corpus_scores(hyps, refs, list(eval_cfg.metrics))
+    if predictions_path is not None:
+        write_predictions(predictions_path, sources, refs, hyps)
+    return scores
+
+
+def write_predictions(path: Path, sources: list[str], references: list[str], hypotheses: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for src, ref, hyp in zip(sources, references, hypotheses):
+            f.write(json.dumps({"source": src, "reference": ref, "hypothesis": hyp}, ensure_ascii=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,230 @@
+"""Build the model and tokenizer, and hide encoder-decoder vs decoder-only behind `TextModel`.
+
+Two ways in: `from_pretrained` (a hub name or a local directory, e.g. a previous run's
+`final/`), or a transformers architecture built from a config dict with a tokenizer trained on
+the training texts. `TextModel` knows the one thing that differs between the two model
+families: how a source is fed (encoder input vs prompt) and where the target's logits come from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
+from seqrl.errors import SeqrlError
+
+IGNORE_INDEX = -100
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+ADAPTER_FILE = "seqrl.json"  # written next to a saved model: how sources are fed to it
+
+
+@dataclass
+class TextModel:
+    """A model, its tokenizer, and how sources and targets become model inputs."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    is_seq2seq: bool
+    source_prefix: str = ""
+    max_source_tokens: int | None = None
+
+    # -- encoding -------------------------------------------------------------------------------
+    def encode_sources(self, texts: list[str]) -> list[list[int]]:
+        """Source ids (prefix added), uncut: `data.truncate` cuts and counts."""
+        return self.tokenizer([self.source_prefix + t for t in texts])["input_ids"]
+
+    def encode_targets(self, texts: list[str]) -> list[list[int]]:
+        """Target ids ending in EOS, in the model's own convention."""
+        if self.is_seq2seq:
+            ids = self.tokenizer(text_target=texts)["input_ids"]
+            eos = self.tokenizer.eos_token_id
+            return [x if x and x[-1] == eos else x + [eos] for x in ids]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [x + [self.tokenizer.eos_token_id] for x in ids]
+
+    # -- batches --------------------------------------------------------------------------------
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        """Teacher-forcing batch: model inputs plus `labels` aligned with the returned logits."""
+        pad = self.tokenizer.pad_token_id
+        if self.is_seq2seq:
+            src = [f["source_ids"] for f in features]
+            tgt = [f["target_ids"] for f in features]
+            start = self.model.config.decoder_start_token_id
+            return {
+                "input_ids": pad_rows(src, pad),
+                "attention_mask": pad_rows([[1] * len(s) for s in src], 0),
+                "decoder_input_ids": pad_rows([[start] + t[:-1] for t in tgt], pad),
+                "labels": pad_rows(tgt, IGNORE_INDEX),
+            }
+        seqs = [f["source_ids"] + f["target_ids"] for f in features]
+        labels = [[IGNORE_INDEX] * len(f["source_ids"]) + f["target_ids"] for f in features]
+        return {
+            "input_ids": pad_rows(seqs, pad),
+            "attention_mask": pad_rows([[1] * len(s) for s in seqs], 0),
+            "labels": pad_rows(labels, IGNORE_INDEX),
+        }
+
+    def target_logits(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, V) and the labels (B, T) they predict; IGNORE_INDEX where none."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits
+        if self.is_seq2seq:
+            return logits, batch["labels"]
+        return logits[:, :-1], batch["labels"][:, 1:]  # a decoder predicts token t+1 at position t
+
+    # -- decoding -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, model: PreTrainedModel, source_ids: list[list[int]], *, num_beams: int = 1,
+                 max_new_tokens: int = 128) -> list[list[int]]:
+        """Greedy or beam decoding; returns output ids without prompt, EOS or padding."""
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        device = next(model.parameters()).device
+        # Decoder-only prompts are left-padded so every continuation starts at the same column.
+        input_ids = pad_rows(source_ids, pad, left=not self.is_seq2seq).to(device)
+        mask = pad_rows([[1] * len(s) for s in source_ids], 0, left=not self.is_seq2seq).to(device)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, num_beams=num_beams,
+                             do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                             eos_token_id=eos)
+        if not self.is_seq2seq:
+            out = out[:, input_ids.shape[1]:]
+        skip = {pad, eos, self.model.config.decoder_start_token_id if self.is_seq2seq else None}
+        result = []
+        for row in out.tolist():
+            if eos in row:
+                row = row[: row.index(eos)]
+            result.append([t for t in row if t not in skip])
+        return result
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def save(self, directory: str | Path, model: PreTrainedModel | None = None) -> None:
+        """A directory that plain transformers `from_pretrained` loads (plus seqrl.json)."""
+        directory = Path(directory)
+        (model or self.model).save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        (directory / ADAPTER_FILE).write_text(json.dumps(
+            {"source_prefix": self.source_prefix, "max_source_tokens": self.max_source_tokens}))
+
+
+def pad_rows(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    if left:
+        return torch.tensor([[value] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def build(model_cfg: ModelConfig, tok_cfg: TokenizerConfig, data_cfg: DataConfig,
+          training_texts: Iterable[str] | None = None) -> TextModel:
+    """Load or build the tokenizer and model named by the recipe."""
+    tokenizer = _load_or_train_tokenizer(model_cfg, tok_cfg, training_texts)
+    if model_cfg.name_or_path is not None:
+        model = _load_pretrained(model_cfg)
+    else:
+        model = _from_config(model_cfg, tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise SeqrlError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                         f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
+    return TextModel(model, tokenizer, bool(model.config.is_encoder_decoder), data_cfg.source_prefix,
+                     data_cfg.max_source_tokens)
+
+
+def load_saved(directory: str | Path) -> TextModel:
+    """Load a directory written by `TextModel.save` (or any transformers model directory)."""
+    directory = Path(directory)
+    if not directory.is_dir() and (str(directory).startswith((".", "/", "~")) or len(directory.parts) > 2):
+        raise SeqrlError(f"model directory not found: {directory}")
+    cfg = ModelConfig(name_or_path=str(directory))
+    tokenizer = _load_or_train_tokenizer(cfg, TokenizerConfig(), None)
+    extra = json.loads((directory / ADAPTER_FILE).read_text()) if (directory / ADAPTER_FILE).is_file() else {}
+    model = _load_pretrained(cfg)
+    return TextModel(model, tokenizer, bool(model.config.is_encoder_decoder), extra.get("source_prefix", ""),
+                     extra.get("max_source_tokens"))
+
+
+def _load_pretrained(cfg: ModelConfig) -> PreTrainedModel:
+    name = cfg.name_or_path
+    try:
+        config = AutoConfig.from_pretrained(name)
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        return auto.from_pretrained(name, dtype=getattr(torch, cfg.dtype))
+    except (OSError, ValueError) as err:
+        raise SeqrlError(f"model.name_or_path '{name}' could not be loaded (not a model directory, "
+                         f"or a hub name while offline): {str(err).splitlines()[0]}") from None
+
+
+def _from_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    ids = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+           "eos_token_id": tokenizer.eos_token_id,
+           "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id}
+    ids["decoder_start_token_id"] = ids["bos_token_id"]  # read by encoder-decoders only
+    ids["forced_eos_token_id"] = ids["eos_token_id"]  # Marian's default (0) would be our <pad>
+    try:
+        config = AutoConfig.for_model(cfg.architecture, **{**ids, **cfg.config})
+    except ValueError as err:
+        raise SeqrlError(f"model.architecture '{cfg.architecture}': {str(err).splitlines()[0]}") from None
+    except TypeError as err:
+        raise SeqrlError(f"model.config does not fit '{cfg.architecture}': {err}") from None
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    return auto.from_config(config, dtype=getattr(torch, cfg.dtype))
+
+
+def _load_or_train_tokenizer(model_cfg: ModelConfig, tok_cfg: TokenizerConfig,
+                             training_texts: Iterable[str] | None) -> PreTrainedTokenizerBase:
+    name = tok_cfg.name_or_path or model_cfg.name_or_path
+    if name is None:
+        if training_texts is None:
+            raise SeqrlError("no tokenizer: set tokenizer.name_or_path, or give training texts to train one")
+        return train_tokenizer(training_texts, tok_cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise SeqrlError(f"tokenizer '{name}' could not be loaded: {str(err).splitlines()[0]}") from None
+    if tokenizer.eos_token_id is None:
+        raise SeqrlError(f"tokenizer '{name}' has no eos_token; outputs could never end: "
+                         f"use a tokenizer with an end-of-sequence token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style tokenizers: pad positions are masked anyway
+    return tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
+    """Train a BPE or Unigram tokenizer that appends </s> to every encoded text."""
+    specials = list(SPECIAL_TOKENS.values())
+    if cfg.algorithm == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                      special_tokens=specials, show_progress=False)
+    else:
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=cfg.vocab_size, special_tokens=specials,
+                                          unk_token="<unk>", show_progress=False)
+    norms = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    tok.normalizer = normalizers.Sequence(norms)
+    # Punctuation is split off ("earth." -> "earth", ".") so words are not learnt once per mark.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(texts, trainer=trainer)
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)

@@ -1,0 +1,126 @@
+"""Shared fixtures: a tiny synthetic English->Spanish corpus, its files, and a tiny recipe.
+
+Everything is offline and small enough for a 2-core CPU: tiny models are built from a config
+and tokenizers are trained on the synthetic text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Tiny models on a shared CPU: one intra-op thread is ~100x faster than contending for cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+# A word-for-word dictionary, so every target is a deterministic function of its source.
+EN_ES = {
+    "the": "el", "a": "un", "small": "pequeño", "big": "grande", "old": "viejo", "new": "nuevo",
+    "red": "rojo", "green": "verde", "tree": "árbol", "house": "casa", "dog": "perro",
+    "cat": "gato", "man": "hombre", "book": "libro", "river": "río", "sees": "ve",
+    "eats": "come", "has": "tiene", "wants": "quiere", "reads": "lee", "and": "y",
+    "with": "con", "near": "cerca", "today": "hoy", "here": "aquí", "very": "muy",
+}
+EN_WORDS = sorted(EN_ES)
+TOPICS = ("animals", "home", "nature")
+
+# Tiny architectures (d_model/n_embd 32, one layer) that build in milliseconds on a CPU.
+_SEQ2SEQ = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+            "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+            "max_position_embeddings": 64}
+TINY_CONFIGS = {
+    "marian": dict(_SEQ2SEQ),
+    "bart": dict(_SEQ2SEQ),
+    "gpt2": {"n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 128},
+}
+
+
+def make_pairs(n: int = 200, seed: int = 1234) -> list[dict]:
+    """`n` deterministic {"en", "es", "topic"} rows, 3-8 words each."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = [rng.choice(EN_WORDS) for _ in range(rng.randint(3, 8))]
+        rows.append({"en": " ".join(words), "es": " ".join(EN_ES[w] for w in words),
+                     "topic": TOPICS[i % len(TOPICS)]})
+    return rows
+
+
+def write_jsonl(path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def build_tiny(architecture: str, texts: list[str] | None = None, seed: int = 0, **data_kw):
+    """A tiny `TextModel` of `architecture` with a 120-token BPE tokenizer trained on `texts`."""
+    from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
+    from seqrl.modeling import build
+
+    if texts is None:
+        pairs = make_pairs()[:160]
+        texts = [p["en"] for p in pairs] + [p["es"] for p in pairs]
+    torch.manual_seed(seed)
+    data_cfg = DataConfig(**{"path": "unused", "source_field": "en", "target_field": "es", **data_kw})
+    text_model = build(ModelConfig(architecture=architecture, config=dict(TINY_CONFIGS[architecture])),
+                       TokenizerConfig(vocab_size=120), data_cfg, texts)
+    text_model.model.eval()
+    return text_model
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model():
+    """`tiny_text_model("marian"|"bart"|"gpt2")`: a cached tiny TextModel; do not train it in place."""
+    cache = {}
+
+    def get(architecture: str):
+        if architecture not in cache:
+            cache[architecture] = build_tiny(architecture)
+        return cache[architecture]
+
+    return get
+
+
+@pytest.fixture
+def toy_pairs() -> list[dict]:
+    """~200 deterministic en->es pairs with an extra `topic` column."""
+    return make_pairs()
+
+
+@pytest.fixture
+def toy_data_dir(tmp_path, toy_pairs):
+    """A directory with train.jsonl (160), validation.jsonl (20), test.jsonl (20)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", toy_pairs[:160])
+    write_jsonl(d / "validation.jsonl", toy_pairs[160:180])
+    write_jsonl(d / "test.jsonl", toy_pairs[180:200])
+    return d
+
+
+@pytest.fixture
+def tiny_recipe(toy_data_dir, tmp_path) -> dict:
+    """A raw recipe dict (accepted by `seqrl.config.from_dict`) for a tiny marian model."""
+    return {
+        "model": {
+            "architecture": "marian",
+            "config": dict(TINY_CONFIGS["marian"]),
+        },
+        "tokenizer": {"vocab_size": 120},
+        "data": {"path": str(toy_data_dir), "source_field": "en", "target_field": "es"},
+        "xent": {"batch_size": 16},
+        "schedule": {"kind": "xent", "xent_steps": 4},
+        "optim": {"warmup_steps": 1},
+        "eval": {"every": 0, "max_new_tokens": 8, "batch_size": 20},
+        "run": {"output_dir": str(tmp_path / "run")},
+        "log": {"every": 1, "progress_bar": False},
+    }
