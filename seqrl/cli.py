@@ -1,4 +1,4 @@
-"""`seqrl finetune | validate | evaluate | generate`.
+"""`seqrl finetune | validate | evaluate | generate | plot`.
 
 User errors (bad recipe, missing file, unloadable model) print one line and exit with code 2;
 `--debug` shows the traceback instead.
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, help="override eval.num_beams")
     p.add_argument("--max-examples", type=int, help="decode only the first N examples")
     p.add_argument("--output", help="predictions file (jsonl: source, reference, hypothesis)")
+
+    p = sub.add_parser("plot", help="write PNG curves of a run's metrics (RUN_DIR/plots/*.png)")
+    p.add_argument("run_dir", help="a run's output_dir")
 
     p = sub.add_parser("generate", help="translate/summarize lines of text with a trained model")
     p.add_argument("model", help="model directory (e.g. RUN/final) or hub name")
@@ -105,6 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from seqrl import data, modeling
     from seqrl.config import load_recipe
     from seqrl.evaluate import evaluate_split
+    from seqrl.train import check_lengths
 
     cfg = load_recipe(args.recipe, args.overrides)
     model_dir = Path(args.model or Path(cfg.run.output_dir) / "final")
@@ -112,6 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.num_beams is not None:
         cfg.eval.num_beams = args.num_beams
     text_model = modeling.load_saved(model_dir)
+    check_lengths(cfg, text_model)
     accelerator = Accelerator(cpu=cfg.run.cpu)
     tokenized, _ = data.tokenize(data.load_raw(cfg.data, [split]), text_model, cfg.data)
     model = text_model.model.to(accelerator.device)
@@ -140,11 +145,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
     with source:
         lines = [line.rstrip("\n") for line in source]
+    if not lines:
+        return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = text_model.model.to(device)
     source_ids = text_model.encode_sources(lines)
     if text_model.max_source_tokens:  # cut as in training, so positions stay within what it learned
         source_ids, _ = truncate(source_ids, text_model.max_source_tokens)
+    problem = text_model.length_problem(max(len(s) for s in source_ids), args.max_new_tokens)
+    if problem:
+        raise SeqrlError(f"--max-new-tokens {args.max_new_tokens}: {problem}; ask for fewer")
     outputs = decode(text_model, model, source_ids, batch_size=args.batch_size,
                      num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
@@ -155,5 +165,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"finetune": cmd_finetune, "validate": cmd_validate, "evaluate": cmd_evaluate,
+def cmd_plot(args: argparse.Namespace) -> int:
+    from seqrl.plots import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+COMMANDS = {"plot": cmd_plot, "finetune": cmd_finetune, "validate": cmd_validate, "evaluate": cmd_evaluate,
             "generate": cmd_generate}

@@ -9,17 +9,14 @@ Derived values are computed in one place, `RecipeConfig.check`, right after load
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
 from seqrl.errors import ConfigError
+from seqrl.strict_yaml import build, dump_yaml, parse_yaml, plain
 
 
 @dataclass
@@ -118,6 +115,9 @@ class ReinforceConfig:
     """Control variate b in -(R - b) log p: `loo` leave-one-out over the k samples of a source,
     `greedy` reward of the greedy decode (self-critical), `mean` batch mean, `ema` running mean,
     `learned` MIXER's per-position linear regressor on the detached decoder state, `none`."""
+    batch_size: int | None = None
+    """Sources per process per micro-batch after the XENT stage, each sampled `num_samples`
+    times (empty = `xent.batch_size`)."""
     num_samples: int = 4
     """Samples per source (k); `loo` needs at least 2."""
     temperature: float = 1.0
@@ -178,6 +178,9 @@ class EvalConfig:
     """1 = greedy decoding, more = beam search."""
     max_new_tokens: int = 128
     """Longest output decoded."""
+    test_after_xent: bool = True
+    """Also decode `data.test_split` when the XENT stage ends (before sequence-level training),
+    logged as `test/...` at that step: XENT and final scores from the same run."""
     metrics: list[Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL"]] = field(
         default_factory=lambda: ["bleu", "chrf", "rougeL"]
     )
@@ -251,7 +254,7 @@ class RecipeConfig:
         _non_negative(self, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every",
                       "run.save_every", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
                       "reinforce.kl_coef")
-        _positive_or_none(self, "data.max_train_examples", "eval.max_examples", "run.max_steps",
+        _positive_or_none(self, "reinforce.batch_size", "data.max_train_examples", "eval.max_examples", "run.max_steps",
                           "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs",
                           "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
         _in_unit_interval(self, "xent.label_smoothing", "schedule.xent_weight", "reinforce.ema_decay")
@@ -287,9 +290,6 @@ class RecipeConfig:
             if sched.rl_steps is None:
                 raise ConfigError("schedule.anneal_steps is required with schedule.rl_epochs")
             sched.anneal_steps = sched.rl_steps  # derived default: anneal over the whole RL phase
-        if kind in ("mixer", "constant") and sched.xent_weight >= 1.0:
-            raise ConfigError(f"schedule.xent_weight {sched.xent_weight} leaves no weight on REINFORCE; "
-                              f"use schedule.kind: xent for cross-entropy only")
 
     def _check_reinforce(self) -> None:
         rl = self.reinforce
@@ -346,47 +346,7 @@ def _non_negative(cfg: RecipeConfig, *names: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# YAML -> dataclasses, strictly.
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader reading `1e-4` as a float, as YAML 1.2 does (PyYAML's 1.1 rules want `1.0e-4`),
-    and refusing a key given twice (PyYAML would silently keep the last one)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"key '{key}' appears twice (line {key_node.start_mark.line + 1}); "
-                                  f"keep one")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-# YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which
-# turned `mixed_precision: no` into False.
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
-_FLOAT_12 = re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*(?:[eE][-+]?\d+)?$"
-                       r"|^[-+]?\.\d+(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
-
-
-class _Dumper(yaml.SafeDumper):
-    """Quotes every string that `_Loader` would read as a float, so dumps load back unchanged."""
-
-
-_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
-
-
-
-def _parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+# Loading
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
@@ -395,7 +355,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        raw = _parse_yaml(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     raw = {} if raw is None else raw
@@ -407,7 +367,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
 
 
 def from_dict(raw: dict[str, Any]) -> RecipeConfig:
-    cfg = _build(RecipeConfig, raw, prefix="")
+    cfg = build(RecipeConfig, raw, prefix="")
     cfg.check()
     return cfg
 
@@ -426,99 +386,15 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: '{part}' is not a section")
     try:
-        node[parts[-1]] = _parse_yaml(value) if value.strip() else None
+        node[parts[-1]] = parse_yaml(value) if value.strip() else None
     except yaml.YAMLError:
         node[parts[-1]] = value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain data (tuples become lists), for YAML dumps and trackers."""
-    return _plain(dataclasses.asdict(cfg))
+    return plain(dataclasses.asdict(cfg))
 
 
 def dump_recipe(cfg: RecipeConfig) -> str:
-    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "recipe"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping, got {_describe(raw)}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            guess = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix}{guess[0]}'?" if guess else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
-    values = {}
-    for name in names:
-        if name in raw:
-            hint = hints[name]
-            if dataclasses.is_dataclass(hint):
-                values[name] = _build(hint, raw[name] if raw[name] is not None else {}, f"{prefix}{name}.")
-            else:
-                values[name] = _coerce(raw[name], hint, f"{prefix}{name}")
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """Check `value` against the type hint; return it (ints widen to floats, lists to tuples)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, option, name)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            guess = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            tip = f"; did you mean '{guess[0]}'?" if guess else ""
-            raise ConfigError(f"{name} must be one of {choices}, got {value!r}{tip}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{name} must be a list, got {_describe(value)}")
-        return [_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{name} must be a list of {len(args)} values, got {_describe(value)}")
-        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be a mapping, got {_describe(value)}")
-        return {_coerce(k, args[0], name): _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
-    if hint is Any:
-        return value
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, f"{name}.")
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is bool and not isinstance(value, bool) or not isinstance(value, hint) \
-            or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{name} must be {_type_name(hint)}, got {_describe(value)}")
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        hint, getattr(hint, "__name__", str(hint)))
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{text if len(text) < 40 else text[:37] + '...'} ({type(value).__name__})"
+    return dump_yaml(to_dict(cfg))

@@ -138,6 +138,10 @@ def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig) -> tuple[
     """Add `source_ids`/`target_ids`; skip (or reject) empty targets; cut and count over-long ones."""
     out, reports = DatasetDict(), []
     for split, ds in raw.items():
+        clash = [c for c in ds.column_names if c in RESERVED_COLUMNS]
+        if clash:
+            raise DataError(f"split '{split}' has a column named '{clash[0]}', a name rewards receive "
+                            f"from seqrl itself; rename that column")
         report = DataReport(split, len(ds))
         targets = list(ds[cfg.target_field])
         keep = [i for i, t in enumerate(targets) if isinstance(t, str) and t.strip()]
@@ -169,3 +173,27 @@ def truncate(rows: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
             rows[i] = row[: limit - 1] + row[-1:]
             cut += 1
     return rows, cut
+
+
+RESERVED_COLUMNS = ("completions", "completion_ids", "prompts", "references")
+
+
+class TrainCollator:
+    """Training batches: model inputs for teacher forcing, plus what a REINFORCE step needs:
+    the ids as lists (prefix/rollout) and the raw columns under the reward contract's names
+    (`prompts` = sources, `references` = targets, every other column as it is)."""
+
+    def __init__(self, text_model: TextModel, cfg: DataConfig):
+        self.text_model, self.cfg = text_model, cfg
+
+    def __call__(self, features: list[dict]) -> dict:
+        columns = {"prompts": [f[self.cfg.source_field] for f in features],
+                   "references": [f[self.cfg.target_field] for f in features]}
+        skip = {self.cfg.source_field, self.cfg.target_field, "source_ids", "target_ids"}
+        for name in features[0]:
+            if name not in skip:
+                columns[name] = [f[name] for f in features]
+        return {"model_inputs": self.text_model.collate(features),
+                "source_ids_list": [f["source_ids"] for f in features],
+                "target_ids_list": [f["target_ids"] for f in features],
+                "columns": columns}

@@ -79,13 +79,17 @@ class TextModel:
             "labels": pad_rows(labels, IGNORE_INDEX),
         }
 
-    def target_logits(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, T, V) and the labels (B, T) they predict; IGNORE_INDEX where none."""
+    def target_logits(self, model: torch.nn.Module, batch: dict, hidden: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V), the labels (B, T) they predict (IGNORE_INDEX where none), and with
+        `hidden` the last decoder layer's states (B, T, D) at the same positions."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits
+        out = model(**inputs, output_hidden_states=hidden)
         if self.is_seq2seq:
-            return logits, batch["labels"]
-        return logits[:, :-1], batch["labels"][:, 1:]  # a decoder predicts token t+1 at position t
+            states = out.decoder_hidden_states[-1] if hidden else None
+            return out.logits, batch["labels"], states
+        states = out.hidden_states[-1][:, :-1] if hidden else None
+        return out.logits[:, :-1], batch["labels"][:, 1:], states  # position t predicts token t+1
 
     # -- decoding -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -109,6 +113,25 @@ class TextModel:
                 row = row[: row.index(eos)]
             result.append([t for t in row if t not in skip])
         return result
+
+    @property
+    def max_positions(self) -> int | None:
+        """Longest sequence the model's position embeddings cover (None = no limit known)."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def length_problem(self, source_tokens: int, new_tokens: int) -> str | None:
+        """Why `source_tokens` in and `new_tokens` out would not fit the model's positions, if so."""
+        limit = self.max_positions
+        if limit is None:
+            return None
+        if self.is_seq2seq:
+            if source_tokens > limit:
+                return f"{source_tokens} source tokens exceed the model's {limit} positions"
+            if new_tokens + 1 > limit:  # the decoder also holds its start token
+                return f"{new_tokens} output tokens (+1 start token) exceed the model's {limit} positions"
+        elif source_tokens + new_tokens > limit:
+            return f"{source_tokens} prompt + {new_tokens} output tokens exceed the model's {limit} positions"
+        return None
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]

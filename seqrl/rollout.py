@@ -61,14 +61,16 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
     step = decoder(text_model, model, source_ids, k, device)
     start = int(prefix.min())
     logits = step.prefill(seqs[:, :start])  # (N, V): distribution of token `start`
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    ended_at = torch.full((n,), max_len, device=device)
+    # A row whose whole target is gold (n_rl_tokens = 0) ends at its gold EOS.
+    whole_gold = prefix >= lengths.clamp(max=max_len)
+    done = whole_gold.clone()
+    ended_at = torch.where(whole_gold, lengths.clamp(max=max_len), torch.full_like(lengths, max_len))
     for t in range(start, max_len):
         sampled = _sample(logits, sampling)
         token = torch.where(t < prefix, seqs[:, t], sampled)
-        token = torch.where(done, torch.full_like(token, pad), token)
+        token = torch.where(t >= ended_at, torch.full_like(token, pad), token)
         seqs[:, t] = token
-        newly = ~done & (token == eos) & (t >= prefix)
+        newly = ~done & (token == eos)  # a gold prefix holds no EOS unless the whole target is gold
         ended_at = torch.where(newly, torch.full_like(ended_at, t + 1), ended_at)
         done |= newly
         if t + 1 == max_len or bool(done.all()):

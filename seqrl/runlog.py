@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import time
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -35,6 +36,7 @@ class RunLog:
     def __init__(self, accelerator: Accelerator, output_dir: Path, cfg: RecipeConfig):
         self.accelerator = accelerator
         self.file = None
+        self.start = time.perf_counter()
         if cfg.log.trackers:
             accelerator.init_trackers(cfg.log.project, config=_flat(to_dict(cfg)))
         if accelerator.is_main_process:
@@ -43,6 +45,7 @@ class RunLog:
     def write(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: (float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
                  if not isinstance(v, str) else v for k, v in metrics.items()}
+        clean["time/elapsed_s"] = round(time.perf_counter() - self.start, 2)  # since set-up finished
         if self.file is not None:
             self.file.write(json.dumps({"step": step, **clean}) + "\n")
             self.file.flush()

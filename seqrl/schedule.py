@@ -43,17 +43,19 @@ class StagePlan:
 
 
 class Schedule:
-    """Steps -> plans; lengths given in epochs are converted with `steps_per_epoch`."""
+    """Steps -> plans. Epochs become steps with the XENT stage's batches per epoch for
+    `xent_epochs`, and the REINFORCE stages' (`reinforce.batch_size`) for the others."""
 
-    def __init__(self, cfg: ScheduleConfig, steps_per_epoch: int, max_target_tokens: int):
+    def __init__(self, cfg: ScheduleConfig, xent_steps_per_epoch: int, rl_steps_per_epoch: int,
+                 max_target_tokens: int):
         self.cfg, self.max_len = cfg, max_target_tokens
-        self.xent_steps = _steps(cfg.xent_steps, cfg.xent_epochs, steps_per_epoch)
+        self.xent_steps = _steps(cfg.xent_steps, cfg.xent_epochs, xent_steps_per_epoch)
         if cfg.kind == "mixer":
-            self.stage_steps = _steps(cfg.stage_steps, cfg.stage_epochs, steps_per_epoch)
+            self.stage_steps = _steps(cfg.stage_steps, cfg.stage_epochs, rl_steps_per_epoch)
             self.n_stages = math.ceil(max_target_tokens / cfg.delta)
             self.total_steps = self.xent_steps + self.n_stages * self.stage_steps
         elif cfg.kind in ("alternate", "constant"):
-            self.rl_steps = _steps(cfg.rl_steps, cfg.rl_epochs, steps_per_epoch)
+            self.rl_steps = _steps(cfg.rl_steps, cfg.rl_epochs, rl_steps_per_epoch)
             self.total_steps = self.xent_steps + self.rl_steps
         else:
             self.total_steps = self.xent_steps

@@ -35,7 +35,7 @@ def xent_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """Teacher forcing: mean cross-entropy of the gold target tokens."""
     logits, labels, _ = run.text_model.target_logits(run.model, batch)  # (B, T, V), (B, T)
     loss, n_tokens = masked_xent(logits, labels, run.cfg.xent.label_smoothing)
-    return loss, {"xent_tokens": float(n_tokens), "train/xent": float(loss)}
+    return loss, {"xent_tokens": float(n_tokens), "train/xent": float(loss.detach())}
 
 
 def mixer_step(run: Run, batch: dict, plan: StagePlan) -> tuple[torch.Tensor, dict[str, float]]:
@@ -88,7 +88,7 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan) -> tuple[torch.Tensor, di
         kl = kl_penalty(logp, token_logprobs(ref_logits, labels), sample_mask)
         loss = loss + rl.kl_coef * kl
     stats = _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_loss)
-    stats.update({"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "rl_tokens": float(sample_mask.sum()),
+    stats.update({"train/xent": float(xent.detach()), "train/reinforce": float(pg.detach()), "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "rl_tokens": float(sample_mask.sum()),
                   "xent_tokens": float(prefix_mask.sum())})
     return loss, stats
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig
 
-from seqrl import data, modeling
+from seqrl import data, modeling, rewards
 from seqrl.config import RecipeConfig
 from seqrl.errors import SeqrlError
 from seqrl.runlog import check_trackers
@@ -17,6 +17,9 @@ def validate(cfg: RecipeConfig) -> list[str]:
     """
     lines = ["recipe: ok"]
     check_trackers(cfg.log.trackers)
+    if cfg.schedule.kind != "xent":
+        names = [r.name for r in rewards.build(cfg.rewards)]
+        lines.append(f"rewards: {', '.join(names)} load")
     splits = [s for s in dict.fromkeys([cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split]) if s]
     raw = data.load_raw(cfg.data, splits)
     for split, ds in raw.items():

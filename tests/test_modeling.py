@@ -135,7 +135,7 @@ def test_decoder_only_encoding(tiny_text_model):
 def test_target_logits_causal_matches_hf_loss(tiny_text_model):
     tm = tiny_text_model("gpt2")
     batch = tm.collate(features(tm))
-    logits, labels = tm.target_logits(tm.model, batch)
+    logits, labels, _ = tm.target_logits(tm.model, batch)
     B, T = batch["input_ids"].shape
     assert logits.shape == (B, T - 1, 120) and labels.shape == (B, T - 1)
     ours, n_tokens = masked_xent(logits, labels)
@@ -151,7 +151,7 @@ def test_target_logits_causal_position_predicts_next_token(tiny_text_model):
     tm = tiny_text_model("gpt2")
     f = features(tm, 1)[0]
     batch = tm.collate([f])
-    logits, labels = tm.target_logits(tm.model, batch)
+    logits, labels, _ = tm.target_logits(tm.model, batch)
     n = len(f["source_ids"])
     # the first label (first target token) is predicted from the prompt alone
     assert labels[0, n - 1].item() == f["target_ids"][0]
@@ -164,7 +164,7 @@ def test_target_logits_causal_position_predicts_next_token(tiny_text_model):
 def test_target_logits_seq2seq_matches_hf_loss(tiny_text_model, architecture):
     tm = tiny_text_model(architecture)
     batch = tm.collate(features(tm))
-    logits, labels = tm.target_logits(tm.model, batch)
+    logits, labels, _ = tm.target_logits(tm.model, batch)
     assert logits.shape[:2] == labels.shape == batch["labels"].shape
     assert labels is batch["labels"]
     ours, n_tokens = masked_xent(logits, labels)

@@ -13,9 +13,12 @@ bad index.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,7 +62,11 @@ def check_values(name: str, values, expected: int) -> list[float | None]:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
             raise RewardError(f"reward '{name}' returned {v!r} ({type(v).__name__}) at index {i}; expected a float")
-        v = float(v)
+        try:
+            v = float(v)
+        except (TypeError, ValueError, RuntimeError):  # e.g. a multi-element array
+            raise RewardError(f"reward '{name}' returned {v!r} ({type(v).__name__}) at index {i}; "
+                              f"expected a float") from None
         if not math.isfinite(v):
             raise RewardError(f"reward '{name}' returned {v} at index {i}; rewards must be finite")
         out.append(v)
@@ -91,8 +98,12 @@ def _build_one(cfg: RewardConfig) -> Reward:
 def _import(path: str) -> Callable:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
-        raise RewardError(f"unknown reward '{path}'; built-ins are {', '.join(BUILTINS)}, "
+        guess = difflib.get_close_matches(path, list(BUILTINS), n=1)
+        tip = f"did you mean '{guess[0]}'? " if guess else ""
+        raise RewardError(f"unknown reward '{path}'; {tip}built-ins are {', '.join(BUILTINS)}, "
                           f"or give a dotted path like my_rewards:length_penalty")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # the console script's sys.path lacks the working directory
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # ImportError, or the module's own error at import time

@@ -1,7 +1,8 @@
 """Built-in sentence-level rewards on text, from the reference implementations, scaled to [0, 1].
 
 Every function follows the reward contract (see `seqrl.rewards`): keyword arguments
-`completions` and `references` (lists of strings), anything else ignored, one float per pair.
+`completions` and `references` (lists of strings) plus its own options, one float per pair;
+they name their parameters (no **kwargs), so a misspelled option in a recipe is an error.
 Sentence BLEU needs smoothing (a short hypothesis would otherwise score 0 for missing 4-grams):
 sacrebleu's `exp` smoothing by default; MIXER used +1 smoothing (`smooth_method="add-k"`).
 """
@@ -20,19 +21,19 @@ def _bleu(smooth_method: str, smooth_value: float | None, tokenize: str) -> BLEU
 
 
 def bleu(completions: list[str], references: list[str], *, smooth_method: str = "exp",
-         smooth_value: float | None = None, tokenize: str = "13a", **_) -> list[float]:
+         smooth_value: float | None = None, tokenize: str = "13a") -> list[float]:
     """sacrebleu sentence BLEU / 100."""
     metric = _bleu(smooth_method, smooth_value, tokenize)
-    return [metric.sentence_score(h, [r]).score / 100.0 for h, r in zip(completions, references)]
+    return [min(metric.sentence_score(h, [r]).score / 100.0, 1.0) for h, r in zip(completions, references)]
 
 
-def chrf(completions: list[str], references: list[str], **_) -> list[float]:
+def chrf(completions: list[str], references: list[str]) -> list[float]:
     """sacrebleu sentence chrF / 100."""
     metric = CHRF()
     return [metric.sentence_score(h, [r]).score / 100.0 for h, r in zip(completions, references)]
 
 
-def ter(completions: list[str], references: list[str], **_) -> list[float]:
+def ter(completions: list[str], references: list[str]) -> list[float]:
     """1 - min(TER, 1): edits per reference word, clipped so the reward stays in [0, 1]."""
     metric = TER()
     return [1.0 - min(metric.sentence_score(h, [r]).score / 100.0, 1.0) for h, r in zip(completions, references)]
@@ -48,17 +49,17 @@ def _rouge_f(kind: str, completions: list[str], references: list[str], use_stemm
     return [scorer.score(r, h)[kind].fmeasure for h, r in zip(completions, references)]
 
 
-def rouge1(completions: list[str], references: list[str], *, use_stemmer: bool = True, **_) -> list[float]:
+def rouge1(completions: list[str], references: list[str], *, use_stemmer: bool = True) -> list[float]:
     """rouge-score ROUGE-1 F-measure."""
     return _rouge_f("rouge1", completions, references, use_stemmer)
 
 
-def rouge2(completions: list[str], references: list[str], *, use_stemmer: bool = True, **_) -> list[float]:
+def rouge2(completions: list[str], references: list[str], *, use_stemmer: bool = True) -> list[float]:
     """rouge-score ROUGE-2 F-measure."""
     return _rouge_f("rouge2", completions, references, use_stemmer)
 
 
-def rougeL(completions: list[str], references: list[str], *, use_stemmer: bool = True, **_) -> list[float]:  # noqa: N802
+def rougeL(completions: list[str], references: list[str], *, use_stemmer: bool = True) -> list[float]:  # noqa: N802
     """rouge-score ROUGE-L F-measure."""
     return _rouge_f("rougeL", completions, references, use_stemmer)
 
