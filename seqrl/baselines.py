@@ -67,8 +67,10 @@ class LearnedBaseline(nn.Module):
         return self.linear(hidden.detach().float()).squeeze(-1)  # (N, T)
 
 
-def learned_loss(predicted: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of b_t against R over the sampled positions."""
+def learned_loss(predicted: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
+                 normalizer: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared error of b_t against R summed over the sampled positions, divided by `normalizer`
+    (default: their number, i.e. the mean)."""
     err = (predicted - rewards.unsqueeze(1)) ** 2
     mask = mask.to(err.dtype)
-    return (err * mask).sum() / mask.sum().clamp(min=1)
+    return (err * mask).sum() / (mask.sum().clamp(min=1) if normalizer is None else normalizer)

@@ -1,5 +1,13 @@
-"""Checkpoints written atomically: everything goes into a temporary directory that is renamed
-into place only when complete, so a crash mid-save never leaves a half checkpoint behind."""
+"""Checkpoints: written atomically, resumed exactly.
+
+A checkpoint is accelerate's state (model, learned baseline, optimizer, learning-rate
+schedule, RNG states of every process) plus `trainer_state.json` (step, epoch and batches
+consumed of the current loader, EMA baseline) and, once sequence-level training has started
+with a KL penalty, the frozen reference model. Everything goes into a temporary directory that
+is renamed into place only when complete, so a crash mid-save never leaves half a checkpoint.
+With the seedable data order and seqrl's position-keyed sampling noise, a resumed run
+reproduces the uninterrupted one bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,19 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+
+from seqrl.errors import SeqrlError
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
+REFERENCE_FILE = "reference_model.pt"
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, keep: int) -> Path:
-    """Save model, optimizer, RNG states (accelerate) and `state` under checkpoints/step-N."""
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, keep: int,
+                    reference: torch.nn.Module | None = None) -> Path:
+    """Save everything needed to continue after optimizer step `step` under checkpoints/step-N."""
     root = output_dir / CHECKPOINT_DIR
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
@@ -24,6 +37,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
+        if reference is not None:
+            torch.save(reference.state_dict(), tmp / REFERENCE_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -39,3 +54,44 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file())
+
+
+def resolve_resume(output_dir: Path, spec: str | None) -> Path | None:
+    """`run.resume`: empty = start fresh; `auto` = newest checkpoint in output_dir (fresh if none)."""
+    if spec is None:
+        return None
+    if spec == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(spec)
+    if not path.is_dir():
+        raise SeqrlError(f"run.resume: checkpoint directory not found: {path}")
+    if not (path / STATE_FILE).is_file():
+        raise SeqrlError(f"run.resume: {path} is not a complete seqrl checkpoint (no {STATE_FILE})")
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
+    """Restore accelerate's state from `path`; return trainer_state.json's contents."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        if not isinstance(state.get("step"), int):
+            raise ValueError("no integer 'step'")
+        accelerator.load_state(str(path))
+    except Exception as err:  # corrupt JSON, truncated tensors, mismatched model: all end here
+        raise SeqrlError(f"run.resume: cannot load checkpoint {path}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    return state
+
+
+def load_reference(path: Path, model: torch.nn.Module) -> torch.nn.Module | None:
+    """The KL penalty's frozen reference saved with the checkpoint, loaded into a copy of `model`."""
+    file = path / REFERENCE_FILE
+    if not file.is_file():
+        return None
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    reference.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    reference.requires_grad_(False)
+    return reference

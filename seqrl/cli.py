@@ -10,6 +10,8 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="train with the recipe (cross-entropy, then its schedule)")
     _add_recipe_args(p)
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="re-launch through `accelerate launch` with N processes (prints the command)")
+    p.add_argument("--accelerate-config", metavar="FILE",
+                   help="accelerate config for the re-launch (e.g. recipes/accelerate/ddp.yaml)")
 
     p = sub.add_parser("validate", help="load and check the recipe, data and model; print the resolved recipe")
     _add_recipe_args(p)
@@ -85,9 +91,38 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from seqrl.config import load_recipe
     from seqrl.train import finetune
 
-    final = finetune(load_recipe(args.recipe, args.overrides))
-    print(f"done: model in {final}")
+    cfg = load_recipe(args.recipe, args.overrides)  # fail here, once, before starting N processes
+    if args.num_processes is not None or args.accelerate_config is not None:
+        return _relaunch(args)
+    final = finetune(cfg)
+    if final is not None:
+        print(f"done: model in {final}")
     return 0
+
+
+def launch_command(args: argparse.Namespace) -> list[str]:
+    """The `accelerate launch` command equivalent to this `seqrl finetune` call."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if args.accelerate_config:
+        if not Path(args.accelerate_config).is_file():
+            raise SeqrlError(f"--accelerate-config file not found: {args.accelerate_config}")
+        cmd += ["--config_file", args.accelerate_config]
+    else:  # plain data parallel; on a machine without GPUs these are CPU processes over gloo
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if args.num_processes is not None:
+        if args.num_processes < 1:
+            raise SeqrlError(f"--num-processes must be >= 1, got {args.num_processes}")
+        cmd += ["--num_processes", str(args.num_processes)]
+    cmd += ["-m", "seqrl"] + (["--debug"] if args.debug else []) + ["finetune", args.recipe]
+    for item in args.overrides:
+        cmd += ["--set", item]
+    return cmd
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    cmd = launch_command(args)
+    print("running: " + shlex.join(cmd), flush=True)
+    return subprocess.call(cmd)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -108,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from seqrl import data, modeling
     from seqrl.config import load_recipe
     from seqrl.evaluate import evaluate_split
-    from seqrl.train import check_lengths
+    from seqrl.run import check_lengths
 
     cfg = load_recipe(args.recipe, args.overrides)
     model_dir = Path(args.model or Path(cfg.run.output_dir) / "final")

@@ -201,6 +201,9 @@ class RunConfig:
     """Keep only the newest N checkpoints."""
     overwrite: bool = False
     """Allow an `output_dir` that already holds a run (its files are replaced)."""
+    resume: str | None = None
+    """Continue from a checkpoint directory, or `auto` = the newest one in `output_dir` (a fresh
+    start if there is none). The recipe must be the one the checkpoint was made with."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """accelerate mixed precision."""
     cpu: bool = False

@@ -8,15 +8,21 @@ import torch.nn.functional as F
 from seqrl.modeling import IGNORE_INDEX
 
 
-def masked_xent(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the positions whose label is not IGNORE_INDEX.
+def xent_sum(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy over the positions whose label is not IGNORE_INDEX, and their number.
 
-    logits (B, T, V), labels (B, T). Returns (mean loss, number of scored tokens). Computed in
-    float32 whatever the logits' dtype, so bf16 runs do not lose the loss to rounding.
+    logits (B, T, V), labels (B, T). Computed in float32 whatever the logits' dtype, so bf16
+    runs do not lose the loss to rounding.
     """
     n_tokens = (labels != IGNORE_INDEX).sum()
     loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
                            label_smoothing=label_smoothing, reduction="sum")
+    return loss, n_tokens
+
+
+def masked_xent(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the scored positions, and their number."""
+    loss, n_tokens = xent_sum(logits, labels, label_smoothing)
     return loss / n_tokens.clamp(min=1), n_tokens
 
 
@@ -27,10 +33,11 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` where mask is true (0 when the mask is empty)."""
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, normalizer: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of `values` where mask is true, divided by `normalizer` (default: the mask's count;
+    0 when the mask is empty). Training passes a global count so processes average exactly."""
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum() / (mask.sum().clamp(min=1) if normalizer is None else normalizer)
 
 
 def reinforce_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
@@ -46,18 +53,29 @@ def reinforce_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch
     return -(adv * logprobs * mask.to(logprobs.dtype)).sum() / logprobs.shape[0]
 
 
-def normalize(advantages: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """(A - mean) / (std + eps) over the valid entries (all of a (N,) tensor, the mask of (N, T))."""
+def normalize(advantages: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-6,
+              all_reduce=lambda t: t) -> torch.Tensor:
+    """(A - mean) / (std + eps) over the valid entries (all of a (N,) tensor, the mask of (N, T)).
+
+    `all_reduce` sums a tensor over processes, so the statistics are those of the global batch.
+    """
     if mask is None:
         mask = torch.ones_like(advantages, dtype=torch.bool)
-    valid = advantages[mask]
-    if valid.numel() < 2:
-        return advantages - valid.mean() if valid.numel() else advantages
-    return (advantages - valid.mean()) / (valid.std() + eps)
+    valid = advantages[mask].double()
+    total, total_sq, n = all_reduce(torch.stack([valid.sum(), (valid ** 2).sum(),
+                                                 valid.new_tensor(float(valid.numel()))]))
+    if n < 1:
+        return advantages
+    mean = total / n
+    if n < 2:
+        return advantages - mean.to(advantages.dtype)
+    std = ((total_sq - n * mean ** 2) / (n - 1)).clamp(min=0).sqrt()
+    return ((advantages - mean) / (std + eps)).to(advantages.dtype)
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+               normalizer: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over sampled positions of the k3 estimate of KL(p || p_ref) on tokens drawn from p:
     exp(r) - r - 1 with r = log p_ref - log p (non-negative, unbiased, low variance; Schulman 2020)."""
     r = ref_logprobs.detach() - logprobs
-    return masked_mean(torch.exp(r) - r - 1.0, mask)
+    return masked_mean(torch.exp(r) - r - 1.0, mask, normalizer)

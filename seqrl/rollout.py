@@ -36,6 +36,12 @@ class Sampling:
     top_k: int = 0
     top_p: float = 1.0
     greedy: bool = False
+    seed: int | None = None
+    """With a seed, the noise of global row r at decoding step t is a function of (seed, t, r)
+    only (Gumbel-max over noise drawn for all `total_rows`, sliced at `row_offset`): samples do
+    not depend on the number of processes, and a resumed run redraws the same ones."""
+    row_offset: int = 0
+    total_rows: int | None = None
 
 
 def prefix_lengths(target_lengths: torch.Tensor, n_rl_tokens: int) -> torch.Tensor:
@@ -66,7 +72,7 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
     done = whole_gold.clone()
     ended_at = torch.where(whole_gold, lengths.clamp(max=max_len), torch.full_like(lengths, max_len))
     for t in range(start, max_len):
-        sampled = _sample(logits, sampling)
+        sampled = _sample(logits, sampling, t)
         token = torch.where(t < prefix, seqs[:, t], sampled)
         token = torch.where(t >= ended_at, torch.full_like(token, pad), token)
         seqs[:, t] = token
@@ -80,7 +86,7 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
     return Rollout(seqs, prefix, ended_at)
 
 
-def _sample(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+def _sample(logits: torch.Tensor, s: Sampling, t: int) -> torch.Tensor:
     if s.greedy:
         return logits.argmax(dim=-1)
     logits = logits.float() / s.temperature
@@ -92,7 +98,14 @@ def _sample(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
         probs = torch.softmax(sorted_logits, dim=-1)
         drop = probs.cumsum(dim=-1) - probs > s.top_p  # keep the smallest set whose mass reaches top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
+    if s.seed is None:
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
+    # Gumbel-max: argmax(logits + G) with G = -log(-log(U)) is an exact draw from softmax(logits).
+    g = torch.Generator(device=logits.device).manual_seed((s.seed * 1_000_003 + t) % (2**63))
+    total = s.total_rows or logits.shape[0]
+    u = torch.rand(total, logits.shape[-1], generator=g, device=logits.device)
+    u = u[s.row_offset:s.row_offset + logits.shape[0]].clamp_(min=1e-20)
+    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
 
 
 class _Seq2SeqDecoder:

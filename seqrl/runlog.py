@@ -52,6 +52,19 @@ class RunLog:
         numeric = {k: v for k, v in clean.items() if isinstance(v, float)}
         self.accelerator.log(numeric, step=step)
 
+    def truncate_after(self, step: int) -> None:
+        """Drop lines past `step` (written by an interrupted run after its last checkpoint)."""
+        if self.file is None:
+            return
+        self.file.close()
+        path = Path(self.file.name)
+        keep = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if line.strip() and json.loads(line)["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        tmp.replace(path)
+        self.file = path.open("a", encoding="utf-8")
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()

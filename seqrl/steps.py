@@ -21,76 +21,97 @@ from typing import TYPE_CHECKING
 import torch
 
 from seqrl import baselines
-from seqrl.estimators import kl_penalty, masked_mean, masked_xent, normalize, reinforce_loss, token_logprobs
+from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss, token_logprobs, xent_sum
 from seqrl.modeling import IGNORE_INDEX
 from seqrl.rewards import score
 from seqrl.rollout import Sampling, rollout
 from seqrl.schedule import StagePlan
 
 if TYPE_CHECKING:
-    from seqrl.train import Run
+    from seqrl.run import Run
 
 
 def xent_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """Teacher forcing: mean cross-entropy of the gold target tokens."""
+    """Teacher forcing: cross-entropy of the gold target tokens, averaged over the global batch."""
     logits, labels, _ = run.text_model.target_logits(run.model, batch)  # (B, T, V), (B, T)
-    loss, n_tokens = masked_xent(logits, labels, run.cfg.xent.label_smoothing)
-    return loss, {"xent_tokens": float(n_tokens), "train/xent": float(loss.detach())}
+    total, n_tokens = xent_sum(logits, labels, run.cfg.xent.label_smoothing)
+    loss = total / _per_process(run, n_tokens)
+    return loss, {"xent_tokens": float(n_tokens), "train/xent": float(total.detach() / n_tokens.clamp(min=1))}
 
 
-def mixer_step(run: Run, batch: dict, plan: StagePlan) -> tuple[torch.Tensor, dict[str, float]]:
+def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch.Tensor, dict[str, float]]:
     """XENT on each target's gold prefix + REINFORCE on its sampled suffix, one forward pass."""
-    rl, tm, acc = run.cfg.reinforce, run.text_model, run.accelerator
-    k, device = rl.num_samples, acc.device
-    sources, targets = batch["source_ids_list"], batch["target_ids_list"]
-    sampling = Sampling(rl.temperature, rl.top_k, rl.top_p)
+    rl, tm, k = run.cfg.reinforce, run.text_model, run.cfg.reinforce.num_samples
     t0 = time.perf_counter()
-    # 1-2. Prefix k_i = max(L_i - Δ, 0); gold tokens before it, k samples per source after it.
-    policy = acc.unwrap_model(run.model)
-    ro = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=k,
-                 max_len=run.cfg.data.max_target_tokens, sampling=sampling)
-    t1 = time.perf_counter()
-    # 3. Sequence rewards of the samples, on this rank.            R: (N,) with N = B * k
-    rows = ro.rows()
-    R, parts = score(run.rewards, **_reward_inputs(run, batch, rows, k))
-    R = torch.tensor(R, device=device)
-    greedy_R = None
-    if rl.baseline == "greedy":
-        g = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=1,
-                    max_len=run.cfg.data.max_target_tokens, sampling=Sampling(greedy=True))
-        greedy_R = torch.tensor(score(run.rewards, **_reward_inputs(run, batch, g.rows(), 1))[0], device=device)
-    t2 = time.perf_counter()
+    # 1-2. Prefix k_i = max(L_i - Δ, 0): gold tokens before it, k samples per source after it.
+    # 3.   Sequence rewards of the samples, on this rank.                R: (N,), N = B * k
+    ro, R, parts, greedy_R, timing = _sample_and_score(run, batch, plan, step)
     # 4. One teacher-forced pass over prefix + sample, with gradients.
-    feats = [{"source_ids": sources[i // k], "target_ids": row} for i, row in enumerate(rows)]
-    tf_batch = {key: v.to(device) for key, v in tm.collate(feats).items()}
+    feats = [{"source_ids": batch["source_ids_list"][i // k], "target_ids": row} for i, row in enumerate(ro.rows())]
+    tf_batch = {key: v.to(run.accelerator.device) for key, v in tm.collate(feats).items()}
     logits, labels, hidden = tm.target_logits(run.model, tf_batch, hidden=rl.baseline == "learned")
     logp = token_logprobs(logits, labels)                                   # (N, T)
     position = (labels != IGNORE_INDEX).cumsum(dim=1) - 1                  # index within the target
-    valid = labels != IGNORE_INDEX
-    prefix_mask = valid & (position < ro.prefix_len[:, None])
-    sample_mask = valid & (position >= ro.prefix_len[:, None])
+    prefix_mask = (labels != IGNORE_INDEX) & (position < ro.prefix_len[:, None])
+    sample_mask = (labels != IGNORE_INDEX) & (position >= ro.prefix_len[:, None])
     # 5. Baseline and advantage A = R - b (detached; per position for the learned baseline).
     b, baseline_loss = _baseline(run, R, k, greedy_R, hidden, sample_mask)
     advantage = R[:, None] - b if b.dim() == 2 else R - b
     if rl.normalize_advantages:
-        advantage = normalize(advantage, sample_mask if advantage.dim() == 2 else None)
+        advantage = normalize(advantage, sample_mask if advantage.dim() == 2 else None,
+                              all_reduce=lambda t: run.accelerator.reduce(t, "sum"))
     # 6. loss = w * XENT(prefix) + (1 - w) * REINFORCE(suffix) [+ beta * KL] [+ baseline MSE].
     if plan.xent_on_gold:
-        xent, _ = masked_xent(*tm.target_logits(run.model, batch["model_inputs"])[:2])
+        xent_total, n_gold = xent_sum(*tm.target_logits(run.model, batch["model_inputs"])[:2])
+        xent = xent_total / _per_process(run, n_gold)
     else:
-        xent = -masked_mean(logp, prefix_mask)
+        xent = -masked_mean(logp, prefix_mask, _per_process(run, prefix_mask.sum()))
     pg = reinforce_loss(logp, sample_mask, advantage)
     loss = plan.xent_weight * xent + (1 - plan.xent_weight) * pg + baseline_loss
     kl = None
     if run.reference is not None:
         with torch.no_grad():
-            ref_logits, _, _ = tm.target_logits(run.reference, tf_batch)
-        kl = kl_penalty(logp, token_logprobs(ref_logits, labels), sample_mask)
+            ref_logp = token_logprobs(tm.target_logits(run.reference, tf_batch)[0], labels)
+        kl = kl_penalty(logp, ref_logp, sample_mask, _per_process(run, sample_mask.sum()))
         loss = loss + rl.kl_coef * kl
     stats = _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_loss)
-    stats.update({"train/xent": float(xent.detach()), "train/reinforce": float(pg.detach()), "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "rl_tokens": float(sample_mask.sum()),
-                  "xent_tokens": float(prefix_mask.sum())})
+    stats.update({"train/xent": float(xent.detach()), "train/reinforce": float(pg.detach()),
+                  "time/rollout_s": timing[0], "time/reward_s": timing[1], "time/forward_s": time.perf_counter() - t0
+                  - sum(timing), "rl_tokens": float(sample_mask.sum()), "xent_tokens": float(prefix_mask.sum())})
     return loss, stats
+
+
+def _per_process(run: Run, count: torch.Tensor) -> torch.Tensor:
+    """Global count / number of processes. A local sum divided by this, averaged over processes by
+    DDP, is the mean over the whole global batch: the same update on 1 process or on N."""
+    acc = run.accelerator
+    total = acc.reduce(count.detach().float().reshape(1), "sum") if acc.num_processes > 1 else count.float()
+    return (total / acc.num_processes).clamp(min=1e-8).reshape(())
+
+
+def _sample_and_score(run: Run, batch: dict, plan: StagePlan, step: int):
+    """Rollouts on the unwrapped model, their rewards and (self-critical) the greedy decode's."""
+    rl, tm, acc = run.cfg.reinforce, run.text_model, run.accelerator
+    sources, targets, k = batch["source_ids_list"], batch["target_ids_list"], rl.num_samples
+    n_local = len(sources) * k  # equal on every process (accelerate evens out the last batch)
+    sampling = Sampling(rl.temperature, rl.top_k, rl.top_p, seed=run.cfg.run.seed * 1_000_003 + step,
+                        row_offset=acc.process_index * n_local, total_rows=acc.num_processes * n_local)
+    start = time.perf_counter()
+    policy = acc.unwrap_model(run.model)
+    max_len = run.cfg.data.max_target_tokens
+    ro = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=k, max_len=max_len, sampling=sampling)
+    greedy = None
+    if rl.baseline == "greedy":
+        greedy = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=1, max_len=max_len,
+                         sampling=Sampling(greedy=True))
+    sampled_at = time.perf_counter()
+    R, parts = score(run.rewards, **_reward_inputs(run, batch, ro.rows(), k))
+    greedy_R = None
+    if greedy is not None:
+        greedy_R = torch.tensor(score(run.rewards, **_reward_inputs(run, batch, greedy.rows(), 1))[0],
+                                device=acc.device)
+    timing = (sampled_at - start, time.perf_counter() - sampled_at)
+    return ro, torch.tensor(R, device=acc.device), parts, greedy_R, timing
 
 
 def _reward_inputs(run: Run, batch: dict, rows: list[list[int]], k: int) -> dict:
@@ -108,16 +129,16 @@ def _baseline(run: Run, R: torch.Tensor, k: int, greedy_R, hidden, sample_mask) 
     kind, zero = run.cfg.reinforce.baseline, R.new_zeros(())
     if kind == "none":
         return torch.zeros_like(R), zero
-    if kind == "mean":
-        return baselines.batch_mean(R), zero
+    if kind == "mean":  # over the global batch, as on one process
+        return baselines.batch_mean(run.accelerator.gather(R)).mean().expand_as(R), zero
     if kind == "ema":
-        return run.ema(R), zero
+        return run.ema(run.accelerator.gather(R))[: R.numel()], zero
     if kind == "loo":
         return baselines.leave_one_out(R, k), zero
     if kind == "greedy":
         return baselines.from_greedy(greedy_R, k), zero
     predicted = run.learned_baseline(hidden)                                # (N, T)
-    return predicted.detach(), baselines.learned_loss(predicted, R, sample_mask)
+    return predicted.detach(), baselines.learned_loss(predicted, R, sample_mask, _per_process(run, sample_mask.sum()))
 
 
 def _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_loss) -> dict[str, float]:
@@ -132,6 +153,6 @@ def _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_los
             stats[f"reward/{name}"] = sum(present) / len(present)
     if kl is not None:
         stats["kl"] = float(kl)
-    if float(baseline_loss) != 0.0:
-        stats["baseline/mse"] = float(baseline_loss)
+    if baseline_loss.requires_grad:  # only the learned baseline has a loss of its own
+        stats["baseline/mse"] = float(baseline_loss.detach())
     return stats

@@ -1,5 +1,5 @@
-"""The training loop: set-up, then each optimizer step runs the schedule's plan (cross-entropy
-or MIXER), with logging, evaluation and checkpoints on their cadence.
+"""The training loop: each optimizer step runs the schedule's plan (cross-entropy or MIXER),
+with logging, evaluation and checkpoints on their cadence. Set-up lives in `seqrl.run`.
 
 accelerate handles every device and process concern in plain sight: `prepare`, `accumulate`,
 `backward`, `clip_grad_norm_`, `gather_object`. The learning-rate schedule is stepped by hand
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import gc
+import hashlib
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,196 +20,129 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
-from datasets import DatasetDict
-from torch.utils.data import DataLoader
+from accelerate.utils import DataLoaderConfiguration, gather_object
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from seqrl import data, modeling, rewards
-from seqrl.baselines import EMABaseline, LearnedBaseline
-from seqrl.checkpoint import save_checkpoint
-from seqrl.config import RecipeConfig, dump_recipe
-from seqrl.errors import SeqrlError
+from seqrl import rewards
+from seqrl.checkpoint import load_checkpoint, load_reference, resolve_resume, save_checkpoint
+from seqrl.config import RecipeConfig
 from seqrl.evaluate import evaluate_split
 from seqrl.plots import plot_run
-from seqrl.runlog import METRICS_FILE, RunLog, check_trackers
-from seqrl.schedule import Schedule
+from seqrl.run import Run, check_output_dir, setup
+from seqrl.runlog import check_trackers
 from seqrl.steps import mixer_step, xent_step
 
-RUN_MARKERS = ("recipe.yaml", METRICS_FILE)
 
-
-@dataclass
-class Run:
-    """What the loop works on, built once by `setup`."""
-
-    cfg: RecipeConfig
-    accelerator: Accelerator
-    out: Path
-    text_model: modeling.TextModel
-    datasets: DatasetDict
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    loader: DataLoader
-    rl_loader: DataLoader
-    schedule: Schedule
-    total_steps: int
-    runlog: RunLog
-    rewards: list[rewards.Reward]
-    ema: EMABaseline | None = None
-    learned_baseline: torch.nn.Module | None = None
-    reference: torch.nn.Module | None = None
-
-
-def finetune(cfg: RecipeConfig) -> Path:
-    """Run the recipe; return the `final/` model directory."""
+def finetune(cfg: RecipeConfig) -> Path | None:
+    """Run the recipe; return the `final/` model directory (None on processes other than rank 0)."""
     out = Path(cfg.run.output_dir)
-    check_output_dir(out, cfg.run.overwrite)
+    resume_from = resolve_resume(out, cfg.run.resume)
+    if resume_from is None:
+        check_output_dir(out, cfg.run.overwrite)
     check_trackers(cfg.log.trackers)
     reward_fns = rewards.build(cfg.rewards) if cfg.schedule.kind != "xent" else []
+    # Seedable sampler: the data order is a function of (seed, epoch), so resumes and runs on any
+    # number of processes see the same global batches.
     accelerator = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum_steps,
-                              mixed_precision=cfg.run.mixed_precision, cpu=cfg.run.cpu,
-                              log_with=cfg.log.trackers or None, project_dir=str(out))
+                              mixed_precision=cfg.run.mixed_precision, cpu=use_cpu(cfg.run.cpu),
+                              log_with=cfg.log.trackers or None, project_dir=str(out),
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     run = None
     try:
-        run = setup(cfg, accelerator, out, reward_fns)
-        train(run)
-        return finish(run)
-    finally:
-        teardown(accelerator, run)
+        run = setup(cfg, accelerator, out, reward_fns, resume_from)
+        state = resume(run, resume_from) if resume_from else None
+        train(run, state)
+        final = finish(run)
+    except BaseException:
+        teardown(accelerator, run, clean=False)
+        raise
+    teardown(accelerator, run, clean=True)
+    return final
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    held = [m for m in RUN_MARKERS if (out / m).exists()]
-    if held and not overwrite:
-        raise SeqrlError(f"run.output_dir '{out}' already holds a run ({held[0]}); choose another "
-                         f"run.output_dir or set run.overwrite=true to replace it")
+def use_cpu(forced: bool) -> bool:
+    """CPU when asked, and for a multi-process launch on a machine without GPUs: accelerate only
+    forms a (gloo) process group on the CPU when told `cpu=True`; otherwise each launched
+    process would silently train alone."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return forced or (launched and not torch.cuda.is_available())
 
 
-def clear_run(out: Path) -> None:
-    """Remove what an earlier run left (only reached with run.overwrite or an empty dir)."""
-    for path in out.glob("*") if out.is_dir() else []:
-        if path.name in (*RUN_MARKERS, "final", "checkpoints", "tokenizer") or path.name.startswith("predictions-"):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: list) -> Run:
-    """Output dir, seed, data, tokenizer, model, optimizer, loader: everything before step 1."""
-    if accelerator.is_main_process:
-        clear_run(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(dump_recipe(cfg), encoding="utf-8")
-    accelerator.wait_for_everyone()
-    set_seed(cfg.run.seed)
-    splits = [s for s in dict.fromkeys([cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split]) if s]
-    raw = data.load_raw(cfg.data, splits)
-    text_model = build_text_model(cfg, accelerator, out, raw)
-    check_lengths(cfg, text_model)
-    tokenized, reports = data.tokenize(raw, text_model, cfg.data)
-    for report in reports:
-        accelerator.print(report.line())
-    collate = data.TrainCollator(text_model, cfg.data)
-    loader = DataLoader(tokenized[cfg.data.train_split], batch_size=cfg.xent.batch_size, shuffle=True,
-                        collate_fn=collate)
-    rl_batch = cfg.reinforce.batch_size or cfg.xent.batch_size
-    rl_loader = DataLoader(tokenized[cfg.data.train_split], batch_size=rl_batch, shuffle=True, collate_fn=collate)
-    learned = LearnedBaseline(text_model.model.config.hidden_size) if cfg.reinforce.baseline == "learned" else None
-    groups = [{"params": text_model.model.parameters()}]
-    if learned is not None:  # MIXER trains its reward predictor at a fraction of the network's rate
-        groups.append({"params": learned.parameters(), "lr": cfg.optim.lr * cfg.reinforce.baseline_lr_scale})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
-    model, optimizer, loader, rl_loader, *rest = accelerator.prepare(
-        text_model.model, optimizer, loader, rl_loader, *([learned] if learned is not None else []))
-    accum = cfg.optim.grad_accum_steps
-    schedule = Schedule(cfg.schedule, max(1, len(loader) // accum), max(1, len(rl_loader) // accum),
-                        cfg.data.max_target_tokens)
-    total = min(schedule.total_steps, cfg.run.max_steps or schedule.total_steps)
-    lr_scheduler = get_scheduler(cfg.optim.decay if cfg.optim.decay != "constant" else "constant_with_warmup",
-                                 optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=total)
-    n_params = sum(p.numel() for p in text_model.model.parameters())
-    accelerator.print(f"model: {type(text_model.model).__name__}, {n_params / 1e6:.2f}M parameters, "
-                      f"vocab {len(text_model.tokenizer)}; {total} optimizer steps on "
-                      f"{accelerator.num_processes} process(es), device {accelerator.device}")
-    for start, plan in schedule.boundaries():
-        accelerator.print(f"  from step {start}: stage {plan.stage}, last {plan.n_rl_tokens} target tokens "
-                          f"sampled, xent weight {plan.xent_weight}")
-    ema = EMABaseline(cfg.reinforce.ema_decay) if cfg.reinforce.baseline == "ema" else None
-    return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
-               schedule, total, RunLog(accelerator, out, cfg), reward_fns, ema, rest[0] if rest else None)
-
-
-def build_text_model(cfg: RecipeConfig, accelerator: Accelerator, out: Path, raw: DatasetDict) -> modeling.TextModel:
-    """Rank 0 trains the tokenizer (if one is trained) and saves it; the others load that copy."""
-    if cfg.tokenizer.name_or_path is not None or cfg.model.name_or_path is not None:
-        return modeling.build(cfg.model, cfg.tokenizer, cfg.data)
-    tok_dir = out / "tokenizer"
-    with accelerator.main_process_first():
-        if accelerator.is_main_process:
-            train = raw[cfg.data.train_split]
-            texts = [cfg.data.source_prefix + s for s in list(train[cfg.data.source_field]) if isinstance(s, str)]
-            texts += [t for t in list(train[cfg.data.target_field]) if isinstance(t, str)]
-            modeling.train_tokenizer(texts, cfg.tokenizer).save_pretrained(tok_dir)
-    tok_cfg = type(cfg.tokenizer)(**{**vars(cfg.tokenizer), "name_or_path": str(tok_dir)})
-    return modeling.build(cfg.model, tok_cfg, cfg.data)
-
-
-def check_lengths(cfg: RecipeConfig, text_model: modeling.TextModel) -> None:
-    """Every length in the recipe must fit the model's position embeddings; say which does not."""
-    problem = text_model.length_problem(cfg.data.max_source_tokens, 0)
-    if problem:
-        raise SeqrlError(f"data.max_source_tokens: {problem}; lower it or give the model more positions")
-    for field_name, new_tokens in (("data.max_target_tokens", cfg.data.max_target_tokens),
-                                   ("eval.max_new_tokens", cfg.eval.max_new_tokens)):
-        problem = text_model.length_problem(cfg.data.max_source_tokens, new_tokens)
-        if problem:
-            raise SeqrlError(f"{field_name}: {problem}; lower it or give the model more positions")
-
-
-def train(run: Run) -> None:
-    """Optimizer steps until `total_steps`: the XENT stage on the XENT loader, the rest on the
-    REINFORCE loader (its own batch size), each step running the schedule's plan for it."""
-    cfg, acc = run.cfg, run.accelerator
-    loop = _Loop(tqdm(total=run.total_steps, desc="train",
-                      disable=not (cfg.log.progress_bar and acc.is_main_process)))
-    phases = [(run.loader, min(run.schedule.xent_steps, run.total_steps)), (run.rl_loader, run.total_steps)]
-    for loader, end in phases:
-        epoch = 0
-        while loop.step < end:
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            for batch in loader:
-                if micro_step(run, batch, loop) and loop.step >= end:
-                    break
-            epoch += 1
-            loop.epoch += 1
-    loop.bar.close()
+def resume(run: Run, path: Path) -> dict:
+    """Restore a checkpoint; drop metrics lines the interrupted run wrote after it."""
+    state = load_checkpoint(run.accelerator, path)
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.reference = load_reference(path, run.accelerator.unwrap_model(run.model))
+    run.runlog.truncate_after(state["step"])
+    run.accelerator.print(f"resumed from {path} at step {state['step']}")
+    return state
 
 
 @dataclass
 class _Loop:
+    """Where the loop is; what a checkpoint must record to continue exactly."""
+
     bar: tqdm
     step: int = 0
-    epoch: int = 0
+    phase: int = 0
+    phase_epoch: int = 0
+    batch_in_epoch: int = 0
+    stage: list | None = None
     window: "_Window" = field(default_factory=lambda: _Window())
-    stage: tuple | None = None
+
+    def state(self) -> dict:
+        return {"phase": self.phase, "phase_epoch": self.phase_epoch, "batch_in_epoch": self.batch_in_epoch,
+                "stage": self.stage}
+
+
+def train(run: Run, state: dict | None = None) -> None:
+    """Optimizer steps until `total_steps`: the XENT stage on the XENT loader, the rest on the
+    REINFORCE loader (its own batch size), each step running the schedule's plan for it."""
+    cfg, acc = run.cfg, run.accelerator
+    loop = _Loop(tqdm(total=run.total_steps, desc="train", mininterval=1.0,
+                      disable=not (cfg.log.progress_bar and acc.is_main_process)))
+    if state:
+        loop.step, loop.phase, loop.phase_epoch = state["step"], state["phase"], state["phase_epoch"]
+        loop.batch_in_epoch, loop.stage = state["batch_in_epoch"], state["stage"]
+        loop.bar.update(loop.step)
+    phases = [(run.loader, min(run.schedule.xent_steps, run.total_steps)), (run.rl_loader, run.total_steps)]
+    for phase, (loader, end) in enumerate(phases):
+        if loop.step >= end:
+            continue
+        if phase != loop.phase:
+            loop.phase, loop.phase_epoch, loop.batch_in_epoch = phase, 0, 0
+        while loop.step < end:
+            loader.set_epoch(loop.phase_epoch)
+            batches = acc.skip_first_batches(loader, loop.batch_in_epoch) if loop.batch_in_epoch else loader
+            for batch in batches:
+                loop.batch_in_epoch += 1
+                if micro_step(run, batch, loop) and loop.step >= end:
+                    break
+            else:  # the epoch ran out
+                loop.phase_epoch, loop.batch_in_epoch = loop.phase_epoch + 1, 0
+    loop.bar.close()
 
 
 def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
     """One micro-batch; returns True when it completed an optimizer step."""
     cfg, acc = run.cfg, run.accelerator
     plan = run.schedule.plan(loop.step)
-    if (plan.stage, plan.n_rl_tokens) != loop.stage:
-        loop.stage = (plan.stage, plan.n_rl_tokens)
+    if [plan.stage, plan.n_rl_tokens] != loop.stage:
+        loop.stage = [plan.stage, plan.n_rl_tokens]
         run.runlog.write(loop.step, {"stage_start": 1, "stage": plan.stage, "delta": plan.n_rl_tokens,
                                      "xent_weight": plan.xent_weight})
     if not plan.is_xent and run.reference is None and cfg.reinforce.kl_coef > 0:
         run.reference = _frozen_copy(acc.unwrap_model(run.model))
+    # Dropout noise as a function of (seed, step, micro-batch, process) only: data loaders and
+    # evaluation also draw from torch's RNG, differently in a resumed run.
+    torch.manual_seed(step_seed(cfg.run.seed, loop.step, loop.batch_in_epoch, acc.process_index))
     with acc.accumulate(run.model):
         start = time.perf_counter()
-        loss, stats = xent_step(run, batch["model_inputs"]) if plan.is_xent else mixer_step(run, batch, plan)
+        if plan.is_xent:
+            loss, stats = xent_step(run, batch["model_inputs"])
+        else:
+            loss, stats = mixer_step(run, batch, plan, loop.step)
         acc.backward(loss)
         if acc.sync_gradients and cfg.optim.max_grad_norm:
             stats["train/grad_norm"] = float(acc.clip_grad_norm_(run.model.parameters(), cfg.optim.max_grad_norm))
@@ -220,8 +155,14 @@ def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
     run.lr_scheduler.step()
     loop.step += 1
     loop.bar.update(1)
-    on_step_end(run, loop.step, loop.epoch, loop.window, loop.bar)
+    on_step_end(run, loop)
     return True
+
+
+def step_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (a hash, so nearby steps get unrelated streams)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -231,20 +172,21 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return reference
 
 
-def on_step_end(run: Run, step: int, epoch: int, window: "_Window", bar: tqdm) -> None:
-    cfg = run.cfg
+def on_step_end(run: Run, loop: _Loop) -> None:
+    cfg, step = run.cfg, loop.step
     if step % cfg.log.every == 0 or step == run.total_steps:
-        metrics = window.flush(run.accelerator)
+        metrics = loop.window.flush(run.accelerator)
         if metrics:
-            metrics.update({"lr": run.lr_scheduler.get_last_lr()[0], "epoch": epoch})
+            metrics.update({"lr": run.lr_scheduler.get_last_lr()[0], "epoch": loop.phase_epoch})
             run.runlog.write(step, metrics)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+            loop.bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
     if cfg.eval.every and step % cfg.eval.every == 0 and step < run.total_steps:
         evaluate(run, step, cfg.data.eval_split, cfg.eval.max_examples)
     if step == run.schedule.xent_steps < run.total_steps and cfg.eval.test_after_xent and cfg.data.test_split:
         evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}-xent.jsonl")
     if cfg.run.save_every and step % cfg.run.save_every == 0:
-        save_checkpoint(run.accelerator, run.out, step, {"epoch": epoch}, cfg.run.keep_checkpoints)
+        state = {**loop.state(), "ema": run.ema.state_dict() if run.ema else None}
+        save_checkpoint(run.accelerator, run.out, step, state, cfg.run.keep_checkpoints, run.reference)
 
 
 def evaluate(run: Run, step: int, split: str, max_examples: int | None, predictions: Path | None = None) -> dict:
@@ -278,20 +220,24 @@ def finish(run: Run) -> Path:
         for path in plot_run(run.out):
             run.accelerator.print(f"plot: {path}")
     run.accelerator.wait_for_everyone()
-    return final
+    return final if run.accelerator.is_main_process else None
 
 
-def teardown(accelerator: Accelerator, run: Run | None) -> None:
-    """Drop every reference to the wrapped model before `end_training`: a DDP model still alive
-    while the gloo process group is destroyed was seen to hang the interpreter on exit."""
+def teardown(accelerator: Accelerator, run: Run | None, clean: bool) -> None:
+    """Drop every reference to the wrapped model before the process group goes: a DDP model
+    still alive while gloo is torn down was seen to hang the interpreter on exit. After an error
+    or Ctrl-C (`clean=False`) there is no barrier: the other processes may be gone."""
     if run is not None:
         run.runlog.close()
         run.model = run.optimizer = run.text_model = run.reference = run.learned_baseline = None
     del run
     accelerator.free_memory()
     gc.collect()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    if clean:
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 class _Window:
