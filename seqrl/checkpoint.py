@@ -79,8 +79,10 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
             raise ValueError("no integer 'step'")
         accelerator.load_state(str(path))
     except Exception as err:  # corrupt JSON, truncated tensors, mismatched model: all end here
-        raise SeqrlError(f"run.resume: cannot load checkpoint {path}: {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        detail = " ".join(str(err).split())  # torch's messages span lines; keep the first sentence
+        detail = detail.split(". ")[0][:160] if detail else ""
+        raise SeqrlError(f"run.resume: cannot load checkpoint {path} ({type(err).__name__}: {detail}); "
+                         f"it is damaged or from another recipe") from None
     return state
 
 

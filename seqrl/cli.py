@@ -151,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.num_beams is not None:
         cfg.eval.num_beams = args.num_beams
     text_model = modeling.load_saved(model_dir)
-    check_lengths(cfg, text_model)
+    check_lengths(cfg, text_model.is_seq2seq, text_model.max_positions)
     accelerator = Accelerator(cpu=cfg.run.cpu)
     tokenized, _ = data.tokenize(data.load_raw(cfg.data, [split]), text_model, cfg.data)
     model = text_model.model.to(accelerator.device)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from seqrl.errors import ConfigError
-from seqrl.strict_yaml import build, dump_yaml, parse_yaml, plain
+from seqrl.strict_yaml import build, describe_yaml_error, dump_yaml, parse_yaml, plain
 
 
 @dataclass
@@ -360,7 +360,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
     try:
         raw = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{path} is not valid YAML: {describe_yaml_error(err)}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")

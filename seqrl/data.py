@@ -91,7 +91,8 @@ def _load_dir(path: Path, splits: list[str]) -> DatasetDict:
 
 
 def _load_files(files: dict[str, str], where: str) -> DatasetDict:
-    by_format: dict[str, dict[str, str]] = {}
+    """One `load_dataset` per split, so an error names its file and splits' types stay apart."""
+    out = DatasetDict()
     for split, name in files.items():
         if not Path(name).is_file():
             raise DataError(f"{where}: file for split '{split}' not found: {name}")
@@ -99,18 +100,25 @@ def _load_files(files: dict[str, str], where: str) -> DatasetDict:
         fmt = FORMATS.get(suffixes[-1] if suffixes else "")
         if fmt is None:
             raise DataError(f"{where}: cannot tell the format of {name}; use .jsonl, .json, .csv or .parquet")
-        by_format.setdefault(fmt, {})[split] = name
-    for split, name in files.items():
         if _is_empty_file(Path(name)):
             raise DataError(f"{where}: split '{split}' is empty ({name} holds no rows)")
-    out = DatasetDict()
-    for fmt, group in by_format.items():
+        verbosity = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own ERROR log would be a 2nd line
         try:
-            out.update(datasets.load_dataset(fmt, data_files=group))
+            out[split] = datasets.load_dataset(fmt, data_files={split: name}, split=split)
         except Exception as err:  # datasets raises many types for malformed files
-            raise DataError(f"{where}: could not read {sorted(group.values())} as {fmt}: "
-                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+            raise DataError(f"{where}: could not read {name} as {fmt}: {_root_cause(err)}") from None
+        finally:
+            datasets.logging.set_verbosity(verbosity)
     return out
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost exception's first line (datasets wraps parse errors in generic ones)."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
 
 
 def _is_empty_file(path: Path) -> bool:

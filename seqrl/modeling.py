@@ -8,14 +8,18 @@ families: how a source is fed (encoder input vs prompt) and where the target's l
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    CONFIG_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
@@ -23,6 +27,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
+    PretrainedConfig,
 )
 
 from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
@@ -120,18 +125,7 @@ class TextModel:
         return getattr(self.model.config, "max_position_embeddings", None)
 
     def length_problem(self, source_tokens: int, new_tokens: int) -> str | None:
-        """Why `source_tokens` in and `new_tokens` out would not fit the model's positions, if so."""
-        limit = self.max_positions
-        if limit is None:
-            return None
-        if self.is_seq2seq:
-            if source_tokens > limit:
-                return f"{source_tokens} source tokens exceed the model's {limit} positions"
-            if new_tokens + 1 > limit:  # the decoder also holds its start token
-                return f"{new_tokens} output tokens (+1 start token) exceed the model's {limit} positions"
-        elif source_tokens + new_tokens > limit:
-            return f"{source_tokens} prompt + {new_tokens} output tokens exceed the model's {limit} positions"
-        return None
+        return length_problem(self.is_seq2seq, self.max_positions, source_tokens, new_tokens)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -143,6 +137,20 @@ class TextModel:
         self.tokenizer.save_pretrained(directory)
         (directory / ADAPTER_FILE).write_text(json.dumps(
             {"source_prefix": self.source_prefix, "max_source_tokens": self.max_source_tokens}))
+
+
+def length_problem(is_seq2seq: bool, limit: int | None, source_tokens: int, new_tokens: int) -> str | None:
+    """Why `source_tokens` in and `new_tokens` out would not fit `limit` positions, if so."""
+    if limit is None:
+        return None
+    if is_seq2seq:
+        if source_tokens > limit:
+            return f"{source_tokens} source tokens exceed the model's {limit} positions"
+        if new_tokens + 1 > limit:  # the decoder also holds its start token
+            return f"{new_tokens} output tokens (+1 start token) exceed the model's {limit} positions"
+    elif source_tokens + new_tokens > limit:
+        return f"{source_tokens} prompt + {new_tokens} output tokens exceed the model's {limit} positions"
+    return None
 
 
 def pad_rows(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -159,6 +167,8 @@ def pad_rows(rows: list[list[int]], value: int, left: bool = False) -> torch.Ten
 def build(model_cfg: ModelConfig, tok_cfg: TokenizerConfig, data_cfg: DataConfig,
           training_texts: Iterable[str] | None = None) -> TextModel:
     """Load or build the tokenizer and model named by the recipe."""
+    check_local("model.name_or_path", model_cfg.name_or_path)
+    check_local("tokenizer.name_or_path", tok_cfg.name_or_path)
     tokenizer = _load_or_train_tokenizer(model_cfg, tok_cfg, training_texts)
     if model_cfg.name_or_path is not None:
         model = _load_pretrained(model_cfg)
@@ -173,9 +183,8 @@ def build(model_cfg: ModelConfig, tok_cfg: TokenizerConfig, data_cfg: DataConfig
 
 def load_saved(directory: str | Path) -> TextModel:
     """Load a directory written by `TextModel.save` (or any transformers model directory)."""
+    check_local("model", str(directory))
     directory = Path(directory)
-    if not directory.is_dir() and (str(directory).startswith((".", "/", "~")) or len(directory.parts) > 2):
-        raise SeqrlError(f"model directory not found: {directory}")
     cfg = ModelConfig(name_or_path=str(directory))
     tokenizer = _load_or_train_tokenizer(cfg, TokenizerConfig(), None)
     extra = json.loads((directory / ADAPTER_FILE).read_text()) if (directory / ADAPTER_FILE).is_file() else {}
@@ -195,20 +204,52 @@ def _load_pretrained(cfg: ModelConfig) -> PreTrainedModel:
                          f"or a hub name while offline): {str(err).splitlines()[0]}") from None
 
 
+def architecture_config(cfg: ModelConfig, **ids) -> PretrainedConfig:
+    """The transformers config of `model.architecture` with `model.config`, checked key by key
+    (transformers would keep a misspelled key as a stray attribute and build the default)."""
+    if cfg.architecture not in CONFIG_MAPPING:
+        guess = difflib.get_close_matches(cfg.architecture, list(CONFIG_MAPPING), n=1)
+        tip = f"did you mean '{guess[0]}'?" if guess else "see transformers' model types (bart, marian, t5, gpt2, ...)"
+        raise SeqrlError(f"model.architecture '{cfg.architecture}' is not a transformers model type; {tip}")
+    config_class = CONFIG_MAPPING[cfg.architecture]
+    if dataclasses.is_dataclass(config_class):
+        known = {f.name for f in dataclasses.fields(config_class)} | set(getattr(config_class, "attribute_map", {}))
+        for key in cfg.config:
+            if key not in known:
+                guess = difflib.get_close_matches(key, sorted(known), n=1)
+                tip = f"; did you mean 'model.config.{guess[0]}'?" if guess else ""
+                raise SeqrlError(f"unknown key 'model.config.{key}' for {cfg.architecture}{tip}")
+    try:
+        return AutoConfig.for_model(cfg.architecture, **{**ids, **cfg.config})
+    except (ValueError, TypeError, StrictDataclassError) as err:
+        raise SeqrlError(f"model.config does not fit '{cfg.architecture}': {_first_line(err)}") from None
+
+
 def _from_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     ids = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
            "eos_token_id": tokenizer.eos_token_id,
            "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id}
     ids["decoder_start_token_id"] = ids["bos_token_id"]  # read by encoder-decoders only
     ids["forced_eos_token_id"] = ids["eos_token_id"]  # Marian's default (0) would be our <pad>
-    try:
-        config = AutoConfig.for_model(cfg.architecture, **{**ids, **cfg.config})
-    except ValueError as err:
-        raise SeqrlError(f"model.architecture '{cfg.architecture}': {str(err).splitlines()[0]}") from None
-    except TypeError as err:
-        raise SeqrlError(f"model.config does not fit '{cfg.architecture}': {err}") from None
+    config = architecture_config(cfg, **ids)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    return auto.from_config(config, dtype=getattr(torch, cfg.dtype))
+    try:
+        return auto.from_config(config, dtype=getattr(torch, cfg.dtype))
+    except (ValueError, RuntimeError, TypeError) as err:  # e.g. d_model not divisible by the heads
+        raise SeqrlError(f"model.config does not fit '{cfg.architecture}': {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
+
+def check_local(field_name: str, name: str | None) -> None:
+    """A name that can only be a local path must exist (else the hub's error is misleading)."""
+    if name is None or Path(name).expanduser().is_dir():
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise SeqrlError(f"{field_name}: directory not found: {name}")
 
 
 def _load_or_train_tokenizer(model_cfg: ModelConfig, tok_cfg: TokenizerConfig,
@@ -218,6 +259,11 @@ def _load_or_train_tokenizer(model_cfg: ModelConfig, tok_cfg: TokenizerConfig,
         if training_texts is None:
             raise SeqrlError("no tokenizer: set tokenizer.name_or_path, or give training texts to train one")
         return train_tokenizer(training_texts, tok_cfg)
+    return load_tokenizer(name)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """A pretrained tokenizer that can end outputs (has EOS); pad defaults to EOS if missing."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:

@@ -68,13 +68,12 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         if resume_from is None:
             clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(dump_recipe(cfg), encoding="utf-8")
     accelerator.wait_for_everyone()
     set_seed(cfg.run.seed)
     splits = [s for s in dict.fromkeys([cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split]) if s]
     raw = data.load_raw(cfg.data, splits)
     text_model = build_text_model(cfg, accelerator, out, raw, reuse_tokenizer=resume_from is not None)
-    check_lengths(cfg, text_model)
+    check_lengths(cfg, text_model.is_seq2seq, text_model.max_positions)
     tokenized, reports = data.tokenize(raw, text_model, cfg.data)
     for report in reports:
         accelerator.print(report.line())
@@ -106,6 +105,8 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         accelerator.print(f"  from step {start}: stage {plan.stage}, last {plan.n_rl_tokens} target tokens "
                           f"sampled, xent weight {plan.xent_weight}")
     ema = EMABaseline(cfg.reinforce.ema_decay) if cfg.reinforce.baseline == "ema" else None
+    if accelerator.is_main_process:  # written last: a recipe that failed set-up leaves no "run" behind
+        (out / "recipe.yaml").write_text(dump_recipe(cfg), encoding="utf-8")
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
                schedule, total, RunLog(accelerator, out, cfg), reward_fns, ema, rest[0] if rest else None)
 
@@ -127,13 +128,13 @@ def build_text_model(cfg: RecipeConfig, accelerator: Accelerator, out: Path, raw
     return modeling.build(cfg.model, tok_cfg, cfg.data)
 
 
-def check_lengths(cfg: RecipeConfig, text_model: modeling.TextModel) -> None:
+def check_lengths(cfg: RecipeConfig, is_seq2seq: bool, max_positions: int | None) -> None:
     """Every length in the recipe must fit the model's position embeddings; say which does not."""
-    problem = text_model.length_problem(cfg.data.max_source_tokens, 0)
+    problem = modeling.length_problem(is_seq2seq, max_positions, cfg.data.max_source_tokens, 0)
     if problem:
         raise SeqrlError(f"data.max_source_tokens: {problem}; lower it or give the model more positions")
     for field_name, new_tokens in (("data.max_target_tokens", cfg.data.max_target_tokens),
                                    ("eval.max_new_tokens", cfg.eval.max_new_tokens)):
-        problem = text_model.length_problem(cfg.data.max_source_tokens, new_tokens)
+        problem = modeling.length_problem(is_seq2seq, max_positions, cfg.data.max_source_tokens, new_tokens)
         if problem:
             raise SeqrlError(f"{field_name}: {problem}; lower it or give the model more positions")

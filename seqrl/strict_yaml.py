@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -57,6 +58,13 @@ _Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123
 
 def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def describe_yaml_error(err: yaml.YAMLError) -> str:
+    """`line L, column C: problem` from PyYAML's multi-line message."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def dump_yaml(tree: dict) -> str:
@@ -134,6 +142,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if hint is bool and not isinstance(value, bool) or not isinstance(value, hint) \
             or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{name} must be {_type_name(hint)}, got {_describe(value)}")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
     return value
 
 

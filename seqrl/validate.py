@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig
-
 from seqrl import data, modeling, rewards
 from seqrl.config import RecipeConfig
-from seqrl.errors import SeqrlError
+from seqrl.run import check_lengths
 from seqrl.runlog import check_trackers
 
 
@@ -27,14 +25,17 @@ def validate(cfg: RecipeConfig) -> list[str]:
         lines.append(f"data[{split}]: {len(ds)} examples, {empty} empty targets, columns {ds.column_names}")
     if cfg.model.name_or_path is not None:
         text_model = modeling.build(cfg.model, cfg.tokenizer, cfg.data)
-        kind = "encoder-decoder" if text_model.is_seq2seq else "decoder-only"
-        lines.append(f"model: {cfg.model.name_or_path} loads ({kind}, vocab {len(text_model.tokenizer)})")
+        is_seq2seq, positions = text_model.is_seq2seq, text_model.max_positions
+        lines.append(f"model: {cfg.model.name_or_path} loads (vocab {len(text_model.tokenizer)})")
     else:
-        try:
-            config = AutoConfig.for_model(cfg.model.architecture, **cfg.model.config)
-        except (ValueError, TypeError) as err:
-            raise SeqrlError(f"model.architecture '{cfg.model.architecture}' / model.config: "
-                             f"{str(err).splitlines()[0]}") from None
-        kind = "encoder-decoder" if config.is_encoder_decoder else "decoder-only"
-        lines.append(f"model: {cfg.model.architecture} config builds ({kind}); tokenizer trained at run start")
+        config = modeling.architecture_config(cfg.model)
+        is_seq2seq, positions = config.is_encoder_decoder, getattr(config, "max_position_embeddings", None)
+        if cfg.tokenizer.name_or_path is not None:
+            tokenizer = modeling.load_tokenizer(cfg.tokenizer.name_or_path)
+            lines.append(f"tokenizer: {cfg.tokenizer.name_or_path} loads (vocab {len(tokenizer)})")
+        lines.append(f"model: {cfg.model.architecture} config builds; "
+                     f"{'tokenizer given' if cfg.tokenizer.name_or_path else 'tokenizer trained at run start'}")
+    check_lengths(cfg, is_seq2seq, positions)
+    lines.append(f"lengths: fit the model's {positions} positions "
+                 f"({'encoder-decoder' if is_seq2seq else 'decoder-only'})")
     return lines

@@ -188,7 +188,7 @@ def test_config_kwargs_are_passed(user_module):
 
 
 def test_unknown_kwargs_rejected(user_module):
-    with pytest.raises(RewardError, match=r"kwargs \['scael'\] are not parameters of the function"):
+    with pytest.raises(RewardError, match=r"kwargs 'scael' is not a parameter of the function; did you mean 'scale'?"):
         one(f"{user_module}:scaled", scael=10.0)
 
 

@@ -27,6 +27,9 @@ from seqrl.errors import SeqrlError
 from seqrl.rewards.text import BUILTINS
 
 
+CONTRACT_ARGS = {"completions", "references", "prompts", "completion_ids"}
+
+
 class RewardError(SeqrlError):
     """A reward function that cannot be loaded or returned something unusable."""
 
@@ -89,9 +92,12 @@ def _build_one(cfg: RewardConfig) -> Reward:
         if p.kind is p.VAR_POSITIONAL or (p.default is p.empty and p.kind is p.POSITIONAL_ONLY):
             raise RewardError(f"reward '{cfg.name}' takes positional-only arguments; it is called "
                               f"with keywords (completions=..., references=..., **kwargs)")
-    unknown = set(cfg.kwargs) - (accepts or set(cfg.kwargs))
+    unknown = sorted(set(cfg.kwargs) - (accepts or set(cfg.kwargs)))
     if unknown:
-        raise RewardError(f"rewards '{cfg.name}': kwargs {sorted(unknown)} are not parameters of the function")
+        options = sorted((accepts or set()) - CONTRACT_ARGS)
+        guess = difflib.get_close_matches(unknown[0], options, n=1)
+        tip = f"did you mean '{guess[0]}'?" if guess else f"its options are {options}"
+        raise RewardError(f"rewards '{cfg.name}': kwargs '{unknown[0]}' is not a parameter of the function; {tip}")
     return Reward(cfg.name, cfg.weight, fn, dict(cfg.kwargs), accepts)
 
 
