@@ -132,6 +132,9 @@ class ReinforceConfig:
     """`ema` baseline: b <- decay * b + (1 - decay) * mean reward of the batch."""
     baseline_lr_scale: float = 0.01
     """`learned` baseline: its learning rate is this times `optim.lr` (MIXER: 0.01)."""
+    lr: float | None = None
+    """Constant learning rate of the sequence-level stages; the `optim` warm-up and decay then
+    span the XENT stage only. Empty = one `optim` schedule over the whole run."""
     kl_coef: float = 0.0
     """Weight of a KL penalty to a frozen copy of the model taken when sequence-level training starts."""
 
@@ -257,7 +260,7 @@ class RecipeConfig:
         _non_negative(self, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every",
                       "run.save_every", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
                       "reinforce.kl_coef")
-        _positive_or_none(self, "reinforce.batch_size", "data.max_train_examples", "eval.max_examples", "run.max_steps",
+        _positive_or_none(self, "reinforce.lr", "reinforce.batch_size", "data.max_train_examples", "eval.max_examples", "run.max_steps",
                           "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs",
                           "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
         _in_unit_interval(self, "xent.label_smoothing", "schedule.xent_weight", "reinforce.ema_decay")

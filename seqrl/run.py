@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,14 +13,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
-from transformers import get_scheduler
+from torch.optim.lr_scheduler import LambdaLR
 
 from seqrl import data, modeling, rewards
 from seqrl.baselines import EMABaseline, LearnedBaseline
 from seqrl.config import RecipeConfig, dump_recipe
 from seqrl.errors import SeqrlError
 from seqrl.runlog import METRICS_FILE, RunLog
-from seqrl.schedule import Schedule
+from seqrl.schedule import Schedule, lr_factor
 
 RUN_MARKERS = ("recipe.yaml", METRICS_FILE)
 
@@ -94,8 +95,11 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     schedule = Schedule(cfg.schedule, max(1, len(loader) // accum), max(1, len(rl_loader) // accum),
                         cfg.data.max_target_tokens)
     total = min(schedule.total_steps, cfg.run.max_steps or schedule.total_steps)
-    lr_scheduler = get_scheduler(cfg.optim.decay if cfg.optim.decay != "constant" else "constant_with_warmup",
-                                 optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=total)
+    rl_start = schedule.xent_steps if cfg.reinforce.lr is not None and cfg.schedule.kind != "xent" else None
+    lr_scheduler = LambdaLR(optimizer, partial(
+        lr_factor, warmup=cfg.optim.warmup_steps, decay=cfg.optim.decay,
+        decay_steps=rl_start if rl_start is not None else total, rl_start=rl_start,
+        rl_factor=(cfg.reinforce.lr or cfg.optim.lr) / cfg.optim.lr))
     accelerator.register_for_checkpointing(lr_scheduler)  # stepped by hand, saved with the state
     n_params = sum(p.numel() for p in text_model.model.parameters())
     accelerator.print(f"model: {type(text_model.model).__name__}, {n_params / 1e6:.2f}M parameters, "

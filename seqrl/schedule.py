@@ -103,3 +103,22 @@ def _steps(steps: int | None, epochs: float | None, steps_per_epoch: int) -> int
     if epochs is None:
         return 0
     return max(1, math.ceil(epochs * steps_per_epoch)) if epochs > 0 else 0
+
+
+def lr_factor(step: int, *, warmup: int, decay: str, decay_steps: int, rl_start: int | None = None,
+              rl_factor: float | None = None) -> float:
+    """Multiplier of `optim.lr` at optimizer step `step` (0-based), as transformers' schedules:
+    linear warm-up over `warmup` steps, then `linear`/`cosine` decay to 0 at `decay_steps` or
+    `constant`. With `rl_start`, steps from there on use the constant `rl_factor`
+    (`reinforce.lr / optim.lr`) and the decay ends with the XENT stage."""
+    if rl_start is not None and step >= rl_start:
+        return rl_factor
+    if step < warmup:
+        return step / max(1, warmup)
+    if decay == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, decay_steps - warmup)
+    if decay == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+

@@ -130,7 +130,7 @@ def _baseline(run: Run, R: torch.Tensor, k: int, greedy_R, hidden, sample_mask) 
     if kind == "none":
         return torch.zeros_like(R), zero
     if kind == "mean":  # over the global batch, as on one process
-        return baselines.batch_mean(run.accelerator.gather(R)).mean().expand_as(R), zero
+        return baselines.batch_mean(run.accelerator.gather(R))[: R.numel()], zero
     if kind == "ema":
         return run.ema(run.accelerator.gather(R))[: R.numel()], zero
     if kind == "loo":
@@ -150,9 +150,11 @@ def _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_los
     for name, values in parts.items():
         present = [v for v in values if v is not None]
         if present:
-            stats[f"reward/{name}"] = sum(present) / len(present)
+            mean = sum(present) / len(present)
+            stats[f"reward/{name}"] = mean
+            stats[f"reward_std/{name}"] = (sum((v - mean) ** 2 for v in present) / max(len(present) - 1, 1)) ** 0.5
     if kl is not None:
-        stats["kl"] = float(kl)
+        stats["kl"] = float(kl.detach())
     if baseline_loss.requires_grad:  # only the learned baseline has a loss of its own
         stats["baseline/mse"] = float(baseline_loss.detach())
     return stats

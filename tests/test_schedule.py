@@ -247,3 +247,29 @@ def test_recipe_to_schedule_end_to_end():
     cfg = from_dict(recipe({"kind": "mixer", "xent_epochs": 25, "stage_epochs": 5, "delta": 3}))
     s = make(cfg.schedule, 10, 10, 25)
     assert s.total_steps == 700 and s.plan(650) == StagePlan(9, 25, 0.5)
+
+
+# --- learning-rate factor ---------------------------------------------------------------------
+
+def test_lr_factor_linear_matches_hand_values():
+    from seqrl.schedule import lr_factor
+    # warm-up 2 steps (0, 1/2), then linear from 1 to 0 over steps 2..6: (6 - s) / (6 - 2)
+    got = [lr_factor(s, warmup=2, decay="linear", decay_steps=6) for s in range(8)]
+    assert got == [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+
+
+def test_lr_factor_rl_stage_is_constant_after_xent_decay():
+    from seqrl.schedule import lr_factor
+    # the decay ends with the XENT stage (step 6), then reinforce.lr / optim.lr = 0.1 flat
+    got = [lr_factor(s, warmup=2, decay="linear", decay_steps=6, rl_start=6, rl_factor=0.1) for s in range(9)]
+    assert got == [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.1, 0.1, 0.1]
+
+
+def test_lr_factor_cosine_and_constant():
+    import math
+
+    from seqrl.schedule import lr_factor
+    # cosine without warm-up over 4 steps: 0.5 * (1 + cos(pi * s / 4))
+    got = [lr_factor(s, warmup=0, decay="cosine", decay_steps=4) for s in range(5)]
+    assert got == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0])
+    assert [lr_factor(s, warmup=2, decay="constant", decay_steps=4) for s in range(4)] == [0.0, 0.5, 1.0, 1.0]
