@@ -82,3 +82,59 @@ def test_two_processes_equal_one_process(toy_data_dir, tmp_path):
         assert worst < TOLERANCE, f"{baseline}: 2-process parameters differ from 1-process by {worst:.3g}"
     # The comparison has teeth: two baselines give updates that differ far beyond the tolerance.
     assert max_diff(finals["loo-1"], finals["greedy-1"]) > 100 * TOLERANCE
+
+
+FAILING_REWARD = '''
+import os
+
+
+def fails_on_rank_1(completions, **kwargs):
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("reward service down")
+    return [0.5] * len(completions)
+'''
+
+
+def test_error_on_one_process_ends_the_run_without_hanging(toy_data_dir, tmp_path):
+    """A user error on one rank: that rank exits 2 with its one-line error, the launcher stops the
+    other, and nothing waits forever in a collective."""
+    (tmp_path / "failing_reward.py").write_text(FAILING_REWARD)
+    recipe = _recipe(toy_data_dir, tmp_path / "run", "loo", 4, 2)
+    recipe["rewards"] = [{"name": "failing_reward:fails_on_rank_1"}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+           "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "0", "-m", "seqrl", "finetune", str(path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(tmp_path))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode != 0
+    assert "reward 'failing_reward:fails_on_rank_1' raised RuntimeError: reward service down" in proc.stderr
+
+
+def test_ctrl_c_stops_a_two_process_run(toy_data_dir, tmp_path):
+    """SIGINT to the launcher (what Ctrl-C sends) ends both processes promptly."""
+    import signal
+    import time
+
+    recipe = _recipe(toy_data_dir, tmp_path / "run", "loo", 4, 2)
+    recipe["schedule"] = {"kind": "xent", "xent_steps": 100_000}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+           "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "0", "-m", "seqrl", "finetune", str(path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and not (metrics.exists() and '"train/loss"' in metrics.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the run did not stop within 60 s of Ctrl-C")
+    assert proc.returncode != 0
