@@ -291,7 +291,7 @@ class RecipeConfig:
             elif given:
                 raise ConfigError(f"{given[0]} does not apply to schedule.kind: {kind}; remove it")
         if sched.anneal_steps is not None and kind != "alternate":
-            raise ConfigError(f"schedule.anneal_steps only applies to schedule.kind: alternate; remove it")
+            raise ConfigError("schedule.anneal_steps only applies to schedule.kind: alternate; remove it")
         if kind == "alternate" and sched.anneal_steps is None:
             if sched.rl_steps is None:
                 raise ConfigError("schedule.anneal_steps is required with schedule.rl_epochs")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from seqrl.config import DataConfig
 from seqrl.errors import DataError

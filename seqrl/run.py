@@ -15,10 +15,11 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqrl import data, modeling, rewards
+from seqrl import data, modeling
 from seqrl.baselines import EMABaseline, LearnedBaseline
 from seqrl.config import RecipeConfig, dump_recipe
 from seqrl.errors import SeqrlError
+from seqrl.rewards import Reward
 from seqrl.runlog import METRICS_FILE, RunLog
 from seqrl.schedule import Schedule, lr_factor
 
@@ -42,7 +43,7 @@ class Run:
     schedule: Schedule
     total_steps: int
     runlog: RunLog
-    rewards: list[rewards.Reward]
+    rewards: list[Reward]
     ema: EMABaseline | None = None
     learned_baseline: torch.nn.Module | None = None
     reference: torch.nn.Module | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import random
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -107,8 +108,7 @@ def toy_data_dir(tmp_path, toy_pairs):
     return d
 
 
-@pytest.fixture
-def tiny_recipe(toy_data_dir, tmp_path) -> dict:
+def make_tiny_recipe(data_dir: Path, output_dir: Path) -> dict:
     """A raw recipe dict (accepted by `seqrl.config.from_dict`) for a tiny marian model."""
     return {
         "model": {
@@ -116,12 +116,18 @@ def tiny_recipe(toy_data_dir, tmp_path) -> dict:
             "config": dict(TINY_CONFIGS["marian"]),
         },
         "tokenizer": {"vocab_size": 120},
-        "data": {"path": str(toy_data_dir), "source_field": "en", "target_field": "es",
+        "data": {"path": str(data_dir), "source_field": "en", "target_field": "es",
                  "max_source_tokens": 32, "max_target_tokens": 32},
         "xent": {"batch_size": 16},
         "schedule": {"kind": "xent", "xent_steps": 4},
         "optim": {"warmup_steps": 1},
         "eval": {"every": 0, "max_new_tokens": 8, "batch_size": 20},
-        "run": {"output_dir": str(tmp_path / "run")},
+        "run": {"output_dir": str(output_dir)},
         "log": {"every": 1, "progress_bar": False},
     }
+
+
+@pytest.fixture
+def tiny_recipe(toy_data_dir, tmp_path) -> dict:
+    """`make_tiny_recipe` on the toy data, writing under tmp_path/run."""
+    return make_tiny_recipe(toy_data_dir, tmp_path / "run")

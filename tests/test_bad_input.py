@@ -24,6 +24,7 @@ import yaml
 from seqrl.cli import main
 
 from conftest import TINY_CONFIGS, make_pairs, write_jsonl
+from test_cli import assert_one_line_error
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -31,20 +32,6 @@ from conftest import TINY_CONFIGS, make_pairs, write_jsonl
 def write_recipe(path: Path, recipe: dict) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
-
-
-def assert_one_line_error(rc: int, err: str, *needles: str, command: str = "finetune") -> str:
-    """Exit 2 and exactly one short `seqrl CMD: error: ...` line on stderr, naming every needle."""
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    line = lines[0]
-    assert line.startswith(f"seqrl {command}: error: "), line
-    assert "Traceback" not in err
-    assert len(line) < 300, line
-    for needle in needles:
-        assert needle in line, line
-    return line
 
 
 @dataclass

@@ -26,7 +26,7 @@ from seqrl.cli import main
 from seqrl.config import load_recipe, to_dict
 from seqrl.errors import ConfigError
 
-from conftest import EN_ES, TINY_CONFIGS, TOPICS, make_pairs, write_jsonl
+from conftest import EN_ES, TINY_CONFIGS, TOPICS, make_pairs, make_tiny_recipe, write_jsonl
 
 PYTHON = sys.executable
 CONSOLE_SCRIPT = Path(sys.executable).with_name("seqrl")
@@ -99,7 +99,7 @@ def mixer_recipe(tiny_recipe) -> dict:
 def trained_run(tmp_path_factory) -> dict:
     """One finished tiny marian run (4 XENT steps), shared by the read-only tests below.
 
-    The recipe mirrors conftest's `tiny_recipe` (a function-scoped fixture cannot feed a
+    The recipe is conftest's `make_tiny_recipe` (a function-scoped fixture cannot feed a
     module-scoped one).
     """
     tmp = tmp_path_factory.mktemp("trained")
@@ -109,18 +109,7 @@ def trained_run(tmp_path_factory) -> dict:
     write_jsonl(data_dir / "train.jsonl", pairs[:160])
     write_jsonl(data_dir / "validation.jsonl", pairs[160:180])
     write_jsonl(data_dir / "test.jsonl", pairs[180:200])
-    recipe = {
-        "model": {"architecture": "marian", "config": dict(TINY_CONFIGS["marian"])},
-        "tokenizer": {"vocab_size": 120},
-        "data": {"path": str(data_dir), "source_field": "en", "target_field": "es",
-                 "max_source_tokens": 32, "max_target_tokens": 32},
-        "xent": {"batch_size": 16},
-        "schedule": {"kind": "xent", "xent_steps": 4},
-        "optim": {"warmup_steps": 1},
-        "eval": {"every": 0, "max_new_tokens": 8, "batch_size": 20},
-        "run": {"output_dir": str(tmp / "run")},
-        "log": {"every": 1, "progress_bar": False},
-    }
+    recipe = make_tiny_recipe(data_dir, tmp / "run")
     path = write_recipe(tmp / "recipe.yaml", recipe)
     rc = main(["finetune", str(path)])
     assert rc == 0
