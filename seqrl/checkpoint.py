@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 
 from seqrl.errors import SeqrlError
+from seqrl.modeling import frozen_copy
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -91,9 +92,6 @@ def load_reference(path: Path, model: torch.nn.Module) -> torch.nn.Module | None
     file = path / REFERENCE_FILE
     if not file.is_file():
         return None
-    import copy
-
-    reference = copy.deepcopy(model).eval()
+    reference = frozen_copy(model)
     reference.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-    reference.requires_grad_(False)
     return reference

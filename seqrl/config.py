@@ -313,9 +313,6 @@ class RecipeConfig:
             raise ConfigError(f"rewards: '{dupes[0]}' is listed twice; give it one entry with the summed weight")
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(RecipeConfig)}
-
-
 def _get(cfg: RecipeConfig, dotted: str) -> Any:
     section, name = dotted.split(".")
     return getattr(getattr(cfg, section), name)

@@ -41,6 +41,11 @@ class DataReport:
                 f"{self.truncated_targets} targets cut to the length limit")
 
 
+def needed_splits(cfg: DataConfig) -> list[str]:
+    """Train, eval and test split names, without repeats or the empty test split."""
+    return [s for s in dict.fromkeys([cfg.train_split, cfg.eval_split, cfg.test_split]) if s]
+
+
 def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
     """Load the named splits as text columns; check the source and target fields exist."""
     datasets.disable_progress_bars()

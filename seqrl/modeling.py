@@ -8,6 +8,7 @@ families: how a source is fed (encoder input vs prompt) and where the target's l
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -137,6 +138,13 @@ class TextModel:
         self.tokenizer.save_pretrained(directory)
         (directory / ADAPTER_FILE).write_text(json.dumps(
             {"source_prefix": self.source_prefix, "max_source_tokens": self.max_source_tokens}))
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode copy with no gradients (the KL penalty's reference policy)."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
 
 
 def length_problem(is_seq2seq: bool, limit: int | None, source_tokens: int, new_tokens: int) -> str | None:

@@ -72,8 +72,7 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     set_seed(cfg.run.seed)
-    splits = [s for s in dict.fromkeys([cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split]) if s]
-    raw = data.load_raw(cfg.data, splits)
+    raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
     text_model = build_text_model(cfg, accelerator, out, raw, reuse_tokenizer=resume_from is not None)
     check_lengths(cfg, text_model.is_seq2seq, text_model.max_positions)
     tokenized, reports = data.tokenize(raw, text_model, cfg.data)

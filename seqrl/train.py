@@ -9,7 +9,6 @@ the number of processes.
 
 from __future__ import annotations
 
-import copy
 import gc
 import hashlib
 import os
@@ -27,6 +26,7 @@ from seqrl import rewards
 from seqrl.checkpoint import load_checkpoint, load_reference, resolve_resume, save_checkpoint
 from seqrl.config import RecipeConfig
 from seqrl.evaluate import evaluate_split
+from seqrl.modeling import frozen_copy
 from seqrl.plots import plot_run
 from seqrl.run import Run, check_output_dir, setup
 from seqrl.runlog import check_trackers
@@ -133,7 +133,7 @@ def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
         run.runlog.write(loop.step, {"stage_start": 1, "stage": plan.stage, "delta": plan.n_rl_tokens,
                                      "xent_weight": plan.xent_weight})
     if not plan.is_xent and run.reference is None and cfg.reinforce.kl_coef > 0:
-        run.reference = _frozen_copy(acc.unwrap_model(run.model))
+        run.reference = frozen_copy(acc.unwrap_model(run.model))  # the policy as RL begins
     # Dropout noise as a function of (seed, step, micro-batch, process) only: data loaders and
     # evaluation also draw from torch's RNG, differently in a resumed run.
     torch.manual_seed(step_seed(cfg.run.seed, loop.step, loop.batch_in_epoch, acc.process_index))
@@ -163,13 +163,6 @@ def step_seed(*parts: int) -> int:
     """A 63-bit seed from integers (a hash, so nearby steps get unrelated streams)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """The KL penalty's reference: the policy as it was when sequence-level training began."""
-    reference = copy.deepcopy(model).eval()
-    reference.requires_grad_(False)
-    return reference
 
 
 def on_step_end(run: Run, loop: _Loop) -> None:

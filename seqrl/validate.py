@@ -18,8 +18,7 @@ def validate(cfg: RecipeConfig) -> list[str]:
     if cfg.schedule.kind != "xent":
         names = [r.name for r in rewards.build(cfg.rewards)]
         lines.append(f"rewards: {', '.join(names)} load")
-    splits = [s for s in dict.fromkeys([cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split]) if s]
-    raw = data.load_raw(cfg.data, splits)
+    raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
     for split, ds in raw.items():
         empty = sum(1 for t in list(ds[cfg.data.target_field]) if not (isinstance(t, str) and t.strip()))
         lines.append(f"data[{split}]: {len(ds)} examples, {empty} empty targets, columns {ds.column_names}")

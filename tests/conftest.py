@@ -97,15 +97,20 @@ def toy_pairs() -> list[dict]:
     return make_pairs()
 
 
+def write_toy_splits(directory: Path, pairs: list[dict] | None = None) -> Path:
+    """train.jsonl (160), validation.jsonl (20), test.jsonl (20) of the toy pairs in `directory`."""
+    pairs = make_pairs() if pairs is None else pairs
+    directory.mkdir(parents=True, exist_ok=True)
+    write_jsonl(directory / "train.jsonl", pairs[:160])
+    write_jsonl(directory / "validation.jsonl", pairs[160:180])
+    write_jsonl(directory / "test.jsonl", pairs[180:200])
+    return directory
+
+
 @pytest.fixture
 def toy_data_dir(tmp_path, toy_pairs):
     """A directory with train.jsonl (160), validation.jsonl (20), test.jsonl (20)."""
-    d = tmp_path / "data"
-    d.mkdir()
-    write_jsonl(d / "train.jsonl", toy_pairs[:160])
-    write_jsonl(d / "validation.jsonl", toy_pairs[160:180])
-    write_jsonl(d / "test.jsonl", toy_pairs[180:200])
-    return d
+    return write_toy_splits(tmp_path / "data", toy_pairs)
 
 
 def make_tiny_recipe(data_dir: Path, output_dir: Path) -> dict:

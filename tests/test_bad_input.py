@@ -23,7 +23,7 @@ import yaml
 
 from seqrl.cli import main
 
-from conftest import TINY_CONFIGS, make_pairs, write_jsonl
+from conftest import TINY_CONFIGS, make_pairs, write_jsonl, write_toy_splits
 from test_cli import assert_one_line_error
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -343,11 +343,7 @@ def checkpointed_run(tmp_path_factory) -> Callable[[], Path]:
     def get() -> Path:
         if not made:
             tmp = tmp_path_factory.mktemp("checkpointed")
-            pairs = make_pairs()
-            data = tmp / "data"
-            data.mkdir()
-            write_jsonl(data / "train.jsonl", pairs[:160])
-            write_jsonl(data / "validation.jsonl", pairs[160:180])
+            data = write_toy_splits(tmp / "data")
             recipe = {
                 "model": {"architecture": "marian", "config": dict(TINY_CONFIGS["marian"])},
                 "tokenizer": {"vocab_size": 120},

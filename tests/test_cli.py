@@ -26,7 +26,7 @@ from seqrl.cli import main
 from seqrl.config import load_recipe, to_dict
 from seqrl.errors import ConfigError
 
-from conftest import EN_ES, TINY_CONFIGS, TOPICS, make_pairs, make_tiny_recipe, write_jsonl
+from conftest import EN_ES, TINY_CONFIGS, TOPICS, make_pairs, make_tiny_recipe, write_toy_splits
 
 PYTHON = sys.executable
 CONSOLE_SCRIPT = Path(sys.executable).with_name("seqrl")
@@ -103,12 +103,7 @@ def trained_run(tmp_path_factory) -> dict:
     module-scoped one).
     """
     tmp = tmp_path_factory.mktemp("trained")
-    pairs = make_pairs()
-    data_dir = tmp / "data"
-    data_dir.mkdir()
-    write_jsonl(data_dir / "train.jsonl", pairs[:160])
-    write_jsonl(data_dir / "validation.jsonl", pairs[160:180])
-    write_jsonl(data_dir / "test.jsonl", pairs[180:200])
+    data_dir = write_toy_splits(tmp / "data")
     recipe = make_tiny_recipe(data_dir, tmp / "run")
     path = write_recipe(tmp / "recipe.yaml", recipe)
     rc = main(["finetune", str(path)])

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import TINY_CONFIGS
+from conftest import TINY_CONFIGS, write_toy_splits
 from seqrl.checkpoint import list_checkpoints
 
 XENT_STEPS, TOTAL = 12, 24  # mixer: 12 XENT steps, then stages of 3 steps with delta 2 up to 8 tokens
@@ -73,13 +73,7 @@ def _kill_after_checkpoint(proc: subprocess.Popen, out: Path, step: int) -> int:
 def reference_run(tmp_path_factory) -> dict:
     """The uninterrupted run everything is compared with."""
     tmp = tmp_path_factory.mktemp("resume")
-    from conftest import make_pairs, write_jsonl
-
-    data = tmp / "data"
-    data.mkdir()
-    pairs = make_pairs()
-    write_jsonl(data / "train.jsonl", pairs[:160])
-    write_jsonl(data / "validation.jsonl", pairs[160:180])
+    data = write_toy_splits(tmp / "data")
     recipe = tmp / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(_recipe(data, tmp / "reference")))
     _wait(_finetune(recipe))
