@@ -188,7 +188,7 @@ def truncate(rows: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
     return rows, cut
 
 
-RESERVED_COLUMNS = ("completions", "completion_ids", "prompts", "references")
+RESERVED_COLUMNS = ("completions", "completion_ids", "prompts", "references", "reference_ids")
 
 
 class TrainCollator:

@@ -9,12 +9,15 @@ the unwrapped model in eval mode (no dropout), so samples come from the model's 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers.modeling_outputs import BaseModelOutput
 
-from seqrl.modeling import TextModel, pad_rows
+from seqrl.modeling import IGNORE_INDEX, TextModel, pad_rows
 
 
 @dataclass
@@ -25,6 +28,10 @@ class Rollout:
     """(N,) k_i, the number of gold tokens at the start of each row."""
     lengths: torch.Tensor
     """(N,) tokens up to and including EOS (T where the row never ended)."""
+    source: torch.Tensor
+    """(B, S) the B = N / k sources, padded (on the left for decoder-only prompts)."""
+    source_mask: torch.Tensor
+    """(B, S) 1 on source tokens, 0 on padding."""
 
     def rows(self) -> list[list[int]]:
         return [row[:n] for row, n in zip(self.sequences.tolist(), self.lengths.tolist())]
@@ -37,9 +44,9 @@ class Sampling:
     top_p: float = 1.0
     greedy: bool = False
     seed: int | None = None
-    """With a seed, the noise of global row r at decoding step t is a function of (seed, t, r)
-    only (Gumbel-max over noise drawn for all `total_rows`, sliced at `row_offset`): samples do
-    not depend on the number of processes, and a resumed run redraws the same ones."""
+    """With a seed, the uniform that picks global row r's token at decoding step t is a function of
+    (seed, t, r) only (drawn for all `total_rows`, sliced at `row_offset`): samples do not depend
+    on the number of processes, and a resumed run redraws the same ones."""
     row_offset: int = 0
     total_rows: int | None = None
 
@@ -63,8 +70,10 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
     n = gold.shape[0]
     seqs = torch.full((n, max_len), pad, dtype=torch.long, device=device)
     seqs[:, :gold.shape[1]] = torch.where(torch.arange(gold.shape[1], device=device) < prefix[:, None], gold, pad)
-    decoder = _Seq2SeqDecoder if text_model.is_seq2seq else _CausalDecoder
-    step = decoder(text_model, model, source_ids, k, device)
+    left = not text_model.is_seq2seq  # prompts left-padded: every continuation starts at one column
+    source = pad_rows(source_ids, pad, left=left).to(device)
+    source_mask = pad_rows([[1] * len(s) for s in source_ids], 0, left=left).to(device)
+    step = (_Seq2SeqDecoder if text_model.is_seq2seq else _CausalDecoder)(model, source, source_mask, k)
     start = int(prefix.min())
     logits = step.prefill(seqs[:, :start])  # (N, V): distribution of token `start`
     # A row whose whole target is gold (n_rl_tokens = 0) ends at its gold EOS.
@@ -83,13 +92,61 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
             break
         logits = step.next(token)
     model.train(was_training)
-    return Rollout(seqs, prefix, ended_at)
+    return Rollout(seqs, prefix, ended_at, source, source_mask)
+
+
+def rollout_logits(model, ro: Rollout, *, is_seq2seq: bool, hidden: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The teacher-forced pass over the rollout rows (with gradients, on the possibly wrapped
+    model): logits (N, T, V), the labels they predict (N, T; IGNORE_INDEX after each row's end)
+    and with `hidden` the last decoder states (N, T, D) at the same positions.
+
+    Built from the rollout's tensors, with no re-tokenizing: an encoder-decoder encodes each
+    source once for its k rows (k - 1 fewer encoder passes, forward and backward); a decoder-only
+    model runs each prompt once for its k rows too, and computes no logits over the prompt.
+    Call it under the accelerator's autocast: the encoder / prompt pass runs outside the wrapper."""
+    n, width = ro.sequences.shape
+    k = n // ro.source.shape[0]
+    valid = torch.arange(width, device=ro.sequences.device) < ro.lengths[:, None]
+    labels = ro.sequences.masked_fill(~valid, IGNORE_INDEX)
+    source_mask = ro.source_mask.repeat_interleave(k, 0)
+    inner = extract_model_from_parallel(model)
+    if is_seq2seq:
+        # The encoder runs outside the wrapper's forward; DDP still averages its gradients (they
+        # reach its parameters through the states passed in, where DDP's hooks fire).
+        states = inner.get_encoder()(input_ids=ro.source, attention_mask=ro.source_mask).last_hidden_state
+        start = ro.sequences.new_full((n, 1), inner.config.decoder_start_token_id)
+        out = model(encoder_outputs=BaseModelOutput(last_hidden_state=states.repeat_interleave(k, 0)),
+                    attention_mask=source_mask, decoder_input_ids=torch.cat([start, ro.sequences[:, :-1]], 1),
+                    output_hidden_states=hidden)
+        return out.logits, labels, out.decoder_hidden_states[-1] if hidden else None
+    # Decoder-only: the prompt once per source (with gradients, outside the wrapper like the
+    # encoder above), its KV cache repeated for the k rows; then the rows' tokens but the last.
+    keep = {"logits_to_keep": 1} if _accepts(type(inner), "logits_to_keep") else {}
+    first = inner(input_ids=ro.source, attention_mask=ro.source_mask, use_cache=True,
+                  position_ids=(ro.source_mask.cumsum(1) - 1).clamp(min=0), output_hidden_states=hidden, **keep)
+    logits = [first.logits[:, -1:].repeat_interleave(k, 0)]  # the last prompt position predicts token 0
+    states = [first.hidden_states[-1][:, -1:].repeat_interleave(k, 0)] if hidden else []
+    if width > 1:
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(k)
+        mask = torch.cat([source_mask, valid[:, :-1].long()], 1)
+        out = model(input_ids=ro.sequences[:, :-1], attention_mask=mask, past_key_values=cache, use_cache=True,
+                    position_ids=(mask.cumsum(1) - 1).clamp(min=0)[:, -(width - 1):], output_hidden_states=hidden)
+        logits.append(out.logits)
+        states += [out.hidden_states[-1]] if hidden else []
+    return torch.cat(logits, 1), labels, torch.cat(states, 1) if hidden else None
+
+
+@lru_cache(maxsize=None)
+def _accepts(model_class: type, argument: str) -> bool:
+    return argument in inspect.signature(model_class.forward).parameters
 
 
 def _sample(logits: torch.Tensor, s: Sampling, t: int) -> torch.Tensor:
     if s.greedy:
         return logits.argmax(dim=-1)
-    logits = logits.float() / s.temperature
+    logits = logits.float() / s.temperature if s.temperature != 1.0 else logits.float()
     if s.top_k:
         kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -98,27 +155,29 @@ def _sample(logits: torch.Tensor, s: Sampling, t: int) -> torch.Tensor:
         probs = torch.softmax(sorted_logits, dim=-1)
         drop = probs.cumsum(dim=-1) - probs > s.top_p  # keep the smallest set whose mass reaches top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    # Inverse CDF: the first token whose cumulative probability exceeds u ~ U(0, 1) is an exact
+    # draw, from one uniform per row (Gumbel-max needs one per row and vocabulary entry: 10x slower).
+    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
+    u = _uniforms(s, t, logits.shape[0], logits.device)[:, None] * cdf[:, -1:]  # mass sums to 1 up to rounding
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+def _uniforms(s: Sampling, t: int, n: int, device: torch.device) -> torch.Tensor:
+    """n draws from U(0, 1); with a seed, global row r's draw at step t depends on (seed, t, r) only."""
     if s.seed is None:
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
-    # Gumbel-max: argmax(logits + G) with G = -log(-log(U)) is an exact draw from softmax(logits).
-    g = torch.Generator(device=logits.device).manual_seed((s.seed * 1_000_003 + t) % (2**63))
-    total = s.total_rows or logits.shape[0]
-    u = torch.rand(total, logits.shape[-1], generator=g, device=logits.device)
-    u = u[s.row_offset:s.row_offset + logits.shape[0]].clamp_(min=1e-20)
-    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
+        return torch.rand(n, device=device)
+    g = torch.Generator(device=device).manual_seed((s.seed * 1_000_003 + t) % (2**63))
+    return torch.rand(s.total_rows or n, generator=g, device=device)[s.row_offset:s.row_offset + n]
 
 
 class _Seq2SeqDecoder:
     """Encoder once per source (then repeated k times); decoder with a KV cache."""
 
-    def __init__(self, text_model: TextModel, model, source_ids, k: int, device):
-        pad = text_model.tokenizer.pad_token_id
-        src = pad_rows(source_ids, pad).to(device)
-        mask = pad_rows([[1] * len(s) for s in source_ids], 0).to(device)
-        hidden = model.get_encoder()(input_ids=src, attention_mask=mask).last_hidden_state
+    def __init__(self, model, source: torch.Tensor, source_mask: torch.Tensor, k: int):
+        hidden = model.get_encoder()(input_ids=source, attention_mask=source_mask).last_hidden_state
         self.model, self.cache = model, None
         self.encoder = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(k, 0))
-        self.mask = mask.repeat_interleave(k, 0)
+        self.mask = source_mask.repeat_interleave(k, 0)
         self.start = model.config.decoder_start_token_id
 
     def _run(self, decoder_input_ids: torch.Tensor) -> torch.Tensor:
@@ -136,18 +195,17 @@ class _Seq2SeqDecoder:
 
 
 class _CausalDecoder:
-    """Prompts left-padded so every row's continuation starts at the same column."""
+    """Left-padded prompts, so every row's continuation starts at the same column."""
 
-    def __init__(self, text_model: TextModel, model, source_ids, k: int, device):
-        pad = text_model.tokenizer.pad_token_id
-        self.prompt = pad_rows(source_ids, pad, left=True).to(device).repeat_interleave(k, 0)
-        self.mask = pad_rows([[1] * len(s) for s in source_ids], 0, left=True).to(device).repeat_interleave(k, 0)
+    def __init__(self, model, source: torch.Tensor, source_mask: torch.Tensor, k: int):
+        self.prompt, self.mask = source.repeat_interleave(k, 0), source_mask.repeat_interleave(k, 0)
         self.model, self.cache = model, None
+        self.keep = {"logits_to_keep": 1} if _accepts(type(model), "logits_to_keep") else {}  # not the prompt's
         self.next_position = None
 
     def _run(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=self.mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
+                         past_key_values=self.cache, use_cache=True, **self.keep)
         self.cache = out.past_key_values
         self.next_position = positions[:, -1:] + 1
         return out.logits[:, -1]

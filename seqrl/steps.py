@@ -24,7 +24,7 @@ from seqrl import baselines
 from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss, token_logprobs, xent_sum
 from seqrl.modeling import IGNORE_INDEX
 from seqrl.rewards import score
-from seqrl.rollout import Sampling, rollout
+from seqrl.rollout import Sampling, rollout, rollout_logits
 from seqrl.schedule import StagePlan
 
 if TYPE_CHECKING:
@@ -47,9 +47,9 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
     # 3.   Sequence rewards of the samples, on this rank.                R: (N,), N = B * k
     ro, R, parts, greedy_R, timing = _sample_and_score(run, batch, plan, step)
     # 4. One teacher-forced pass over prefix + sample, with gradients.
-    feats = [{"source_ids": batch["source_ids_list"][i // k], "target_ids": row} for i, row in enumerate(ro.rows())]
-    tf_batch = {key: v.to(run.accelerator.device) for key, v in tm.collate(feats).items()}
-    logits, labels, hidden = tm.target_logits(run.model, tf_batch, hidden=rl.baseline == "learned")
+    with run.accelerator.autocast():
+        logits, labels, hidden = rollout_logits(run.model, ro, is_seq2seq=tm.is_seq2seq,
+                                                hidden=rl.baseline == "learned")
     logp = token_logprobs(logits, labels)                                   # (N, T)
     position = (labels != IGNORE_INDEX).cumsum(dim=1) - 1                  # index within the target
     prefix_mask = (labels != IGNORE_INDEX) & (position < ro.prefix_len[:, None])
@@ -71,7 +71,7 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
     kl = None
     if run.reference is not None:
         with torch.no_grad():
-            ref_logp = token_logprobs(tm.target_logits(run.reference, tf_batch)[0], labels)
+            ref_logp = token_logprobs(rollout_logits(run.reference, ro, is_seq2seq=tm.is_seq2seq)[0], labels)
         kl = kl_penalty(logp, ref_logp, sample_mask, _per_process(run, sample_mask.sum()))
         loss = loss + rl.kl_coef * kl
     stats = _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_loss)
@@ -118,7 +118,10 @@ def _reward_inputs(run: Run, batch: dict, rows: list[list[int]], k: int) -> dict
     """The reward contract's keyword arguments, each source's fields repeated for its k samples."""
     tm, eos = run.text_model, run.text_model.tokenizer.eos_token_id
     ids = [r[:-1] if r and r[-1] == eos else r for r in rows]
-    inputs = {"completions": tm.decode(ids), "completion_ids": ids}
+    references = [r[:-1] if r and r[-1] == eos else r for r in batch["target_ids_list"]]
+    inputs = {"completion_ids": ids, "reference_ids": [r for r in references for _ in range(k)]}
+    if any(reward.reads_text for reward in run.rewards):
+        inputs["completions"] = tm.decode(ids)
     for name, values in batch["columns"].items():
         inputs[name] = [v for v in values for _ in range(k)]
     return inputs

@@ -143,12 +143,16 @@ def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
             loss, stats = xent_step(run, batch["model_inputs"])
         else:
             loss, stats = mixer_step(run, batch, plan, loop.step)
+        backward_start = time.perf_counter()
         acc.backward(loss)
         if acc.sync_gradients and cfg.optim.max_grad_norm:
             stats["train/grad_norm"] = float(acc.clip_grad_norm_(run.model.parameters(), cfg.optim.max_grad_norm))
+        optimizer_start = time.perf_counter()
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-        stats["time/step_s"] = time.perf_counter() - start
+        end = time.perf_counter()
+        stats.update({"time/step_s": end - start, "time/backward_s": optimizer_start - backward_start,
+                      "time/optimizer_s": end - optimizer_start})
     loop.window.add({"train/loss": float(loss.detach()), **stats})
     if not acc.sync_gradients:
         return False

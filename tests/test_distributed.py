@@ -25,10 +25,15 @@ TOLERANCE = 1e-5  # max |Δ| over all parameters after 3 XENT + 4 MIXER steps (o
 TIMEOUT = 240
 
 
-def _recipe(data_dir: Path, out: Path, baseline: str, per_process_batch: int, per_process_rl_batch: int) -> dict:
-    config = dict(TINY_CONFIGS["marian"], dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+NO_DROPOUT = {"marian": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
+              "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}}
+
+
+def _recipe(data_dir: Path, out: Path, baseline: str, per_process_batch: int, per_process_rl_batch: int,
+            arch: str = "marian") -> dict:
+    config = dict(TINY_CONFIGS[arch], **NO_DROPOUT[arch])
     return {
-        "model": {"architecture": "marian", "config": config},
+        "model": {"architecture": arch, "config": config},
         "tokenizer": {"vocab_size": 120},
         "data": {"path": str(data_dir), "source_field": "en", "target_field": "es",
                  "max_source_tokens": 16, "max_target_tokens": 8, "test_split": None},
@@ -82,6 +87,19 @@ def test_two_processes_equal_one_process(toy_data_dir, tmp_path):
         assert worst < TOLERANCE, f"{baseline}: 2-process parameters differ from 1-process by {worst:.3g}"
     # The comparison has teeth: two baselines give updates that differ far beyond the tolerance.
     assert max_diff(finals["loo-1"], finals["greedy-1"]) > 100 * TOLERANCE
+
+
+def test_two_processes_equal_one_process_decoder_only(toy_data_dir, tmp_path):
+    # decoder-only: the prompt pass runs once per source outside the DDP wrapper (its KV cache
+    # shared by the k samples); its gradients must still be averaged over processes
+    finals = {}
+    for processes, batch, rl_batch in ((1, 8, 4), (2, 4, 2)):
+        recipe = _recipe(toy_data_dir, tmp_path / str(processes), "loo", batch, rl_batch, arch="gpt2")
+        recipe["rewards"] = [{"name": "token_bleu"}]
+        finals[processes] = launch(recipe, tmp_path, str(processes), processes)
+    worst = max_diff(finals[1], finals[2])
+    print(f"gpt2 loo: max |1-process - 2-process| = {worst:.2g}")
+    assert worst < TOLERANCE, f"2-process parameters differ from 1-process by {worst:.3g}"
 
 
 FAILING_REWARD = '''

@@ -240,7 +240,7 @@ def test_check_values_accepts_numbers_and_none():
     ("{mod}:missing", r"reward '{mod}:missing': module '{mod}' has no function 'missing'"),
     ("{mod}:NOT_CALLABLE", r"module '{mod}' has no function 'NOT_CALLABLE'"),
     ("{mod}:positional_only", r"takes positional-only arguments"),
-    ("{mod}:no_completions", r"must accept a `completions` keyword argument"),
+    ("{mod}:no_completions", r"must accept a `completions` \(or `completion_ids`\) keyword argument"),
     ("bleuu", r"unknown reward 'bleuu';.*built-ins are bleu, chrf, ter, rouge1, rouge2, rougeL, "
               r"or give a dotted path like my_rewards:length_penalty"),
     (":f", r"unknown reward ':f'"),

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from seqrl.modeling import IGNORE_INDEX
-from seqrl.rollout import Rollout, Sampling, prefix_lengths, rollout
+from seqrl.rollout import Rollout, Sampling, _sample, prefix_lengths, rollout, rollout_logits
 
 from conftest import make_pairs
 
@@ -245,3 +245,64 @@ def test_all_gold_rollout_stops_at_gold_eos(tm, data):
     src, tgt = data
     ro = run(tm, src[2:3], tgt[2:3], n_rl=0, max_len=12)
     assert ro.rows() == [tgt[2]]  # 5 gold tokens, EOS included; length 5
+
+
+# -- the teacher-forced pass over the rollout -----------------------------------------------------
+
+@pytest.mark.parametrize("n_rl", [100, 3])
+def test_rollout_logits_equal_a_plain_teacher_forced_pass(tm, data, n_rl):
+    # rollout_logits encodes each source (decoder-only: each prompt, through a repeated KV cache)
+    # once for its k rows; it must give the logits, labels, hidden states and gradients of the
+    # plain collated forward pass over every row
+    src, tgt = data
+    k = 3
+    torch.manual_seed(0)
+    with eos_friendly(tm):
+        ro = run(tm, src, tgt, n_rl, k=k, max_len=14, sampling=Sampling())
+    feats = [{"source_ids": src[i // k], "target_ids": row} for i, row in enumerate(ro.rows())]
+    grads = []
+    for fast in (True, False):
+        tm.model.zero_grad()
+        if fast:
+            logits, labels, hidden = rollout_logits(tm.model, ro, is_seq2seq=tm.is_seq2seq, hidden=True)
+        else:
+            logits, labels, hidden = tm.target_logits(tm.model, tm.collate(feats), hidden=True)
+        keep = labels != IGNORE_INDEX
+        picked = (logits[keep], labels[keep], hidden[keep])
+        if fast:
+            expected = picked
+            assert labels.shape == ro.sequences.shape and int(keep.sum()) == int(ro.lengths.sum())
+        else:
+            torch.testing.assert_close(picked[0], expected[0], atol=1e-4, rtol=1e-4)
+            assert torch.equal(picked[1], expected[1])
+            torch.testing.assert_close(picked[2], expected[2], atol=1e-4, rtol=1e-4)
+        loss = torch.log_softmax(logits[keep], -1).gather(-1, labels[keep][:, None]).sum() + hidden[keep].sum()
+        loss.backward()
+        grads.append([p.grad.clone() for p in tm.model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for fast_grad, plain_grad in zip(*grads):
+        torch.testing.assert_close(fast_grad, plain_grad, atol=1e-4, rtol=1e-3)
+    tm.model.zero_grad(set_to_none=True)
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    # 20,000 seeded draws from fixed logits: frequencies within 5 standard errors of softmax, and
+    # top-k / top-p never draw a token they exclude
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0, 0.5]]).repeat(20_000, 1)
+    probs = torch.softmax(logits[0], -1)
+    tokens = _sample(logits, Sampling(seed=7), t=0)
+    freq = torch.bincount(tokens, minlength=6).float() / len(tokens)
+    stderr = (probs * (1 - probs) / len(tokens)).sqrt()
+    assert torch.all((freq - probs).abs() <= 5 * stderr + 1e-6), (freq, probs)
+    assert set(_sample(logits, Sampling(seed=7, top_k=2), t=0).tolist()) == {0, 1}
+    assert set(_sample(logits, Sampling(seed=7, top_p=0.7), t=0).tolist()) <= {0, 1}
+
+
+def test_seeded_rows_do_not_depend_on_how_the_batch_is_split():
+    # global row r's draw at step t is a function of (seed, t, r): two halves drawn apart (as two
+    # processes do) equal the whole batch drawn at once
+    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(0))
+    whole = _sample(logits, Sampling(seed=3, total_rows=8), t=5)
+    halves = [_sample(logits[i:i + 4], Sampling(seed=3, row_offset=i, total_rows=8), t=5) for i in (0, 4)]
+    assert torch.equal(whole, torch.cat(halves))
+    assert not torch.equal(whole, _sample(logits, Sampling(seed=3, total_rows=8), t=6))

@@ -3,7 +3,13 @@
 The call contract is TRL's, so a TRL reward function works unchanged::
 
     fn(completions=list[str], references=list[str], prompts=list[str],
-       completion_ids=list[list[int]], **extra_dataset_columns, **recipe_kwargs) -> list[float | None]
+       completion_ids=list[list[int]], reference_ids=list[list[int]],
+       **extra_dataset_columns, **recipe_kwargs) -> list[float | None]
+
+completion_ids are the sampled ids and reference_ids the gold target ids, both without the
+end-of-sequence token. Built-ins on text: bleu, chrf, ter, rouge1, rouge2, rougeL
+(`seqrl.rewards.text`); on token ids: token_bleu, token_rouge_n, token_rouge_l
+(`seqrl.rewards.token`, batched in torch by `seqrl.rewards.fast`).
 
 None means "not applicable" to that sample: it adds nothing to the weighted sum. A function
 without `**kwargs` receives only the arguments it names. A reward that raises or returns the
@@ -24,10 +30,12 @@ from dataclasses import dataclass
 
 from seqrl.config import RewardConfig
 from seqrl.errors import SeqrlError
-from seqrl.rewards.text import BUILTINS
+from seqrl.rewards.text import BUILTINS as TEXT_BUILTINS
+from seqrl.rewards.token import BUILTINS as TOKEN_BUILTINS
 
 
-CONTRACT_ARGS = {"completions", "references", "prompts", "completion_ids"}
+CONTRACT_ARGS = {"completions", "references", "prompts", "completion_ids", "reference_ids"}
+BUILTINS = {**TEXT_BUILTINS, **TOKEN_BUILTINS}
 
 
 class RewardError(SeqrlError):
@@ -42,14 +50,24 @@ class Reward:
     kwargs: dict
     accepts: set[str] | None  # None = takes **kwargs (everything)
 
+    @property
+    def reads_text(self) -> bool:
+        """Whether it takes `completions`: token-ID rewards spare the step a decode."""
+        return self.accepts is None or "completions" in self.accepts
+
     def __call__(self, **inputs) -> list[float | None]:
+        n = batch_size(inputs)
         if self.accepts is not None:
             inputs = {k: v for k, v in inputs.items() if k in self.accepts}
         try:
             values = self.fn(**inputs, **self.kwargs)
         except Exception as err:  # the user's code: any failure becomes one clear line
             raise RewardError(f"reward '{self.name}' raised {type(err).__name__}: {err}") from err
-        return check_values(self.name, values, len(inputs.get("completions", [])))
+        return check_values(self.name, values, n)
+
+
+def batch_size(inputs: dict) -> int:
+    return len(inputs["completions"] if "completions" in inputs else inputs["completion_ids"])
 
 
 def check_values(name: str, values, expected: int) -> list[float | None]:
@@ -85,9 +103,9 @@ def _build_one(cfg: RewardConfig) -> Reward:
     params = inspect.signature(fn).parameters.values()
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params)
     accepts = None if takes_all else {p.name for p in params}
-    if not takes_all and "completions" not in accepts:
-        raise RewardError(f"reward '{cfg.name}' must accept a `completions` keyword argument "
-                          f"(signature: fn(completions, references, **kwargs) -> list[float])")
+    if not takes_all and not accepts & {"completions", "completion_ids"}:
+        raise RewardError(f"reward '{cfg.name}' must accept a `completions` (or `completion_ids`) keyword "
+                          f"argument (signature: fn(completions, references, **kwargs) -> list[float])")
     for p in params:
         if p.kind is p.VAR_POSITIONAL or (p.default is p.empty and p.kind is p.POSITIONAL_ONLY):
             raise RewardError(f"reward '{cfg.name}' takes positional-only arguments; it is called "
@@ -106,7 +124,8 @@ def _import(path: str) -> Callable:
     if not sep or not module_name or not attr:
         guess = difflib.get_close_matches(path, list(BUILTINS), n=1)
         tip = f"did you mean '{guess[0]}'? " if guess else ""
-        raise RewardError(f"unknown reward '{path}'; {tip}built-ins are {', '.join(BUILTINS)}, "
+        raise RewardError(f"unknown reward '{path}'; {tip}built-ins on token ids are {', '.join(TOKEN_BUILTINS)}; "
+                          f"text built-ins are {', '.join(TEXT_BUILTINS)}, "
                           f"or give a dotted path like my_rewards:length_penalty")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())  # the console script's sys.path lacks the working directory
@@ -123,7 +142,7 @@ def _import(path: str) -> Callable:
 
 def score(rewards: list[Reward], **inputs) -> tuple[list[float], dict[str, list[float | None]]]:
     """Weighted sum per sample (None counts 0) and each reward's own values."""
-    n = len(inputs["completions"])
+    n = batch_size(inputs)
     parts = {r.name: r(**inputs) for r in rewards}
     total = [0.0] * n
     for r in rewards:
