@@ -188,6 +188,12 @@ class EvalConfig:
         default_factory=lambda: ["bleu", "chrf", "rougeL"]
     )
     """Corpus metrics reported as `eval/<name>` (sacrebleu BLEU and chrF, rouge-score ROUGE F)."""
+    best_metric: Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL"] | None = None
+    """Keep `best/` (model + tokenizer, like `final/`) from the evaluation with the highest
+    `eval/<best_metric>`, with `best.json` saying which step; empty = keep no best model."""
+    patience: int = 0
+    """Stop training after this many evaluations in a row without a new best `best_metric`
+    (0 = never stop early)."""
 
 
 @dataclass
@@ -211,6 +217,9 @@ class RunConfig:
     """accelerate mixed precision."""
     cpu: bool = False
     """Run on the CPU even when an accelerator is present."""
+    max_minutes: float | None = None
+    """Stop training after this many minutes of training time (then evaluate and save as usual;
+    resumed runs count the time before the interruption); empty = no limit."""
 
 
 @dataclass
@@ -257,10 +266,11 @@ class RecipeConfig:
                   "eval.batch_size", "eval.num_beams", "eval.max_new_tokens", "log.every",
                   "run.keep_checkpoints", "schedule.delta", "reinforce.num_samples",
                   "reinforce.temperature", "reinforce.baseline_lr_scale")
-        _non_negative(self, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every",
+        _non_negative(self, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
                       "run.save_every", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
                       "reinforce.kl_coef")
         _positive_or_none(self, "reinforce.lr", "reinforce.batch_size", "data.max_train_examples", "eval.max_examples", "run.max_steps",
+                          "run.max_minutes",
                           "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs",
                           "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
         _in_unit_interval(self, "xent.label_smoothing", "schedule.xent_weight", "reinforce.ema_decay")
@@ -279,6 +289,15 @@ class RecipeConfig:
                               f"'{self.data.source_field}'; they must name different columns")
         self._check_schedule()
         self._check_reinforce()
+        self._check_eval()
+
+    def _check_eval(self) -> None:
+        ev = self.eval
+        if ev.best_metric is not None and ev.best_metric not in ev.metrics:
+            raise ConfigError(f"eval.best_metric '{ev.best_metric}' is not computed; add it to eval.metrics "
+                              f"({list(ev.metrics)})")
+        if ev.patience and (ev.best_metric is None or not ev.every):
+            raise ConfigError("eval.patience needs eval.best_metric and eval.every > 0 (the evaluations it counts)")
 
     def _check_schedule(self) -> None:
         sched, kind = self.schedule, self.schedule.kind

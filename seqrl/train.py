@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, gather_object
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from seqrl import rewards
@@ -51,8 +52,7 @@ def finetune(cfg: RecipeConfig) -> Path | None:
     try:
         run = setup(cfg, accelerator, out, reward_fns, resume_from)
         state = resume(run, resume_from) if resume_from else None
-        train(run, state)
-        final = finish(run)
+        final = finish(run, train(run, state))
     except BaseException:
         teardown(accelerator, run, clean=False)
         raise
@@ -89,39 +89,55 @@ class _Loop:
     phase_epoch: int = 0
     batch_in_epoch: int = 0
     stage: list | None = None
+    best: float | None = None
+    evals_since_best: int = 0
+    seconds_before: float = 0.0  # training time of the run before it was resumed
+    started: float = field(default_factory=time.monotonic)
+    stop: str | None = None  # why training ends before total_steps
     window: "_Window" = field(default_factory=lambda: _Window())
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
 
     def state(self) -> dict:
         return {"phase": self.phase, "phase_epoch": self.phase_epoch, "batch_in_epoch": self.batch_in_epoch,
-                "stage": self.stage}
+                "stage": self.stage, "best": self.best, "evals_since_best": self.evals_since_best,
+                "seconds": self.seconds()}
 
 
-def train(run: Run, state: dict | None = None) -> None:
-    """Optimizer steps until `total_steps`: the XENT stage on the XENT loader, the rest on the
-    REINFORCE loader (its own batch size), each step running the schedule's plan for it."""
+def train(run: Run, state: dict | None = None) -> _Loop:
+    """Optimizer steps until `total_steps` (or an early stop): the XENT stage on the XENT loader,
+    the rest on the REINFORCE loader (its own batch size), each step running the schedule's plan
+    for it. Returns where the loop ended."""
     cfg, acc = run.cfg, run.accelerator
     loop = _Loop(tqdm(total=run.total_steps, desc="train", mininterval=1.0,
                       disable=not (cfg.log.progress_bar and acc.is_main_process)))
     if state:
         loop.step, loop.phase, loop.phase_epoch = state["step"], state["phase"], state["phase_epoch"]
         loop.batch_in_epoch, loop.stage = state["batch_in_epoch"], state["stage"]
+        loop.best, loop.evals_since_best = state.get("best"), state.get("evals_since_best", 0)
+        loop.seconds_before = state.get("seconds", 0.0)
         loop.bar.update(loop.step)
     phases = [(run.loader, min(run.schedule.xent_steps, run.total_steps)), (run.rl_loader, run.total_steps)]
     for phase, (loader, end) in enumerate(phases):
-        if loop.step >= end:
+        if loop.step >= end or loop.stop:
             continue
         if phase != loop.phase:
             loop.phase, loop.phase_epoch, loop.batch_in_epoch = phase, 0, 0
-        while loop.step < end:
+        while loop.step < end and not loop.stop:
             loader.set_epoch(loop.phase_epoch)
             batches = acc.skip_first_batches(loader, loop.batch_in_epoch) if loop.batch_in_epoch else loader
             for batch in batches:
                 loop.batch_in_epoch += 1
-                if micro_step(run, batch, loop) and loop.step >= end:
+                if micro_step(run, batch, loop) and (loop.step >= end or loop.stop):
                     break
             else:  # the epoch ran out
                 loop.phase_epoch, loop.batch_in_epoch = loop.phase_epoch + 1, 0
     loop.bar.close()
+    if loop.stop:
+        run.runlog.write(loop.step, {"early_stop": 1})
+        acc.print(f"stopped at step {loop.step} of {run.total_steps}: {loop.stop}")
+    return loop
 
 
 def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
@@ -178,12 +194,54 @@ def on_step_end(run: Run, loop: _Loop) -> None:
             run.runlog.write(step, metrics)
             loop.bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
     if cfg.eval.every and step % cfg.eval.every == 0 and step < run.total_steps:
-        evaluate(run, step, cfg.data.eval_split, cfg.eval.max_examples)
+        metrics = evaluate(run, step, cfg.data.eval_split, cfg.eval.max_examples)
+        track_best(run, loop, metrics)
+    if cfg.run.max_minutes is not None and not loop.stop and _agreed(run, loop.seconds() > 60 * cfg.run.max_minutes):
+        loop.stop = f"run.max_minutes ({cfg.run.max_minutes:g}) reached"
     if step == run.schedule.xent_steps < run.total_steps and cfg.eval.test_after_xent and cfg.data.test_split:
         evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}-xent.jsonl")
     if cfg.run.save_every and step % cfg.run.save_every == 0:
         state = {**loop.state(), "ema": run.ema.state_dict() if run.ema else None}
         save_checkpoint(run.accelerator, run.out, step, state, cfg.run.keep_checkpoints, run.reference)
+
+
+def track_best(run: Run, loop: _Loop, metrics: dict) -> None:
+    """Keep `best/` at a new best `eval.best_metric`; count evaluations without one (patience)."""
+    cfg = run.cfg.eval
+    if cfg.best_metric is None:
+        return
+    value = metrics.get(f"eval/{cfg.best_metric}")  # only rank 0 has the scores
+    improved = _agreed(run, value is not None and (loop.best is None or value > loop.best))
+    if improved:
+        loop.best = broadcast_object_list([value])[0] if run.accelerator.num_processes > 1 else value
+        loop.evals_since_best = 0
+        if run.accelerator.is_main_process:
+            save_model_atomically(run, run.out / "best", {"step": loop.step, cfg.best_metric: value})
+        run.accelerator.wait_for_everyone()
+    else:
+        loop.evals_since_best += 1
+    if cfg.patience and loop.evals_since_best >= cfg.patience:
+        loop.stop = f"no better eval/{cfg.best_metric} than {loop.best:.2f} in {cfg.patience} evaluations"
+
+
+def _agreed(run: Run, decision: bool) -> bool:
+    """Rank 0's decision, on every process (they must stop at the same step)."""
+    if run.accelerator.num_processes == 1:
+        return decision
+    return bool(broadcast_object_list([decision])[0])
+
+
+def save_model_atomically(run: Run, path: Path, info: dict | None = None) -> None:
+    """Model + tokenizer to a temporary directory, then renamed over `path` (rank 0 only)."""
+    tmp, old = path.with_name(f".tmp-{path.name}"), path.with_name(f".old-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run.text_model.save(tmp, run.accelerator.unwrap_model(run.model))
+    if info is not None:
+        (tmp / "best.json").write_text(json.dumps(info))
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def evaluate(run: Run, step: int, split: str, max_examples: int | None, predictions: Path | None = None) -> dict:
@@ -201,18 +259,18 @@ def evaluate(run: Run, step: int, split: str, max_examples: int | None, predicti
     return metrics
 
 
-def finish(run: Run) -> Path:
-    """Final evaluation(s) with predictions files, then `final/` (plain transformers directory)."""
-    cfg, step = run.cfg, run.total_steps
-    evaluate(run, step, cfg.data.eval_split, cfg.eval.max_examples, run.out / f"predictions-{cfg.data.eval_split}.jsonl")
+def finish(run: Run, loop: _Loop) -> Path:
+    """Final evaluation(s) with predictions files (the validation one may give `best/`), then
+    `final/` (plain transformers directory)."""
+    cfg, step = run.cfg, loop.step
+    metrics = evaluate(run, step, cfg.data.eval_split, cfg.eval.max_examples,
+                       run.out / f"predictions-{cfg.data.eval_split}.jsonl")
+    track_best(run, loop, metrics)
     if cfg.data.test_split:
         evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}.jsonl")
     final = run.out / "final"
     if run.accelerator.is_main_process:
-        tmp = run.out / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        run.text_model.save(tmp, run.accelerator.unwrap_model(run.model))
-        tmp.rename(final)
+        save_model_atomically(run, final)
         run.runlog.close()
         for path in plot_run(run.out):
             run.accelerator.print(f"plot: {path}")

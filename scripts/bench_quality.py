@@ -1,0 +1,214 @@
+"""XENT vs MIXER on real data: does sequence-level training beat more cross-entropy?
+
+    python scripts/bench_quality.py --task translation --seeds 0 1 2      # everything, cached
+    python scripts/bench_quality.py --task summarization --seeds 0 --pieces xent B
+    python scripts/bench_quality.py --task translation --seeds 0 --pieces ablations
+    python scripts/bench_quality.py --task translation --seeds 0 1 2 --pieces table
+
+Per task and seed (each piece is a `seqrl finetune` run; a finished piece is never redone):
+- `xent`: cross-entropy from scratch until the validation metric stops improving
+  (`eval.patience` evaluations) or `--xent-minutes`; its `best/` is shared by all arms.
+- arms, each from that `best/`, each for the same wall-clock budget (`--budget-minutes`),
+  each keeping its best checkpoint by validation metric:
+  A = more XENT (the XENT learning rate), C = XENT with a fresh optimizer at the RL learning
+  rate (separates "RL" from "a lower learning rate"), B = the recipe's MIXER schedule
+  (Δ-annealed suffix sampling, REINFORCE + XENT on the prefix).
+- `ablations` (one seed): B with other baselines, schedules, Δ and RL learning rates.
+Then every run's `best/` decodes the test split greedily, with the honesty guards next to it:
+distinct outputs, output/reference length, validation cross-entropy with true vs shuffled
+sources; and per task the trivial baselines (copy the source; lead-8 words; the single best
+constant output chosen on validation). `table` writes results.md with means, per-seed values
+and paired bootstrap intervals of B - A and B - C on test.
+
+Where things go: --out (default bench/quality)/TASK/seedS/PIECE/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from seqrl import diagnostics  # noqa: E402
+from seqrl.config import load_recipe  # noqa: E402
+
+TASKS = {  # recipe, the metric that selects checkpoints and is reported, trivial baselines
+    "translation": ("recipes/bench/translation.yaml", "bleu", ("copy the source",)),
+    "summarization": ("recipes/bench/summarization.yaml", "rougeL", ("lead-8 words",)),
+}
+XENT_ONLY = ["schedule.kind=xent", "schedule.xent_steps=1000000", "schedule.stage_steps=null"]
+ARMS = {
+    "A": XENT_ONLY,
+    "C": XENT_ONLY + ["optim.lr={rl_lr}", "optim.warmup_steps=0"],
+    "B": ["schedule.xent_steps=0", "optim.warmup_steps=0"],
+}
+ABLATIONS = {
+    "B-baseline-greedy": ["reinforce.baseline=greedy"], "B-baseline-learned": ["reinforce.baseline=learned"],
+    "B-baseline-none": ["reinforce.baseline=none"],
+    "B-schedule-alternate": ["schedule.kind=alternate", "schedule.stage_steps=null", "schedule.rl_steps=1000000"],
+    "B-schedule-constant": ["schedule.kind=constant", "schedule.stage_steps=null", "schedule.rl_steps=1000000"],
+    "B-delta-4": ["schedule.delta=4"], "B-delta-16": ["schedule.delta=16"],
+    "B-rl-lr-3e-5": ["reinforce.lr=3e-5"], "B-rl-lr-3e-4": ["reinforce.lr=3e-4"],
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task", choices=list(TASKS), required=True)
+    p.add_argument("--recipe", help="override the task's recipe (tests use a tiny one)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--pieces", nargs="+", default=["xent", "A", "B", "C", "table"],
+                   help="xent, A, B, C, ablations, table")
+    p.add_argument("--xent-minutes", type=float, default=60.0, help="cap of the XENT piece")
+    p.add_argument("--patience", type=int, default=4, help="XENT evaluations without a new best before it stops")
+    p.add_argument("--budget-minutes", type=float, default=15.0, help="wall-clock budget of every arm")
+    p.add_argument("--arm-eval-every", type=int, default=250, help="optimizer steps between the arms' evaluations")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "quality")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe override")
+    return p.parse_args(argv)
+
+
+def finetune(recipe: str, out: Path, overrides: list[str]) -> None:
+    """One piece as its own process (`seqrl finetune`); skipped when its `final/` exists."""
+    if (out / "final").is_dir():
+        print(f"cached: {out}")
+        return
+    cmd = [sys.executable, "-m", "seqrl", "finetune", recipe, "--set", f"run.output_dir={out}",
+           "--set", "run.overwrite=true"]
+    for item in overrides:
+        cmd += ["--set", item]
+    print("running:", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def xent_piece(args, recipe: str, metric: str, seed: int, out: Path) -> None:
+    finetune(recipe, out, [*args.overrides, f"run.seed={seed}", *XENT_ONLY, f"eval.best_metric={metric}", f"eval.patience={args.patience}",
+                           f"run.max_minutes={args.xent_minutes}", "data.test_split=null"])
+
+
+def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[str], seed_dir: Path) -> None:
+    start = seed_dir / "xent" / "best"
+    if not start.is_dir():
+        raise SystemExit(f"bench_quality: {start} is missing; run the xent piece first (--pieces xent)")
+    rl_lr = load_recipe(ROOT / recipe, args.overrides).reinforce.lr
+    common = [*args.overrides, f"run.seed={seed}", f"model.name_or_path={start}", "model.architecture=null",
+              "model.config={}", "optim.decay=constant", f"eval.best_metric={metric}", "eval.patience=0",
+              f"eval.every={args.arm_eval_every}",
+              f"run.max_minutes={args.budget_minutes}", "data.test_split=null"]
+    finetune(recipe, seed_dir / name, common + [item.format(rl_lr=rl_lr) for item in extra])
+
+
+def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dict:
+    """Test metric of `best/` and the honesty guards, cached in quality.json."""
+    cache = run_dir / "quality.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    import torch
+    from seqrl import data, modeling
+    from seqrl.evaluate import decode
+    from seqrl.metrics import corpus_scores
+    cfg = load_recipe(ROOT / recipe, overrides)
+    text_model = modeling.load_saved(run_dir / "best")
+    raw = data.load_raw(cfg.data, [cfg.data.eval_split, cfg.data.test_split])
+    tokenized, _ = data.tokenize(raw, text_model, cfg.data)
+    test, valid = tokenized[cfg.data.test_split], tokenized[cfg.data.eval_split]
+    with torch.no_grad():
+        hyps = decode(text_model, text_model.model, list(test["source_ids"]), batch_size=64, num_beams=1,
+                      max_new_tokens=cfg.eval.max_new_tokens)
+        use = diagnostics.source_use(text_model, text_model.model, list(valid["source_ids"]), list(valid["target_ids"]))
+    refs = list(test[cfg.data.target_field])
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    result = {"test": corpus_scores(hyps, refs, list(cfg.eval.metrics)),
+              "best": json.loads((run_dir / "best" / "best.json").read_text()),
+              "distinct": diagnostics.distinct_fraction(hyps), "length_ratio": diagnostics.length_ratio(hyps, refs),
+              **use, "minutes": max(line.get("time/elapsed_s", 0) for line in lines) / 60,
+              "steps": max(line["step"] for line in lines)}
+    (run_dir / "predictions-test-best.jsonl").write_text(
+        "".join(json.dumps({"reference": r, "hypothesis": h}, ensure_ascii=False) + "\n" for r, h in zip(refs, hyps)))
+    cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def trivial_baselines(recipe: str, task: str, metric: str, out: Path, overrides: list[str]) -> dict:
+    cache = out / "trivial.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from seqrl import data
+    from seqrl.metrics import corpus_scores
+    cfg = load_recipe(ROOT / recipe, overrides)
+    raw = data.load_raw(cfg.data, [cfg.data.train_split, cfg.data.eval_split, cfg.data.test_split])
+    test = raw[cfg.data.test_split]
+    src, ref = list(test[cfg.data.source_field]), list(test[cfg.data.target_field])
+    trivial = {"copy the source" if task == "translation" else "lead-8 words":
+               corpus_scores(src if task == "translation" else diagnostics.lead_words(src, 8), ref, [metric])[metric]}
+    candidates = diagnostics.frequent_targets(list(raw[cfg.data.train_split][cfg.data.target_field]), 200)
+    constant, _ = diagnostics.best_constant_output(candidates, list(raw[cfg.data.eval_split][cfg.data.target_field]), metric)
+    trivial[f"best constant output ({constant!r}, chosen on validation)"] = corpus_scores([constant] * len(ref), ref, [metric])[metric]
+    out.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(trivial, indent=1))
+    return trivial
+
+
+def table(args, recipe: str, metric: str, task_dir: Path) -> str:
+    runs = {seed: {p.name: assess(recipe, p, metric, args.overrides) for p in sorted((task_dir / f"seed{seed}").iterdir())
+                   if (p / "best").is_dir()} for seed in args.seeds if (task_dir / f"seed{seed}").is_dir()}
+    names = sorted({name for r in runs.values() for name in r}, key=lambda n: (n != "xent", n))
+    lines = [f"## {args.task}: test {metric} (greedy), best checkpoint by validation {metric}\n",
+             "| run | mean | per seed | sd | distinct outputs | length / reference | val xent true -> shuffled sources | minutes | steps |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        got = [runs[s][name] for s in runs if name in runs[s]]
+        scores = [g["test"][metric] for g in got]
+        sd = statistics.stdev(scores) if len(scores) > 1 else float("nan")
+        lines.append(f"| {name} | {statistics.mean(scores):.2f} | {', '.join(f'{v:.2f}' for v in scores)} | {sd:.2f} "
+                     f"| {statistics.mean(g['distinct'] for g in got):.3f} | {statistics.mean(g['length_ratio'] for g in got):.2f} "
+                     f"| {statistics.mean(g['xent_true'] for g in got):.3f} -> {statistics.mean(g['xent_shuffled'] for g in got):.3f} "
+                     f"| {statistics.mean(g['minutes'] for g in got):.1f} | {statistics.mean(g['steps'] for g in got):.0f} |")
+    for name, value in trivial_baselines(recipe, args.task, metric, task_dir, args.overrides).items():
+        lines.append(f"| {name} | {value:.2f} | | | | | | | |")
+    lines += ["", f"Paired bootstrap on test (1000 resamples): {metric} difference and 95% interval\n",
+              "| seed | B - A | B - C |", "|---|---|---|"]
+    for seed in runs:
+        cells = []
+        for other in ("A", "C"):
+            preds = [task_dir / f"seed{seed}" / arm / "predictions-test-best.jsonl" for arm in (other, "B")]
+            if not all(p.is_file() for p in preds):
+                cells.append("—")
+                continue
+            (a, refs), (b, _) = ([[json.loads(line)["hypothesis"] for line in p.open()],
+                                  [json.loads(line)["reference"] for line in p.open()]] for p in preds)
+            r = diagnostics.paired_bootstrap(metric, a, b, refs, seed=seed)
+            cells.append(f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]")
+        lines.append(f"| {seed} | {cells[0]} | {cells[1]} |")
+    text = "\n".join(lines) + "\n"
+    (task_dir / "results.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    recipe, metric, _ = TASKS[args.task]
+    recipe = args.recipe or recipe
+    task_dir = args.out / args.task
+    for seed in args.seeds:
+        seed_dir = task_dir / f"seed{seed}"
+        if "xent" in args.pieces:
+            xent_piece(args, recipe, metric, seed, seed_dir / "xent")
+        for arm in ("A", "C", "B"):
+            if arm in args.pieces:
+                arm_piece(args, recipe, metric, seed, arm, ARMS[arm], seed_dir)
+        if "ablations" in args.pieces:
+            for name, extra in ABLATIONS.items():
+                arm_piece(args, recipe, metric, seed, name, ARMS["B"] + extra, seed_dir)
+    if "table" in args.pieces:
+        print(table(args, recipe, metric, task_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Summarization pairs from Debian's package descriptions: long description -> synopsis.
+
+    python scripts/prepare_debian_synopsis.py --out data/debian_synopsis
+
+Fetches the English description indexes with `apt-get update` into a private directory (the
+system's apt state is not touched; root needed, as on CI), or reads ones already fetched
+(`--lists DIR`). The texts carry no explicit licence, so the corpus is built at run time and
+never committed (`data/debian_synopsis/` is git-ignored).
+
+Choices, each printed with its count:
+- the source is the long description, paragraphs joined by spaces; the target is the synopsis
+  (the first line of Description-en);
+- descriptions under `--min-words` words are dropped (nothing to summarize);
+- one pair per distinct long description (sibling packages repeat it), the package name first
+  in sort order keeping its synopsis;
+- split by a hash of the *first paragraph*, not the package name: siblings (0ad / 0ad-data /
+  0ad-data-common) share their first paragraph and so land in the same split, even where later
+  paragraphs differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+SPLITS = (("test", 0.025), ("validation", 0.025))  # the rest is train
+
+
+def fetch_lists(work: Path) -> Path:
+    """`apt-get update` into `work`, English descriptions only; returns the lists directory."""
+    lists, cache = work / "lists", work / "cache"
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    (cache / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    cmd = ["apt-get", "update", "-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={cache}",
+           "-o", "Acquire::Languages=en", "-o", "Acquire::GzipIndexes=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"prepare_debian_synopsis: `{' '.join(cmd)}` failed (exit {proc.returncode}; root and "
+                 f"network access to the Debian mirror are needed): {proc.stderr.strip()[-500:]}")
+    return lists
+
+
+def parse_translations(text: str) -> list[dict]:
+    """Records {package, synopsis, paragraphs} from a `*_i18n_Translation-en` file."""
+    records = []
+    for block in text.split("\n\n"):
+        package, synopsis, paragraphs, current = None, None, [], []
+        in_description = False
+        for line in block.splitlines():
+            if line.startswith("Package:"):
+                package = line.split(":", 1)[1].strip()
+            elif line.startswith("Description-en:"):
+                synopsis, in_description = line.split(":", 1)[1].strip(), True
+            elif in_description and line.startswith(" "):
+                if line.strip() == ".":  # paragraph break
+                    paragraphs.append(" ".join(current))
+                    current = []
+                else:
+                    current.append(" ".join(line.split()))
+            else:
+                in_description = False
+        if current:
+            paragraphs.append(" ".join(current))
+        paragraphs = [p for p in paragraphs if p]
+        if package and synopsis is not None:
+            records.append({"package": package, "synopsis": synopsis, "paragraphs": paragraphs})
+    return records
+
+
+def split_of(first_paragraph: str) -> str:
+    """A split chosen by a hash of the (normalised) first paragraph."""
+    key = " ".join(first_paragraph.lower().split()).encode()
+    bucket = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2**64
+    edge = 0.0
+    for name, share in SPLITS:
+        edge += share
+        if bucket < edge:
+            return name
+    return "train"
+
+
+def build_pairs(records: list[dict], min_words: int) -> tuple[dict[str, list[dict]], Counter]:
+    counts: Counter = Counter(records=len(records))
+    seen, splits = set(), {"train": [], "validation": [], "test": []}
+    for rec in sorted(records, key=lambda r: r["package"]):
+        source = " ".join(rec["paragraphs"])
+        if not rec["synopsis"] or not source:
+            counts["dropped: no synopsis or no long description"] += 1
+            continue
+        if len(source.split()) < min_words:
+            counts[f"dropped: long description under {min_words} words"] += 1
+            continue
+        if source in seen:
+            counts["dropped: long description already used (sibling package)"] += 1
+            continue
+        seen.add(source)
+        splits[split_of(rec["paragraphs"][0])].append(
+            {"source": source, "target": rec["synopsis"], "package": rec["package"]})
+    return splits, counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("data/debian_synopsis"))
+    parser.add_argument("--lists", type=Path, help="a directory already holding *_i18n_Translation-en files")
+    parser.add_argument("--min-words", type=int, default=20)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        lists = args.lists or fetch_lists(Path(tmp))
+        files = sorted(lists.glob("*_i18n_Translation-en"))
+        if not files:
+            sys.exit(f"prepare_debian_synopsis: no *_i18n_Translation-en file in {lists}")
+        records = [r for f in files for r in parse_translations(f.read_text(encoding="utf-8", errors="replace"))]
+    splits, counts = build_pairs(records, args.min_words)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        with gzip.open(args.out / f"{name}.jsonl.gz", "wt", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"read {counts.pop('records')} descriptions from {len(files)} index file(s)")
+    for reason, n in sorted(counts.items()):
+        print(f"  {reason}: {n}")
+    for name, rows in splits.items():
+        words = sorted(len(r["source"].split()) for r in rows)
+        syn = sorted(len(r["target"].split()) for r in rows)
+        print(f"{name}: {len(rows)} pairs (median {words[len(words) // 2] if words else 0} source words, "
+              f"{syn[len(syn) // 2] if syn else 0} synopsis words) -> {args.out / (name + '.jsonl.gz')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Honesty guards for the XENT-vs-MIXER quality benchmark.
+
+A score alone hides a model that ignores its input or emits one generic output; these small
+functions make that visible: output diversity and length, the lead-n and best-constant-output
+baselines, a paired bootstrap between two systems (Koehn 2004), and how much the model's
+cross-entropy depends on the true source.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU, CHRF
+
+from seqrl.estimators import xent_sum
+from seqrl.metrics import ROUGE_TYPES, corpus_scores
+from seqrl.modeling import TextModel
+
+METRICS = ("bleu", "chrf") + ROUGE_TYPES
+
+
+def distinct_fraction(hypotheses: list[str]) -> float:
+    """Distinct outputs / outputs (1.0: all different, 1/n: one output for everything; 0.0 if empty)."""
+    return len(set(hypotheses)) / len(hypotheses) if hypotheses else 0.0
+
+
+def length_ratio(hypotheses: list[str], references: list[str]) -> float:
+    """Total whitespace words of the hypotheses / those of the references (sacrebleu's sys_len / ref_len,
+    counted in plain words)."""
+    _check_pairs(hypotheses, references)
+    ref_words = sum(len(r.split()) for r in references)
+    if ref_words == 0:
+        raise ValueError("the references have no words")
+    return sum(len(h.split()) for h in hypotheses) / ref_words
+
+
+def lead_words(sources: list[str], n: int) -> list[str]:
+    """The first `n` whitespace words of each source: the summarization lead-n baseline."""
+    return [" ".join(s.split()[:n]) for s in sources]
+
+
+def frequent_targets(targets: list[str], k: int) -> list[str]:
+    """The `k` most frequent target strings, ties broken by first occurrence: the candidates for
+    `best_constant_output`."""
+    return [text for text, _ in Counter(targets).most_common(k)]  # most_common keeps insertion order on ties
+
+
+def best_constant_output(candidates: list[str], references: list[str], metric: str) -> tuple[str, float]:
+    """The candidate which, output for every example, scores the highest corpus `metric` against
+    `references`, and that score (the first candidate wins ties).
+
+    Each candidate costs one full `corpus_scores` pass over the references (about 0.04 s for BLEU,
+    0.1 s for ROUGE, per 1,400 short references on one core), so pass a few hundred (e.g.
+    `frequent_targets(train_targets, 200)`), not every distinct training target.
+    """
+    _check_metric(metric)
+    if not candidates:
+        raise ValueError("no candidate outputs")
+    best, best_score = candidates[0], float("-inf")
+    for candidate in candidates:
+        score = corpus_scores([candidate] * len(references), references, [metric])[metric]
+        if score > best_score:
+            best, best_score = candidate, score
+    return best, best_score
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired bootstrap
+
+
+def bootstrap_indices(n_examples: int, samples: int, seed: int) -> np.ndarray:
+    """(samples, n_examples) example indices drawn with replacement, as sacrebleu draws them."""
+    return np.random.default_rng(seed).choice(n_examples, size=(samples, n_examples), replace=True)
+
+
+def paired_bootstrap(metric: str, hyps_a: list[str], hyps_b: list[str], references: list[str], *,
+                     samples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap of corpus `metric`, system B minus system A (Koehn 2004).
+
+    Both systems are scored on the same resamples of the examples. Returns the full-set scores
+    "a" and "b", "delta" = b - a, the 2.5th and 97.5th percentiles of the resampled delta ("low",
+    "high"), and "p_b_not_better", the fraction of resamples where delta <= 0. Each system's
+    per-example statistics are computed once; a resample's corpus score is recomputed from the
+    summed statistics (BLEU, chrF) or the mean per-example F (ROUGE), never averaged scores.
+    """
+    _check_metric(metric)
+    _check_pairs(hyps_a, references)
+    _check_pairs(hyps_b, references)
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    stats_a, score_of = example_statistics(metric, hyps_a, references)
+    stats_b, _ = example_statistics(metric, hyps_b, references)
+    # How often each example occurs in each resample: (samples, n); a resample's statistics are then
+    # one matrix product instead of a (samples, n, columns) gather.
+    idx = bootstrap_indices(len(references), samples, seed)
+    offsets = np.arange(samples)[:, None] * len(references)
+    counts = np.bincount((idx + offsets).ravel(), minlength=samples * len(references))
+    counts = counts.reshape(samples, len(references)).astype(stats_a.dtype)
+    # Full-set sums added in order, as corpus_scores adds ROUGE's F (so "a" and "b" equal its scores).
+    a, b = score_of(np.cumsum(stats_a, axis=0)[-1]), score_of(np.cumsum(stats_b, axis=0)[-1])
+    deltas = np.array([score_of(sb) - score_of(sa) for sa, sb in zip(counts @ stats_a, counts @ stats_b)])
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return {"a": a, "b": b, "delta": b - a, "low": float(low), "high": float(high),
+            "p_b_not_better": float(np.mean(deltas <= 0))}
+
+
+def example_statistics(metric: str, hypotheses: list[str], references: list[str]):
+    """Per-example sufficient statistics of `metric` (n, columns), and `score_of(summed)`,
+    the corpus score (0-100, as `seqrl.metrics.corpus_scores`) from their column sums.
+
+    BLEU and chrF use sacrebleu's own statistics (the pieces its paired bootstrap test uses, in
+    `sacrebleu/significance.py`), kept as exact int64; ROUGE's is the per-example F-measure.
+    """
+    if metric in ("bleu", "chrf"):
+        scorer = BLEU() if metric == "bleu" else CHRF()  # the defaults of corpus_bleu / corpus_chrf
+        stats = np.array(scorer._extract_corpus_statistics(hypotheses, [references]), dtype=np.int64)
+        return stats, lambda summed: scorer._compute_score_from_stats(summed.tolist()).score
+    scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
+    f = np.array([[scorer.score(ref, hyp)[metric].fmeasure] for hyp, ref in zip(hypotheses, references)])
+    return f, lambda summed: 100.0 * float(summed[0]) / len(references)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}'; known: {', '.join(METRICS)}")
+
+
+def _check_pairs(hypotheses: list[str], references: list[str]) -> None:
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    if not references:
+        raise ValueError("no examples")
+
+
+# ---------------------------------------------------------------------------------------------
+# Does the model read its input?
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A permutation of range(n) with no fixed points: a random n-cycle (needs n >= 2)."""
+    if n < 2:
+        raise ValueError(f"a permutation without fixed points needs at least 2 items, got {n}")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    perm = [0] * n
+    for i in range(n):
+        perm[order[i]] = order[(i + 1) % n]  # each item takes the next one's place in the cycle
+    return perm
+
+
+def source_use(text_model: TextModel, model: torch.nn.Module, source_ids: list[list[int]],
+               target_ids: list[list[int]], *, batch_size: int = 64, seed: int = 0) -> dict[str, float]:
+    """Cross-entropy (nats per target token) of the gold targets given their true sources, and
+    given sources shuffled across examples (`derangement(n, seed)`); "gap" = shuffled - true.
+
+    A model that ignores its input has gap ~0. Evaluated in eval mode without gradients; the
+    model's train/eval mode is restored afterwards.
+    """
+    if len(source_ids) != len(target_ids):
+        raise ValueError(f"{len(source_ids)} sources for {len(target_ids)} targets")
+    shuffled = [source_ids[j] for j in derangement(len(source_ids), seed)]
+    was_training = model.training
+    model.eval()
+    try:
+        true = _mean_xent(text_model, model, source_ids, target_ids, batch_size)
+        wrong = _mean_xent(text_model, model, shuffled, target_ids, batch_size)
+    finally:
+        model.train(was_training)
+    return {"xent_true": true, "xent_shuffled": wrong, "gap": wrong - true}
+
+
+@torch.no_grad()
+def _mean_xent(text_model: TextModel, model: torch.nn.Module, source_ids: list[list[int]],
+               target_ids: list[list[int]], batch_size: int) -> float:
+    """Token-weighted mean cross-entropy of the targets over the whole set."""
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for start in range(0, len(target_ids), batch_size):
+        features = [{"source_ids": s, "target_ids": t} for s, t in
+                    zip(source_ids[start:start + batch_size], target_ids[start:start + batch_size])]
+        batch = {k: v.to(device) for k, v in text_model.collate(features).items()}
+        logits, labels, _ = text_model.target_logits(model, batch)
+        loss, n_tokens = xent_sum(logits, labels)
+        total += loss.item()
+        tokens += int(n_tokens)
+    if tokens == 0:
+        raise ValueError("no target tokens to score")
+    return total / tokens

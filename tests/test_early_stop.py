@@ -1,0 +1,72 @@
+"""`eval.best_metric` keeps `best/`, `eval.patience` stops on a plateau, `run.max_minutes` stops on
+time: the pieces a benchmark needs to train "until the validation metric plateaus" and to give
+arms equal wall-clock budgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoModelForSeq2SeqLM
+
+from seqrl.cli import main
+from seqrl.config import from_dict
+from seqrl.errors import ConfigError
+
+
+def _run(recipe: dict, tmp_path: Path) -> list[dict]:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["finetune", str(path)]) == 0
+    return [json.loads(line) for line in (Path(recipe["run"]["output_dir"]) / "metrics.jsonl").open()]
+
+
+def test_best_model_follows_the_best_validation_score(tiny_recipe, tmp_path):
+    tiny_recipe["schedule"]["xent_steps"] = 6
+    tiny_recipe["eval"].update(every=2, best_metric="chrf", max_examples=20)
+    tiny_recipe["optim"]["lr"] = 3e-3
+    lines = _run(tiny_recipe, tmp_path)
+    scores = [(line["step"], line["eval/chrf"]) for line in lines if "eval/chrf" in line]
+    assert [s for s, _ in scores] == [2, 4, 6]  # two periodic evaluations and the final one
+    best_step, best_value = max(scores, key=lambda item: (item[1], -item[0]))  # first of equal bests
+    best = Path(tiny_recipe["run"]["output_dir"]) / "best"
+    info = json.loads((best / "best.json").read_text())
+    assert info == {"step": best_step, "chrf": pytest.approx(best_value)}
+    AutoModelForSeq2SeqLM.from_pretrained(best)  # a plain transformers directory, like final/
+    assert not list(best.parent.glob(".tmp-*")) and not list(best.parent.glob(".old-*"))
+
+
+def test_patience_stops_when_the_metric_stops_improving(tiny_recipe, tmp_path):
+    # lr 0: the model never changes, so no evaluation after the first is better
+    tiny_recipe["schedule"]["xent_steps"] = 100
+    tiny_recipe["optim"]["lr"] = 1e-12
+    tiny_recipe["eval"].update(every=2, best_metric="chrf", patience=2, max_examples=10)
+    lines = _run(tiny_recipe, tmp_path)
+    stop = [line for line in lines if "early_stop" in line]
+    assert len(stop) == 1 and stop[0]["step"] == 6  # best at 2, then 4 and 6 are no better
+    assert max(line["step"] for line in lines) == 6
+    assert (Path(tiny_recipe["run"]["output_dir"]) / "final").is_dir()
+
+
+def test_max_minutes_stops_training_and_still_finishes(tiny_recipe, tmp_path):
+    tiny_recipe["schedule"]["xent_steps"] = 10_000
+    tiny_recipe["run"]["max_minutes"] = 0.0001  # 6 ms: the first step is over it
+    lines = _run(tiny_recipe, tmp_path)
+    assert [line["step"] for line in lines if "early_stop" in line] == [1]
+    assert any("eval/bleu" in line and line["step"] == 1 for line in lines)  # final evaluation ran
+    assert (Path(tiny_recipe["run"]["output_dir"]) / "final").is_dir()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"eval": {"best_metric": "rouge2"}}, "eval.best_metric 'rouge2' is not computed; add it to eval.metrics"),
+    ({"eval": {"patience": 3}}, "eval.patience needs eval.best_metric and eval.every > 0"),
+    ({"eval": {"patience": 3, "best_metric": "bleu", "every": 0}}, "eval.patience needs eval.best_metric"),
+    ({"run": {"max_minutes": 0}}, "run.max_minutes"),
+])
+def test_bad_early_stop_settings_are_errors(tiny_recipe, change, message):
+    for section, values in change.items():
+        tiny_recipe[section].update(values)
+    with pytest.raises(ConfigError, match=message):
+        from_dict(tiny_recipe)

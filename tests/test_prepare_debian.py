@@ -1,0 +1,79 @@
+"""Tests for scripts/prepare_debian_synopsis.py on a hand-written index file (no apt, no network)."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prepare_debian_synopsis.py"
+spec = importlib.util.spec_from_file_location("prepare_debian_synopsis", SCRIPT)
+pd = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = pd
+spec.loader.exec_module(pd)
+
+LONG = " ".join(f"word{i}" for i in range(25))
+INDEX = f"""Package: 0ad
+Description-md5: d943033bedada21853d2ae54a2578a7b
+Description-en: Real-time strategy game of ancient warfare
+ 0 A.D. is a free, open-source,
+ real-time   strategy game. {LONG}
+
+Package: 0ad-data
+Description-md5: 26581e685027d5ae84824362a4ba59ee
+Description-en: Real-time strategy game of ancient warfare (data files)
+ 0 A.D. is a free, open-source,
+ real-time   strategy game. {LONG}
+ .
+ This package contains the main data files required by 0 A.D.
+
+Package: 0ad-twin
+Description-md5: 00000000000000000000000000000000
+Description-en: A sibling with the very same description
+ 0 A.D. is a free, open-source,
+ real-time   strategy game. {LONG}
+
+Package: tiny
+Description-md5: 11111111111111111111111111111111
+Description-en: Too short to summarize
+ Only a few words here.
+"""
+
+
+def test_parse_joins_lines_and_paragraphs():
+    records = pd.parse_translations(INDEX)
+    assert [r["package"] for r in records] == ["0ad", "0ad-data", "0ad-twin", "tiny"]
+    first = f"0 A.D. is a free, open-source, real-time strategy game. {LONG}"
+    assert records[0] == {"package": "0ad", "synopsis": "Real-time strategy game of ancient warfare",
+                          "paragraphs": [first]}
+    assert records[1]["paragraphs"] == [first, "This package contains the main data files required by 0 A.D."]
+
+
+def test_pairs_drop_short_and_repeated_descriptions_and_keep_siblings_together():
+    splits, counts = pd.build_pairs(pd.parse_translations(INDEX), min_words=20)
+    pairs = [p for rows in splits.values() for p in rows]
+    assert sorted(p["package"] for p in pairs) == ["0ad", "0ad-data"]  # twin repeats 0ad, tiny is short
+    assert counts["dropped: long description already used (sibling package)"] == 1
+    assert counts["dropped: long description under 20 words"] == 1
+    # 0ad and 0ad-data differ after the first paragraph, but share it, hence a split
+    assert len([name for name, rows in splits.items() if rows]) == 1
+
+
+def test_split_is_a_stable_function_of_the_first_paragraph():
+    assert pd.split_of("Some text  here") == pd.split_of("some text here")  # case and spacing ignored
+    shares = [pd.split_of(f"description number {i}") for i in range(4000)]
+    assert 0.015 < shares.count("test") / 4000 < 0.035 and 0.015 < shares.count("validation") / 4000 < 0.035
+
+
+def test_main_writes_the_splits_from_a_lists_directory(tmp_path, capsys):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "mirror_dists_main_i18n_Translation-en").write_text(INDEX, encoding="utf-8")
+    pd.main(["--lists", str(lists), "--out", str(tmp_path / "out")])
+    rows = {name: [json.loads(line) for line in gzip.open(tmp_path / "out" / f"{name}.jsonl.gz", "rt")]
+            for name in ("train", "validation", "test")}
+    assert sum(len(r) for r in rows.values()) == 2
+    assert all(set(row) == {"source", "target", "package"} for r in rows.values() for row in r)
+    assert "read 4 descriptions from 1 index file(s)" in capsys.readouterr().out
