@@ -38,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 from seqrl import diagnostics  # noqa: E402
 from seqrl.config import load_recipe  # noqa: E402
 
-TASKS = {  # recipe, the metric that selects checkpoints and is reported, trivial baselines
-    "translation": ("recipes/bench/translation.yaml", "bleu", ("copy the source",)),
-    "summarization": ("recipes/bench/summarization.yaml", "rougeL", ("lead-8 words",)),
+TASKS = {  # recipe, and the metric that selects checkpoints and is reported
+    "translation": ("recipes/bench/translation.yaml", "bleu"),
+    "summarization": ("recipes/bench/summarization.yaml", "rougeL"),
+    "summarization_pretrained": ("recipes/bench/summarization_pretrained.yaml", "rougeL"),
 }
 XENT_ONLY = ["schedule.kind=xent", "schedule.xent_steps=1000000", "schedule.stage_steps=null"]
 ARMS = {
@@ -186,14 +187,48 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
             r = diagnostics.paired_bootstrap(metric, a, b, refs, seed=seed)
             cells.append(f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]")
         lines.append(f"| {seed} | {cells[0]} | {cells[1]} |")
+    for seed in runs:
+        lines.append(f"\n![validation {metric} vs minutes, seed {seed}](curves-seed{seed}.png)")
+        plot_curves(task_dir / f"seed{seed}", metric, runs[seed], task_dir / f"curves-seed{seed}.png")
     text = "\n".join(lines) + "\n"
     (task_dir / "results.md").write_text(text)
     return text
 
 
+def plot_curves(seed_dir: Path, metric: str, results: dict, path: Path) -> None:
+    """Validation metric against wall-clock minutes: XENT from 0, each arm from where XENT's best
+    model was saved; the test score of each best model as a marker at the run's end."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def curve(run: str) -> tuple[list[float], list[float]]:
+        lines = [json.loads(line) for line in (seed_dir / run / "metrics.jsonl").open()]
+        points = [(m["time/elapsed_s"] / 60, m[f"eval/{metric}"]) for m in lines if f"eval/{metric}" in m]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    xent_x, xent_y = curve("xent")
+    best_step = results["xent"]["best"]["step"]
+    lines = [json.loads(line) for line in (seed_dir / "xent" / "metrics.jsonl").open()]
+    start = next((m["time/elapsed_s"] / 60 for m in lines if m["step"] == best_step and "time/elapsed_s" in m), xent_x[-1])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(xent_x, xent_y, color="black", label="XENT (from scratch)")
+    for run, color in (("A", "tab:blue"), ("C", "tab:green"), ("B", "tab:red")):
+        if run in results:
+            x, y = curve(run)
+            ax.plot([start + v for v in x], y, color=color, label=f"arm {run}")
+            ax.scatter([start + results[run]["minutes"]], [results[run]["test"][metric]], color=color, marker="*", s=80)
+    ax.set_xlabel("wall-clock minutes on 2 CPU cores")
+    ax.set_ylabel(f"validation {metric} (stars: test, best checkpoint)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    recipe, metric, _ = TASKS[args.task]
+    recipe, metric = TASKS[args.task]
     recipe = args.recipe or recipe
     task_dir = args.out / args.task
     for seed in args.seeds:

