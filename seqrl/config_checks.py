@@ -1,0 +1,124 @@
+"""The recipe's cross-field and range checks: each error names the dotted field and what to do.
+
+Kept apart from `seqrl.config`, whose dataclasses hold the schema and every default."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from seqrl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from seqrl.config import RecipeConfig
+
+
+def check_recipe(cfg: RecipeConfig) -> None:
+    """Cross-field and range checks; each error names the dotted field."""
+    _positive(cfg, "tokenizer.vocab_size", "tokenizer.min_frequency", "data.max_source_tokens",
+              "data.max_target_tokens", "xent.batch_size", "optim.lr", "optim.grad_accum_steps",
+              "eval.batch_size", "eval.num_beams", "eval.max_new_tokens", "log.every",
+              "run.keep_checkpoints", "schedule.delta", "reinforce.num_samples",
+              "reinforce.temperature", "reinforce.baseline_lr_scale")
+    _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
+                  "run.save_every", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
+                  "reinforce.kl_coef")
+    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "data.max_train_examples", "eval.max_examples", "run.max_steps",
+                      "run.max_minutes",
+                      "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs",
+                      "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
+    _in_unit_interval(cfg, "xent.label_smoothing", "schedule.xent_weight", "reinforce.ema_decay")
+    if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas must both be in [0, 1), got {list(cfg.optim.betas)}")
+    if not 0.0 < cfg.reinforce.top_p <= 1.0:
+        raise ConfigError(f"reinforce.top_p must be in (0, 1], got {cfg.reinforce.top_p}")
+    _exactly_one(cfg, "model.name_or_path", "model.architecture")
+    _exactly_one(cfg, "data.path", "data.files")
+    _exactly_one(cfg, "schedule.xent_steps", "schedule.xent_epochs")
+    if cfg.model.config and cfg.model.name_or_path is not None:
+        raise ConfigError("model.config only applies with model.architecture; "
+                          "remove it or drop model.name_or_path")
+    if cfg.data.source_field == cfg.data.target_field:
+        raise ConfigError(f"data.source_field and data.target_field are both "
+                          f"'{cfg.data.source_field}'; they must name different columns")
+    _check_schedule(cfg)
+    _check_reinforce(cfg)
+    _check_eval(cfg)
+
+def _check_eval(cfg: RecipeConfig) -> None:
+    ev = cfg.eval
+    if ev.best_metric is not None and ev.best_metric not in ev.metrics:
+        raise ConfigError(f"eval.best_metric '{ev.best_metric}' is not computed; add it to eval.metrics "
+                          f"({list(ev.metrics)})")
+    if ev.patience and (ev.best_metric is None or not ev.every):
+        raise ConfigError("eval.patience needs eval.best_metric and eval.every > 0 (the evaluations it counts)")
+
+def _check_schedule(cfg: RecipeConfig) -> None:
+    sched, kind = cfg.schedule, cfg.schedule.kind
+    needs = {"mixer": ("stage_steps", "stage_epochs"), "alternate": ("rl_steps", "rl_epochs"),
+             "constant": ("rl_steps", "rl_epochs")}
+    for pair in {("stage_steps", "stage_epochs"), ("rl_steps", "rl_epochs")}:
+        given = [f"schedule.{n}" for n in pair if getattr(sched, n) is not None]
+        if pair == needs.get(kind):
+            _exactly_one(cfg, *(f"schedule.{n}" for n in pair), why=f"(schedule.kind: {kind})")
+        elif given:
+            raise ConfigError(f"{given[0]} does not apply to schedule.kind: {kind}; remove it")
+    if sched.anneal_steps is not None and kind != "alternate":
+        raise ConfigError("schedule.anneal_steps only applies to schedule.kind: alternate; remove it")
+    if kind == "alternate" and sched.anneal_steps is None:
+        if sched.rl_steps is None:
+            raise ConfigError("schedule.anneal_steps is required with schedule.rl_epochs")
+        sched.anneal_steps = sched.rl_steps  # derived default: anneal over the whole RL phase
+
+def _check_reinforce(cfg: RecipeConfig) -> None:
+    rl = cfg.reinforce
+    if rl.baseline == "loo" and rl.num_samples < 2:
+        raise ConfigError("reinforce.baseline: loo needs reinforce.num_samples >= 2 "
+                          f"(got {rl.num_samples}); use another baseline or more samples")
+    if cfg.schedule.kind != "xent" and not cfg.rewards:
+        raise ConfigError(f"rewards is empty; schedule.kind: {cfg.schedule.kind} needs at least one")
+    for i, reward in enumerate(cfg.rewards):
+        if not reward.name.strip():
+            raise ConfigError(f"rewards[{i}].name is empty; name a built-in reward or package.module:function")
+    names = [r.name for r in cfg.rewards]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"rewards: '{dupes[0]}' is listed twice; give it one entry with the summed weight")
+
+
+def _get(cfg: RecipeConfig, dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _exactly_one(cfg: RecipeConfig, first: str, second: str, why: str = "") -> None:
+    a, b = _get(cfg, first), _get(cfg, second)
+    if (a is None or a == {} or a == []) == (b is None or b == {} or b == []):
+        raise ConfigError(f"set exactly one of {first} or {second}{' ' + why if why else ''}")
+
+
+def _in_unit_interval(cfg: RecipeConfig, *names: str) -> None:
+    for name in names:
+        if not 0.0 <= _get(cfg, name) < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {_get(cfg, name)}")
+
+
+def _positive(cfg: RecipeConfig, *names: str) -> None:
+    for name in names:
+        if _get(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be > 0, got {_get(cfg, name)}")
+
+
+def _positive_or_none(cfg: RecipeConfig, *names: str) -> None:
+    for name in names:
+        if _get(cfg, name) is not None and _get(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be > 0 (or empty), got {_get(cfg, name)}")
+
+
+def _non_negative(cfg: RecipeConfig, *names: str) -> None:
+    for name in names:
+        if _get(cfg, name) is not None and _get(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {_get(cfg, name)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
