@@ -112,6 +112,20 @@ def bench_length(rng, pairs: int, length: int, repeats: int) -> list[str]:
     return rows
 
 
+def profile_bleu(rng, pairs: int, length: int) -> None:
+    """Where fast.bleu's time goes: torch operator totals over 10 calls on padded tensors."""
+    from torch.profiler import ProfilerActivity, profile
+
+    hyps, refs = make_pairs(rng, pairs, length)
+    hyp_pad, ref_pad = as_padded(hyps), as_padded(refs)
+    for _ in range(5):
+        fast.bleu(hyp_pad, ref_pad, pad_id=PAD_ID)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(10):
+            fast.bleu(hyp_pad, ref_pad, pad_id=PAD_ID)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -119,9 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[30, 120], help="mean reference lengths")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs of the fast version; best is kept")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true",
+                        help="print a torch profile of fast.bleu on the pairs of the first length instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print("command:", shlex.join(["python", *sys.argv]))
+    if args.profile:
+        profile_bleu(np.random.default_rng(args.seed), args.pairs, args.lengths[0])
+        return
     print(f"torch {torch.__version__}, {args.threads} thread(s); times are best of runs "
           f"(reference: {max(2, args.repeats // 5)}, fast: {args.repeats})\n")
     print("| metric | fast input | pairs | length | reference ms | fast ms | speed-up | max abs diff |")
