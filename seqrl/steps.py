@@ -117,9 +117,11 @@ def _sample_and_score(run: Run, batch: dict, plan: StagePlan, step: int):
 def _reward_inputs(run: Run, batch: dict, rows: list[list[int]], k: int) -> dict:
     """The reward contract's keyword arguments, each source's fields repeated for its k samples."""
     tm, eos = run.text_model, run.text_model.tokenizer.eos_token_id
-    ids = [r[:-1] if r and r[-1] == eos else r for r in rows]
-    references = [r[:-1] if r and r[-1] == eos else r for r in batch["target_ids_list"]]
-    inputs = {"completion_ids": ids, "reference_ids": [r for r in references for _ in range(k)]}
+    def strip_eos(seqs: list[list[int]]) -> list[list[int]]:
+        return [r[:-1] if r and r[-1] == eos else r for r in seqs]
+
+    ids = strip_eos(rows)
+    inputs = {"completion_ids": ids, "reference_ids": [r for r in strip_eos(batch["target_ids_list"]) for _ in range(k)]}
     if any(reward.reads_text for reward in run.rewards):
         inputs["completions"] = tm.decode(ids)
     for name, values in batch["columns"].items():
