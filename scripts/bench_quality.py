@@ -4,21 +4,26 @@
     python scripts/bench_quality.py --task summarization --seeds 0 --pieces xent B
     python scripts/bench_quality.py --task translation --seeds 0 --pieces ablations
     python scripts/bench_quality.py --task translation --seeds 0 1 2 --pieces table
+    python scripts/bench_quality.py --task translation --seeds 0 --pieces B-delta-4 assess  # one ablation
 
 Per task and seed (each piece is a `seqrl finetune` run; a finished piece is never redone):
 - `xent`: cross-entropy from scratch until the validation metric stops improving
   (`eval.patience` evaluations) or `--xent-minutes`; its `best/` is shared by all arms.
-- arms, each from that `best/`, each for the same wall-clock budget (`--budget-minutes`),
-  each keeping its best checkpoint by validation metric:
-  A = more XENT (the XENT learning rate), C = XENT with a fresh optimizer at the RL learning
-  rate (separates "RL" from "a lower learning rate"), B = the recipe's MIXER schedule
-  (Δ-annealed suffix sampling, REINFORCE + XENT on the prefix).
+- arms, each for the same wall-clock budget (`--budget-minutes`), each keeping its best model
+  by validation metric, the model it started from included:
+  A = XENT's own run continued (its optimizer, learning rate, data order and best/; from
+  XENT's last checkpoint); C = XENT from XENT's best/ with a fresh optimizer at the RL learning
+  rate (separates "RL" from "a lower learning rate"); B = the recipe's MIXER schedule from
+  XENT's best/ (Δ-annealed suffix sampling, REINFORCE + XENT on the prefix).
+  A-restart is the first version of A, kept to reproduce the first results: XENT restarted from
+  best/ with a fresh optimizer at the XENT learning rate, best among its own evaluations only.
+  A fresh Adam at that rate lost about 1 BLEU in its first 250 steps (docs/results.md).
 - `ablations` (one seed): B with other baselines, schedules, Δ and RL learning rates.
 Then every run's `best/` decodes the test split greedily, with the honesty guards next to it:
 distinct outputs, output/reference length, validation cross-entropy with true vs shuffled
 sources; and per task the trivial baselines (copy the source; lead-8 words; the single best
 constant output chosen on validation). `table` writes results.md with means, per-seed values
-and paired bootstrap intervals of B - A and B - C on test.
+and paired bootstrap intervals of B - A, B - A-restart and B - C on test.
 
 Where things go: --out (default bench/quality)/TASK/seedS/PIECE/.
 """
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,19 +51,23 @@ TASKS = {  # recipe, and the metric that selects checkpoints and is reported
     "summarization_pretrained": ("recipes/bench/summarization_pretrained.yaml", "rougeL"),
 }
 XENT_ONLY = ["schedule.kind=xent", "schedule.xent_steps=1000000", "schedule.stage_steps=null"]
-ARMS = {
-    "A": XENT_ONLY,
-    "C": XENT_ONLY + ["optim.lr={rl_lr}", "optim.warmup_steps=0"],
-    "B": ["schedule.xent_steps=0", "optim.warmup_steps=0"],
+ARMS = {  # the arms that start from XENT's best/ (A continues XENT's run: continue_piece)
+    "A-restart": XENT_ONLY,
+    "C": XENT_ONLY + ["optim.lr={rl_lr}", "optim.warmup_steps=0", "eval.at_start=true"],
+    "B": ["schedule.xent_steps=0", "optim.warmup_steps=0", "eval.at_start=true"],
 }
 ABLATIONS = {
     "B-baseline-greedy": ["reinforce.baseline=greedy"], "B-baseline-learned": ["reinforce.baseline=learned"],
     "B-baseline-none": ["reinforce.baseline=none"],
-    "B-schedule-alternate": ["schedule.kind=alternate", "schedule.stage_steps=null", "schedule.rl_steps=1000000"],
+    # alternate's REINFORCE share of batches rises to 1 over as many steps as MIXER's stages take
+    "B-schedule-alternate": ["schedule.kind=alternate", "schedule.stage_steps=null", "schedule.rl_steps=1000000",
+                             "schedule.anneal_steps={mixer_steps}"],
     "B-schedule-constant": ["schedule.kind=constant", "schedule.stage_steps=null", "schedule.rl_steps=1000000"],
     "B-delta-4": ["schedule.delta=4"], "B-delta-16": ["schedule.delta=16"],
     "B-rl-lr-3e-5": ["reinforce.lr=3e-5"], "B-rl-lr-3e-4": ["reinforce.lr=3e-4"],
 }
+
+PIECES = ["xent", "A", *ARMS, "ablations", *ABLATIONS, "assess", "table"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,8 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", choices=list(TASKS), required=True)
     p.add_argument("--recipe", help="override the task's recipe (tests use a tiny one)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--pieces", nargs="+", default=["xent", "A", "B", "C", "table"],
-                   help="xent, A, B, C, ablations, table")
+    p.add_argument("--pieces", nargs="+", default=["xent", "A", "C", "B", "table"], choices=PIECES, metavar="PIECE",
+                   help="xent, A, C, B, A-restart, ablations (all of them) or one ablation by name, assess (test "
+                        "scores and guards of the runs named, cached), table; one of: " + ", ".join(PIECES))
+    p.add_argument("--machine", default=None, help="where the runs ran, for the plots and results.md "
+                                                     "(default: this machine's GPU, else its CPU count)")
     p.add_argument("--xent-minutes", type=float, default=60.0, help="cap of the XENT piece")
     p.add_argument("--patience", type=int, default=4, help="XENT evaluations without a new best before it stops")
     p.add_argument("--budget-minutes", type=float, default=15.0, help="wall-clock budget of every arm")
@@ -88,21 +102,49 @@ def finetune(recipe: str, out: Path, overrides: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def xent_piece(args, recipe: str, metric: str, seed: int, out: Path) -> None:
-    finetune(recipe, out, [*args.overrides, f"run.seed={seed}", *XENT_ONLY, f"eval.best_metric={metric}", f"eval.patience={args.patience}",
-                           f"run.max_minutes={args.xent_minutes}", "data.test_split=null"])
+def xent_overrides(args, metric: str, seed: int) -> list[str]:
+    """The XENT piece: a checkpoint only where it stops (arm A continues from there)."""
+    return [*args.overrides, f"run.seed={seed}", *XENT_ONLY, f"eval.best_metric={metric}", f"eval.patience={args.patience}",
+            f"run.max_minutes={args.xent_minutes}", "data.test_split=null", "run.save_every=1000000000",
+            "run.keep_checkpoints=1"]
+
+
+def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) -> None:
+    """Arm A: a copy of the XENT run resumed from its last checkpoint with `--budget-minutes` more
+    (optimizer, learning rate, data order and best/ carry on, so best/ changes only if more XENT
+    finds a better model); branch.json says where the copy starts."""
+    xent, out = seed_dir / "xent", seed_dir / "A"
+    if (out / "final").is_dir():
+        print(f"cached: {out}")
+        return
+    checkpoints = sorted((xent / "checkpoints").glob("step-*"))
+    if not (xent / "final").is_dir() or not checkpoints:
+        raise SystemExit(f"bench_quality: {xent} has no final checkpoint to continue (unfinished, or made before "
+                         f"the xent piece saved one); run or rerun the xent piece (--pieces xent)")
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(xent, out, ignore=shutil.ignore_patterns("final", "plots", "predictions-*", "quality.json"))
+    (out / "branch.json").write_text(json.dumps({"step": state["step"], "seconds": state["seconds"]}))
+    finetune(recipe, out, [*xent_overrides(args, metric, seed), "eval.patience=0", f"eval.every={args.arm_eval_every}",
+                           f"run.max_minutes={state['seconds'] / 60 + args.budget_minutes}", "run.resume=auto"])
 
 
 def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[str], seed_dir: Path) -> None:
     start = seed_dir / "xent" / "best"
-    if not start.is_dir():
-        raise SystemExit(f"bench_quality: {start} is missing; run the xent piece first (--pieces xent)")
-    rl_lr = load_recipe(ROOT / recipe, args.overrides).reinforce.lr
+    if not (seed_dir / "xent" / "final").is_dir():  # best/ exists while XENT still runs: wait for the end
+        raise SystemExit(f"bench_quality: {seed_dir / 'xent'} has not finished; run the xent piece first (--pieces xent)")
     common = [*args.overrides, f"run.seed={seed}", f"model.name_or_path={start}", "model.architecture=null",
               "model.config={}", "optim.decay=constant", f"eval.best_metric={metric}", "eval.patience=0",
               f"eval.every={args.arm_eval_every}",
               f"run.max_minutes={args.budget_minutes}", "data.test_split=null"]
-    finetune(recipe, seed_dir / name, common + [item.format(rl_lr=rl_lr) for item in extra])
+    finetune(recipe, seed_dir / name, common + arm_overrides(load_recipe(ROOT / recipe, args.overrides), extra))
+
+
+def arm_overrides(cfg, extra: list[str]) -> list[str]:
+    """An arm's overrides with the recipe's numbers filled in: {rl_lr}, and {mixer_steps}, the
+    steps MIXER's stages take."""
+    mixer_steps = cfg.schedule.stage_steps * math.ceil(cfg.data.max_target_tokens / cfg.schedule.delta)
+    return [item.format(rl_lr=cfg.reinforce.lr, mixer_steps=mixer_steps) for item in extra]
 
 
 def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dict:
@@ -116,6 +158,7 @@ def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dic
     from seqrl.metrics import corpus_scores
     cfg = load_recipe(ROOT / recipe, overrides)
     text_model = modeling.load_saved(run_dir / "best")
+    text_model.model.to("cuda" if torch.cuda.is_available() else "cpu")
     raw = data.load_raw(cfg.data, [cfg.data.eval_split, cfg.data.test_split])
     tokenized, _ = data.tokenize(raw, text_model, cfg.data)
     test, valid = tokenized[cfg.data.test_split], tokenized[cfg.data.eval_split]
@@ -124,16 +167,25 @@ def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dic
                       max_new_tokens=cfg.eval.max_new_tokens)
         use = diagnostics.source_use(text_model, text_model.model, list(valid["source_ids"]), list(valid["target_ids"]))
     refs = list(test[cfg.data.target_field])
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    lines, start_step = own_metrics(run_dir)
     result = {"test": corpus_scores(hyps, refs, list(cfg.eval.metrics)),
               "best": json.loads((run_dir / "best" / "best.json").read_text()),
               "distinct": diagnostics.distinct_fraction(hyps), "length_ratio": diagnostics.length_ratio(hyps, refs),
               **use, "minutes": max(line.get("time/elapsed_s", 0) for line in lines) / 60,
-              "steps": max(line["step"] for line in lines)}
+              "steps": max(line["step"] for line in lines) - start_step}
     (run_dir / "predictions-test-best.jsonl").write_text(
         "".join(json.dumps({"reference": r, "hypothesis": h}, ensure_ascii=False) + "\n" for r, h in zip(refs, hyps)))
     cache.write_text(json.dumps(result, indent=1))
     return result
+
+
+def own_metrics(run_dir: Path) -> tuple[list[dict], int]:
+    """The run's metrics.jsonl lines and its first step; for arm A only those after the branch
+    from XENT (its file starts with XENT's history; time/elapsed_s counts from each process's start)."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    branch = run_dir / "branch.json"
+    start = json.loads(branch.read_text())["step"] if branch.is_file() else 0
+    return [line for line in lines if line["step"] > start or not branch.is_file()], start
 
 
 def trivial_baselines(recipe: str, task: str, metric: str, out: Path, overrides: list[str]) -> dict:
@@ -157,10 +209,12 @@ def trivial_baselines(recipe: str, task: str, metric: str, out: Path, overrides:
 
 
 def table(args, recipe: str, metric: str, task_dir: Path) -> str:
+    """Rows: finished runs (final/, or quality.json, which only finished runs get; final/ may be deleted to save space)."""
     runs = {seed: {p.name: assess(recipe, p, metric, args.overrides) for p in sorted((task_dir / f"seed{seed}").iterdir())
-                   if (p / "best").is_dir()} for seed in args.seeds if (task_dir / f"seed{seed}").is_dir()}
+                   if (p / "final").is_dir() or (p / "quality.json").is_file()} for seed in args.seeds if (task_dir / f"seed{seed}").is_dir()}
     names = sorted({name for r in runs.values() for name in r}, key=lambda n: (n != "xent", n))
     lines = [f"## {args.task}: test {metric} (greedy), best checkpoint by validation {metric}\n",
+             f"Machine: {args.machine}.\n",
              "| run | mean | per seed | sd | distinct outputs | length / reference | val xent true -> shuffled sources | minutes | steps |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in names:
@@ -174,10 +228,10 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
     for name, value in trivial_baselines(recipe, args.task, metric, task_dir, args.overrides).items():
         lines.append(f"| {name} | {value:.2f} | | | | | | | |")
     lines += ["", f"Paired bootstrap on test (1000 resamples): {metric} difference and 95% interval\n",
-              "| seed | B - A | B - C |", "|---|---|---|"]
+              "| seed | B - A | B - A-restart | B - C |", "|---|---|---|---|"]
     for seed in runs:
         cells = []
-        for other in ("A", "C"):
+        for other in ("A", "A-restart", "C"):
             preds = [task_dir / f"seed{seed}" / arm / "predictions-test-best.jsonl" for arm in (other, "B")]
             if not all(p.is_file() for p in preds):
                 cells.append("—")
@@ -186,39 +240,38 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
                                   [json.loads(line)["reference"] for line in p.open()]] for p in preds)
             r = diagnostics.paired_bootstrap(metric, a, b, refs, seed=seed)
             cells.append(f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]")
-        lines.append(f"| {seed} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {seed} | {' | '.join(cells)} |")
     for seed in runs:
         lines.append(f"\n![validation {metric} vs minutes, seed {seed}](curves-seed{seed}.png)")
-        plot_curves(task_dir / f"seed{seed}", metric, runs[seed], task_dir / f"curves-seed{seed}.png")
+        plot_curves(task_dir / f"seed{seed}", metric, runs[seed], task_dir / f"curves-seed{seed}.png", args.machine)
     text = "\n".join(lines) + "\n"
     (task_dir / "results.md").write_text(text)
     return text
 
 
-def plot_curves(seed_dir: Path, metric: str, results: dict, path: Path) -> None:
-    """Validation metric against wall-clock minutes: XENT from 0, each arm from where XENT's best
-    model was saved; the test score of each best model as a marker at the run's end."""
+def plot_curves(seed_dir: Path, metric: str, results: dict, path: Path, machine: str) -> None:
+    """Validation metric against wall-clock minutes: XENT from 0, each arm from where XENT ended
+    (the compute XENT spent to find its best model, patience included, is spent for every arm);
+    the test score of each arm's best model as a star at the arm's end."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     def curve(run: str) -> tuple[list[float], list[float]]:
-        lines = [json.loads(line) for line in (seed_dir / run / "metrics.jsonl").open()]
-        points = [(m["time/elapsed_s"] / 60, m[f"eval/{metric}"]) for m in lines if f"eval/{metric}" in m]
+        points = [(m["time/elapsed_s"] / 60, m[f"eval/{metric}"]) for m in own_metrics(seed_dir / run)[0]
+                  if f"eval/{metric}" in m]
         return [p[0] for p in points], [p[1] for p in points]
 
     xent_x, xent_y = curve("xent")
-    best_step = results["xent"]["best"]["step"]
-    lines = [json.loads(line) for line in (seed_dir / "xent" / "metrics.jsonl").open()]
-    start = next((m["time/elapsed_s"] / 60 for m in lines if m["step"] == best_step and "time/elapsed_s" in m), xent_x[-1])
+    end = xent_x[-1]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(xent_x, xent_y, color="black", label="XENT (from scratch)")
-    for run, color in (("A", "tab:blue"), ("C", "tab:green"), ("B", "tab:red")):
+    for run, color in (("A", "tab:blue"), ("A-restart", "tab:purple"), ("C", "tab:green"), ("B", "tab:red")):
         if run in results:
             x, y = curve(run)
-            ax.plot([start + v for v in x], y, color=color, label=f"arm {run}")
-            ax.scatter([start + results[run]["minutes"]], [results[run]["test"][metric]], color=color, marker="*", s=80)
-    ax.set_xlabel("wall-clock minutes on 2 CPU cores")
+            ax.plot([end + v for v in x], y, color=color, label=f"arm {run}")
+            ax.scatter([end + results[run]["minutes"]], [results[run]["test"][metric]], color=color, marker="*", s=80)
+    ax.set_xlabel(f"wall-clock minutes ({machine})")
     ax.set_ylabel(f"validation {metric} (stars: test, best checkpoint)")
     ax.legend()
     fig.tight_layout()
@@ -226,21 +279,40 @@ def plot_curves(seed_dir: Path, metric: str, results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def this_machine() -> str:
+    import os
+    import torch
+    if torch.cuda.is_available():
+        return f"one {torch.cuda.get_device_name()} GPU"
+    return f"{os.cpu_count()} CPU cores"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.machine = args.machine or this_machine()
     recipe, metric = TASKS[args.task]
     recipe = args.recipe or recipe
     task_dir = args.out / args.task
+    ablations = ABLATIONS if "ablations" in args.pieces else {n: e for n, e in ABLATIONS.items() if n in args.pieces}
     for seed in args.seeds:
         seed_dir = task_dir / f"seed{seed}"
+        trained = []
         if "xent" in args.pieces:
-            xent_piece(args, recipe, metric, seed, seed_dir / "xent")
-        for arm in ("A", "C", "B"):
+            finetune(recipe, seed_dir / "xent", xent_overrides(args, metric, seed))
+            trained.append("xent")
+        if "A" in args.pieces:
+            continue_piece(args, recipe, metric, seed, seed_dir)
+            trained.append("A")
+        for arm in ("C", "B", "A-restart"):
             if arm in args.pieces:
                 arm_piece(args, recipe, metric, seed, arm, ARMS[arm], seed_dir)
-        if "ablations" in args.pieces:
-            for name, extra in ABLATIONS.items():
-                arm_piece(args, recipe, metric, seed, name, ARMS["B"] + extra, seed_dir)
+                trained.append(arm)
+        for name, extra in ablations.items():
+            arm_piece(args, recipe, metric, seed, name, ARMS["B"] + extra, seed_dir)
+            trained.append(name)
+        if "assess" in args.pieces:  # lets parallel callers assess their own runs; table reuses the cache
+            for name in trained:
+                print(name, json.dumps(assess(recipe, seed_dir / name, metric, args.overrides)["test"]), flush=True)
     if "table" in args.pieces:
         print(table(args, recipe, metric, task_dir))
 

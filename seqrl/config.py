@@ -194,6 +194,9 @@ class EvalConfig:
     patience: int = 0
     """Stop training after this many evaluations in a row without a new best `best_metric`
     (0 = never stop early)."""
+    at_start: bool = False
+    """Also evaluate before the first step (logged at step 0): the starting model's score on the
+    curve, and with `best_metric` a candidate for `best/`, which then only ever improves on it."""
 
 
 @dataclass
@@ -205,7 +208,8 @@ class RunConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps, whatever else the recipe says."""
     save_every: int = 0
-    """Write a checkpoint every this many optimizer steps (0 = none during training)."""
+    """Write a checkpoint every this many optimizer steps, and when `run.max_minutes` or
+    `eval.patience` stops the run, so that it can be continued (0 = none during training)."""
     keep_checkpoints: int = 2
     """Keep only the newest N checkpoints."""
     overwrite: bool = False

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from seqrl import rewards
 from seqrl.checkpoint import load_checkpoint, load_reference, resolve_resume, save_checkpoint
 from seqrl.config import RecipeConfig
+from seqrl.errors import SeqrlError
 from seqrl.evaluate import evaluate_split
 from seqrl.modeling import frozen_copy
 from seqrl.plots import plot_run
@@ -65,6 +66,10 @@ def use_cpu(forced: bool) -> bool:
     forms a (gloo) process group on the CPU when told `cpu=True`; otherwise each launched
     process would silently train alone."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    local, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if not forced and launched and 0 < gpus < local:  # else torch fails with "invalid device ordinal"
+        raise SeqrlError(f"{local} processes on this machine but {gpus} GPU(s): launch at most {gpus} per "
+                         f"machine, or run on the CPU (run.cpu: true, or CUDA_VISIBLE_DEVICES= to hide the GPUs)")
     return forced or (launched and not torch.cuda.is_available())
 
 
@@ -118,6 +123,8 @@ def train(run: Run, state: dict | None = None) -> _Loop:
         loop.best, loop.evals_since_best = state.get("best"), state.get("evals_since_best", 0)
         loop.seconds_before = state.get("seconds", 0.0)
         loop.bar.update(loop.step)
+    elif cfg.eval.at_start:
+        track_best(run, loop, evaluate(run, 0, cfg.data.eval_split, cfg.eval.max_examples))
     phases = [(run.loader, min(run.schedule.xent_steps, run.total_steps)), (run.rl_loader, run.total_steps)]
     for phase, (loader, end) in enumerate(phases):
         if loop.step >= end or loop.stop:
@@ -200,7 +207,7 @@ def on_step_end(run: Run, loop: _Loop) -> None:
         loop.stop = f"run.max_minutes ({cfg.run.max_minutes:g}) reached"
     if step == run.schedule.xent_steps < run.total_steps and cfg.eval.test_after_xent and cfg.data.test_split:
         evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}-xent.jsonl")
-    if cfg.run.save_every and step % cfg.run.save_every == 0:
+    if cfg.run.save_every and (step % cfg.run.save_every == 0 or loop.stop):  # a stopped run can be continued
         state = {**loop.state(), "ema": run.ema.state_dict() if run.ema else None}
         save_checkpoint(run.accelerator, run.out, step, state, cfg.run.keep_checkpoints, run.reference)
 

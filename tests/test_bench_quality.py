@@ -1,5 +1,5 @@
 """scripts/bench_quality.py end to end on the toy data with the benchmark recipes' shapes cut down:
-XENT piece, arms A/B/C from its best model, the honesty guards and the table, and the cache
+XENT piece, arm A continuing it, arms B/C from its best model, the honesty guards and the table, and the cache
 (a second call redoes nothing). The real benchmark is hours of CPU; this proves the plumbing."""
 
 from __future__ import annotations
@@ -48,13 +48,42 @@ def test_pieces_table_and_cache(tiny_bench_recipe, tmp_path, capsys):
     assert not any("reward/bleu" in m for m in (json.loads(line) for line in (seed_dir / "A" / "metrics.jsonl").open()))
     recipe_b = yaml.safe_load((seed_dir / "B" / "recipe.yaml").read_text())
     assert recipe_b["model"]["name_or_path"] == str(seed_dir / "xent" / "best")  # arms start from XENT's best
+    assert [m["step"] for m in metrics if "eval/bleu" in m][0] == 0  # ... which is a candidate for their best/
+
+    # A is XENT's own run resumed: its history up to the branch, then more steps of the same run
+    branch = json.loads((seed_dir / "A" / "branch.json").read_text())
+    xent_state = json.loads(next((seed_dir / "xent" / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+    assert branch == {"step": xent_state["step"], "seconds": xent_state["seconds"]}
+    steps_a = [json.loads(line)["step"] for line in (seed_dir / "A" / "metrics.jsonl").open()]
+    assert min(steps_a) < branch["step"] < max(steps_a)
+    assert yaml.safe_load((seed_dir / "A" / "recipe.yaml").read_text())["run"]["resume"] == "auto"
+    quality_a = json.loads((seed_dir / "A" / "quality.json").read_text())  # A's own steps and time only
+    assert quality_a["steps"] == max(steps_a) - branch["step"] and 0 < quality_a["minutes"] < 1
+    best_a = json.loads((seed_dir / "A" / "best" / "best.json").read_text())["bleu"]
+    assert best_a >= json.loads((seed_dir / "xent" / "best" / "best.json").read_text())["bleu"]
     quality = json.loads((seed_dir / "B" / "quality.json").read_text())
     assert 0 < quality["distinct"] <= 1 and quality["length_ratio"] > 0
     assert quality["gap"] == pytest.approx(quality["xent_shuffled"] - quality["xent_true"])
     table = (out / "translation" / "results.md").read_text()
     for row in ("| xent |", "| A |", "| B |", "| C |", "| copy the source |", "best constant output"):
         assert row in table
-    assert table.count("[") >= 2  # bootstrap intervals for B - A and B - C
+    assert "| seed | B - A | B - A-restart | B - C |" in table
+    assert table.count("[") >= 2  # bootstrap intervals for B - A and B - C (A-restart was not run: "—")
     capsys.readouterr()
     bq.main(args)  # everything cached: no run starts again
     assert "running:" not in capsys.readouterr().out
+
+
+def test_every_ablation_trains_with_reinforce():
+    """An ablation that hardly samples measures nothing: the alternate schedule once annealed its
+    REINFORCE share over 1,000,000 steps and made 3 REINFORCE steps in its whole budget."""
+    from seqrl.config import load_recipe
+    from seqrl.schedule import Schedule
+    recipe = REPO / "recipes" / "bench" / "translation.yaml"
+    base = load_recipe(recipe)
+    mixer_steps = base.schedule.stage_steps * -(-base.data.max_target_tokens // base.schedule.delta)
+    for name, extra in {"B": [], **bq.ABLATIONS}.items():
+        cfg = load_recipe(recipe, bq.arm_overrides(base, bq.ARMS["B"] + extra))
+        schedule = Schedule(cfg.schedule, 100, 100, cfg.data.max_target_tokens)
+        rl_steps = sum(not schedule.plan(step).is_xent for step in range(mixer_steps))
+        assert rl_steps >= mixer_steps // 3, (name, rl_steps)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -49,7 +50,7 @@ def _recipe(data_dir: Path, out: Path, baseline: str, per_process_batch: int, pe
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -124,7 +125,7 @@ def test_error_on_one_process_ends_the_run_without_hanging(toy_data_dir, tmp_pat
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
            "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", "0", "-m", "seqrl", "finetune", str(path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(tmp_path))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(tmp_path))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode != 0
     assert "reward 'failing_reward:fails_on_rank_1' raised RuntimeError: reward service down" in proc.stderr
@@ -142,7 +143,7 @@ def test_ctrl_c_stops_a_two_process_run(toy_data_dir, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
            "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", "0", "-m", "seqrl", "finetune", str(path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + TIMEOUT
@@ -156,3 +157,17 @@ def test_ctrl_c_stops_a_two_process_run(toy_data_dir, tmp_path):
         proc.kill()
         raise AssertionError("the run did not stop within 60 s of Ctrl-C")
     assert proc.returncode != 0
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from seqrl.errors import SeqrlError
+    from seqrl.train import use_cpu
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SeqrlError, match="2 processes on this machine but 1 GPU"):
+        use_cpu(False)
+    assert use_cpu(True)  # run.cpu: the processes share the CPU instead
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert use_cpu(False)  # no GPU at all: gloo on the CPU

@@ -1,6 +1,7 @@
 """`eval.best_metric` keeps `best/`, `eval.patience` stops on a plateau, `run.max_minutes` stops on
-time: the pieces a benchmark needs to train "until the validation metric plateaus" and to give
-arms equal wall-clock budgets."""
+time, `eval.at_start` makes the starting model a candidate, and a stopped run leaves a checkpoint
+to continue from: the pieces a benchmark needs to train "until the validation metric plateaus"
+and to give arms equal wall-clock budgets."""
 
 from __future__ import annotations
 
@@ -57,6 +58,29 @@ def test_max_minutes_stops_training_and_still_finishes(tiny_recipe, tmp_path):
     assert [line["step"] for line in lines if "early_stop" in line] == [1]
     assert any("eval/bleu" in line and line["step"] == 1 for line in lines)  # final evaluation ran
     assert (Path(tiny_recipe["run"]["output_dir"]) / "final").is_dir()
+
+
+def test_at_start_makes_the_starting_model_the_best_unless_beaten(tiny_recipe, tmp_path):
+    tiny_recipe["schedule"]["xent_steps"] = 4
+    tiny_recipe["optim"]["lr"] = 1e-12  # nothing later can beat the start
+    tiny_recipe["eval"].update(every=2, best_metric="chrf", max_examples=10, at_start=True)
+    lines = _run(tiny_recipe, tmp_path)
+    assert [line["step"] for line in lines if "eval/chrf" in line] == [0, 2, 4]
+    info = json.loads((Path(tiny_recipe["run"]["output_dir"]) / "best" / "best.json").read_text())
+    assert info["step"] == 0
+
+
+def test_a_stopped_run_leaves_a_checkpoint_that_continues_it(tiny_recipe, tmp_path):
+    tiny_recipe["schedule"]["xent_steps"] = 10_000
+    tiny_recipe["run"].update(max_minutes=0.0001, save_every=1_000_000)  # stops after step 1
+    _run(tiny_recipe, tmp_path)
+    out = Path(tiny_recipe["run"]["output_dir"])
+    [checkpoint] = (out / "checkpoints").iterdir()
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["step"] == 1 and state["seconds"] > 0
+    tiny_recipe["run"].update(max_minutes=None, max_steps=3, resume="auto")  # a bigger budget continues it
+    lines = _run(tiny_recipe, tmp_path)
+    assert [line["step"] for line in lines if "train/loss" in line] == [1, 2, 3]  # step 1 is not redone
 
 
 @pytest.mark.parametrize("change, message", [
