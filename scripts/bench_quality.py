@@ -64,6 +64,7 @@ ABLATIONS = {
                              "schedule.anneal_steps={mixer_steps}"],
     "B-schedule-constant": ["schedule.kind=constant", "schedule.stage_steps=null", "schedule.rl_steps=1000000"],
     "B-delta-4": ["schedule.delta=4"], "B-delta-16": ["schedule.delta=16"],
+    "B-stage-steps-x2": ["schedule.stage_steps={stage_steps_x2}"],  # when the stages end before the budget
     "B-rl-lr-3e-5": ["reinforce.lr=3e-5"], "B-rl-lr-3e-4": ["reinforce.lr=3e-4"],
 }
 
@@ -141,10 +142,11 @@ def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[
 
 
 def arm_overrides(cfg, extra: list[str]) -> list[str]:
-    """An arm's overrides with the recipe's numbers filled in: {rl_lr}, and {mixer_steps}, the
-    steps MIXER's stages take."""
+    """An arm's overrides with the recipe's numbers filled in: {rl_lr}; {mixer_steps}, the steps
+    MIXER's stages take; {stage_steps_x2}."""
     mixer_steps = cfg.schedule.stage_steps * math.ceil(cfg.data.max_target_tokens / cfg.schedule.delta)
-    return [item.format(rl_lr=cfg.reinforce.lr, mixer_steps=mixer_steps) for item in extra]
+    return [item.format(rl_lr=cfg.reinforce.lr, mixer_steps=mixer_steps, stage_steps_x2=2 * cfg.schedule.stage_steps)
+            for item in extra]
 
 
 def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dict:
