@@ -59,6 +59,9 @@ ARMS = {  # the arms that start from XENT's best/ (A continues XENT's run: conti
 ABLATIONS = {
     "B-baseline-greedy": ["reinforce.baseline=greedy"], "B-baseline-learned": ["reinforce.baseline=learned"],
     "B-baseline-none": ["reinforce.baseline=none"],
+    # the learned baseline's default rate (0.01 x optim.lr, MIXER's, times the RL factor) moves its
+    # Adam-trained bias by ~1e-6 a step; this one learns at 3e-3 in the RL phase (30 x 3e-3 x 1e-4/3e-3)
+    "B-baseline-learned-fast": ["reinforce.baseline=learned", "reinforce.baseline_lr_scale=30"],
     # alternate's REINFORCE share of batches rises to 1 over as many steps as MIXER's stages take
     "B-schedule-alternate": ["schedule.kind=alternate", "schedule.stage_steps=null", "schedule.rl_steps=1000000",
                              "schedule.anneal_steps={mixer_steps}"],
