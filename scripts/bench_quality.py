@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seqrl import diagnostics  # noqa: E402
+from seqrl.checkpoint import STATE_FILE, list_checkpoints  # noqa: E402
 from seqrl.config import load_recipe  # noqa: E402
 
 TASKS = {  # recipe, and the metric that selects checkpoints and is reported
@@ -121,11 +122,11 @@ def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) ->
     if (out / "final").is_dir():
         print(f"cached: {out}")
         return
-    checkpoints = sorted((xent / "checkpoints").glob("step-*"))
+    checkpoints = list_checkpoints(xent)
     if not (xent / "final").is_dir() or not checkpoints:
         raise SystemExit(f"bench_quality: {xent} has no final checkpoint to continue (unfinished, or made before "
                          f"the xent piece saved one); run or rerun the xent piece (--pieces xent)")
-    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    state = json.loads((checkpoints[-1] / STATE_FILE).read_text())
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(xent, out, ignore=shutil.ignore_patterns("final", "plots", "predictions-*", "quality.json"))
     (out / "branch.json").write_text(json.dumps({"step": state["step"], "seconds": state["seconds"]}))
@@ -188,9 +189,10 @@ def own_metrics(run_dir: Path) -> tuple[list[dict], int]:
     """The run's metrics.jsonl lines and its first step; for arm A only those after the branch
     from XENT (its file starts with XENT's history; time/elapsed_s counts from each process's start)."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
-    branch = run_dir / "branch.json"
-    start = json.loads(branch.read_text())["step"] if branch.is_file() else 0
-    return [line for line in lines if line["step"] > start or not branch.is_file()], start
+    if not (run_dir / "branch.json").is_file():
+        return lines, 0
+    start = json.loads((run_dir / "branch.json").read_text())["step"]
+    return [line for line in lines if line["step"] > start], start
 
 
 def trivial_baselines(recipe: str, task: str, metric: str, out: Path, overrides: list[str]) -> dict:
@@ -235,23 +237,28 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
     lines += ["", f"Paired bootstrap on test (1000 resamples): {metric} difference and 95% interval\n",
               "| seed | B - A | B - A-restart | B - C |", "|---|---|---|---|"]
     for seed in runs:
-        cells = []
-        for other in ("A", "A-restart", "C"):
-            preds = [task_dir / f"seed{seed}" / arm / "predictions-test-best.jsonl" for arm in (other, "B")]
-            if not all(p.is_file() for p in preds):
-                cells.append("—")
-                continue
-            (a, refs), (b, _) = ([[json.loads(line)["hypothesis"] for line in p.open()],
-                                  [json.loads(line)["reference"] for line in p.open()]] for p in preds)
-            r = diagnostics.paired_bootstrap(metric, a, b, refs, seed=seed)
-            cells.append(f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]")
-        lines.append(f"| {seed} | {' | '.join(cells)} |")
+        lines.append(f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed) for other in ('A', 'A-restart', 'C'))} |")
+    ablated = [(seed, name) for seed in runs for name in runs[seed] if name.startswith("B-")]
+    if ablated:
+        lines += ["", "| seed | B - ablation | difference [95% interval] |", "|---|---|---|"]
+        lines += [f"| {seed} | {name} | {b_minus(task_dir / f'seed{seed}', name, metric, seed)} |" for seed, name in ablated]
     for seed in runs:
         lines.append(f"\n![validation {metric} vs minutes, seed {seed}](curves-seed{seed}.png)")
         plot_curves(task_dir / f"seed{seed}", metric, runs[seed], task_dir / f"curves-seed{seed}.png", args.machine)
     text = "\n".join(lines) + "\n"
     (task_dir / "results.md").write_text(text)
     return text
+
+
+def b_minus(seed_dir: Path, other: str, metric: str, seed: int) -> str:
+    """Paired bootstrap of B minus `other` on the test predictions of their best models ("—" if either is missing)."""
+    preds = [seed_dir / arm / "predictions-test-best.jsonl" for arm in (other, "B")]
+    if not all(p.is_file() for p in preds):
+        return "—"
+    (a, refs), (b, _) = ([[json.loads(line)["hypothesis"] for line in p.open()],
+                          [json.loads(line)["reference"] for line in p.open()]] for p in preds)
+    r = diagnostics.paired_bootstrap(metric, a, b, refs, seed=seed)
+    return f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
 
 
 def plot_curves(seed_dir: Path, metric: str, results: dict, path: Path, machine: str) -> None:

@@ -5,9 +5,9 @@
 #   bash scripts/bench_quality_parallel.sh translation 8 7    # task, XENT cap, arm budget (minutes)
 #   bash scripts/bench_quality_parallel.sh translation 8 7 --set ...   # more bench_quality.py options
 #
-# Per seed: the XENT piece; when it has finished, arms A, C and B (and on seed 0 every ablation)
-# start together (A continues XENT itself), so that the arms of a seed, which are compared at equal wall-clock budgets, share
-# the machine alike; each run assesses itself (test score and guards); then the table.
+# Per seed: the XENT piece; when it has finished, arms A, A-restart, C and B (and on seed 0 every
+# ablation) start together, so that the arms of a seed, which are compared at equal wall-clock
+# budgets, share the machine alike; each run assesses itself (test score and guards); then the table.
 # Logs: bench/logs/TASK/. Set MACHINE to describe the machine in results.md and the plots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
