@@ -60,9 +60,9 @@ ARMS = {  # the arms that start from XENT's best/ (A continues XENT's run: conti
 ABLATIONS = {
     "B-baseline-greedy": ["reinforce.baseline=greedy"], "B-baseline-learned": ["reinforce.baseline=learned"],
     "B-baseline-none": ["reinforce.baseline=none"],
-    # the learned baseline's default rate (0.01 x optim.lr, MIXER's, times the RL factor) moves its
-    # Adam-trained bias by ~1e-6 a step; this one learns at 3e-3 in the RL phase (30 x 3e-3 x 1e-4/3e-3)
-    "B-baseline-learned-fast": ["reinforce.baseline=learned", "reinforce.baseline_lr_scale=30"],
+    # MIXER's rate for its regressor, 0.01 x the network's (here 0.01 x reinforce.lr): under Adam
+    # it stays at its initial output (the default before baseline_lr, kept to reproduce that row)
+    "B-baseline-learned-mixer-rate": ["reinforce.baseline=learned", "reinforce.baseline_lr=1e-6"],
     # alternate's REINFORCE share of batches rises to 1 over as many steps as MIXER's stages take
     "B-schedule-alternate": ["schedule.kind=alternate", "schedule.stage_steps=null", "schedule.rl_steps=1000000",
                              "schedule.anneal_steps={mixer_steps}"],
@@ -86,6 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--machine", default=None, help="where the runs ran, for the plots and results.md "
                                                      "(default: this machine's GPU, else its CPU count)")
     p.add_argument("--xent-minutes", type=float, default=60.0, help="cap of the XENT piece")
+    p.add_argument("--xent-steps", type=int, default=None,
+                   help="stop the XENT piece at this step instead (rebuilds, step for step, a cached XENT run that "
+                        "stopped on --xent-minutes: its learning rate is constant after warm-up)")
     p.add_argument("--patience", type=int, default=4, help="XENT evaluations without a new best before it stops")
     p.add_argument("--budget-minutes", type=float, default=15.0, help="wall-clock budget of every arm")
     p.add_argument("--arm-eval-every", type=int, default=250, help="optimizer steps between the arms' evaluations")
@@ -109,9 +112,10 @@ def finetune(recipe: str, out: Path, overrides: list[str]) -> None:
 
 def xent_overrides(args, metric: str, seed: int) -> list[str]:
     """The XENT piece: a checkpoint only where it stops (arm A continues from there)."""
+    steps = [f"run.max_steps={args.xent_steps}"] if args.xent_steps else []
     return [*args.overrides, f"run.seed={seed}", *XENT_ONLY, f"eval.best_metric={metric}", f"eval.patience={args.patience}",
             f"run.max_minutes={args.xent_minutes}", "data.test_split=null", "run.save_every=1000000000",
-            "run.keep_checkpoints=1"]
+            "run.keep_checkpoints=1", *steps]
 
 
 def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) -> None:
@@ -131,7 +135,8 @@ def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) ->
     shutil.copytree(xent, out, ignore=shutil.ignore_patterns("final", "plots", "predictions-*", "quality.json"))
     (out / "branch.json").write_text(json.dumps({"step": state["step"], "seconds": state["seconds"]}))
     finetune(recipe, out, [*xent_overrides(args, metric, seed), "eval.patience=0", f"eval.every={args.arm_eval_every}",
-                           f"run.max_minutes={state['seconds'] / 60 + args.budget_minutes}", "run.resume=auto"])
+                           f"run.max_minutes={state['seconds'] / 60 + args.budget_minutes}", "run.max_steps=null",
+                           "run.resume=auto"])
 
 
 def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[str], seed_dir: Path) -> None:

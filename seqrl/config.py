@@ -130,8 +130,11 @@ class ReinforceConfig:
     """Divide advantages by their batch standard deviation (after subtracting the mean)."""
     ema_decay: float = 0.9
     """`ema` baseline: b <- decay * b + (1 - decay) * mean reward of the batch."""
-    baseline_lr_scale: float = 0.01
-    """`learned` baseline: its learning rate is this times `optim.lr` (MIXER: 0.01)."""
+    baseline_lr: float = 3e-3
+    """`learned` baseline: learning rate of its regressor, constant through the run (no warm-up,
+    decay or `reinforce.lr` factor). MIXER's 0.01 x the network's rate moves an Adam-trained
+    regressor ~1e-6 a step, which left it at its initial output; 3e-3 tracked the reward on the
+    summarization benchmark (docs/results.md)."""
     lr: float | None = None
     """Constant learning rate of the sequence-level stages; the `optim` warm-up and decay then
     span the XENT stage only. Empty = one `optim` schedule over the whole run."""
@@ -208,8 +211,9 @@ class RunConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps, whatever else the recipe says."""
     save_every: int = 0
-    """Write a checkpoint every this many optimizer steps, and when `run.max_minutes` or
-    `eval.patience` stops the run, so that it can be continued (0 = none during training)."""
+    """Write a checkpoint every this many optimizer steps, at the last step, and when
+    `run.max_minutes` or `eval.patience` stops the run, so that it can be continued (0 = none
+    during training)."""
     keep_checkpoints: int = 2
     """Keep only the newest N checkpoints."""
     overwrite: bool = False

@@ -18,7 +18,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
               "data.max_target_tokens", "xent.batch_size", "optim.lr", "optim.grad_accum_steps",
               "eval.batch_size", "eval.num_beams", "eval.max_new_tokens", "log.every",
               "run.keep_checkpoints", "schedule.delta", "reinforce.num_samples",
-              "reinforce.temperature", "reinforce.baseline_lr_scale")
+              "reinforce.temperature", "reinforce.baseline_lr")
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
                   "run.save_every", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
                   "reinforce.kl_coef")

@@ -85,8 +85,8 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     rl_loader = DataLoader(tokenized[cfg.data.train_split], batch_size=rl_batch, shuffle=True, collate_fn=collate)
     learned = LearnedBaseline(text_model.model.config.hidden_size) if cfg.reinforce.baseline == "learned" else None
     groups = [{"params": text_model.model.parameters()}]
-    if learned is not None:  # MIXER trains its reward predictor at a fraction of the network's rate
-        groups.append({"params": learned.parameters(), "lr": cfg.optim.lr * cfg.reinforce.baseline_lr_scale})
+    if learned is not None:  # its own constant rate (MIXER's fraction of the network's is ~0 under Adam)
+        groups.append({"params": learned.parameters(), "lr": cfg.reinforce.baseline_lr})
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                                   weight_decay=cfg.optim.weight_decay)
     model, optimizer, loader, rl_loader, *rest = accelerator.prepare(
@@ -96,10 +96,10 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
                         cfg.data.max_target_tokens)
     total = min(schedule.total_steps, cfg.run.max_steps or schedule.total_steps)
     rl_start = schedule.xent_steps if cfg.reinforce.lr is not None and cfg.schedule.kind != "xent" else None
-    lr_scheduler = LambdaLR(optimizer, partial(
-        lr_factor, warmup=cfg.optim.warmup_steps, decay=cfg.optim.decay,
-        decay_steps=rl_start if rl_start is not None else total, rl_start=rl_start,
-        rl_factor=(cfg.reinforce.lr or cfg.optim.lr) / cfg.optim.lr))
+    network_factor = partial(lr_factor, warmup=cfg.optim.warmup_steps, decay=cfg.optim.decay,
+                             decay_steps=rl_start if rl_start is not None else total, rl_start=rl_start,
+                             rl_factor=(cfg.reinforce.lr or cfg.optim.lr) / cfg.optim.lr)
+    lr_scheduler = LambdaLR(optimizer, [network_factor] + [_constant] * (len(groups) - 1))
     accelerator.register_for_checkpointing(lr_scheduler)  # stepped by hand, saved with the state
     n_params = sum(p.numel() for p in text_model.model.parameters())
     accelerator.print(f"model: {type(text_model.model).__name__}, {n_params / 1e6:.2f}M parameters, "
@@ -113,6 +113,11 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         (out / "recipe.yaml").write_text(dump_recipe(cfg), encoding="utf-8")
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
                schedule, total, RunLog(accelerator, out, cfg), reward_fns, ema, rest[0] if rest else None)
+
+
+def _constant(step: int) -> float:
+    """The learned baseline's learning-rate factor: none of the network's schedule applies."""
+    return 1.0
 
 
 def build_text_model(cfg: RecipeConfig, accelerator: Accelerator, out: Path, raw: DatasetDict,

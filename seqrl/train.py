@@ -96,6 +96,7 @@ class _Loop:
     stage: list | None = None
     best: float | None = None
     evals_since_best: int = 0
+    validated_at: int | None = None  # step of the last validation (finish need not repeat it)
     seconds_before: float = 0.0  # training time of the run before it was resumed
     started: float = field(default_factory=time.monotonic)
     stop: str | None = None  # why training ends before total_steps
@@ -124,7 +125,7 @@ def train(run: Run, state: dict | None = None) -> _Loop:
         loop.seconds_before = state.get("seconds", 0.0)
         loop.bar.update(loop.step)
     elif cfg.eval.at_start:
-        track_best(run, loop, evaluate(run, 0, cfg.data.eval_split, cfg.eval.max_examples))
+        validate(run, loop)
     phases = [(run.loader, min(run.schedule.xent_steps, run.total_steps)), (run.rl_loader, run.total_steps)]
     for phase, (loader, end) in enumerate(phases):
         if loop.step >= end or loop.stop:
@@ -201,15 +202,23 @@ def on_step_end(run: Run, loop: _Loop) -> None:
             run.runlog.write(step, metrics)
             loop.bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
     if cfg.eval.every and step % cfg.eval.every == 0 and step < run.total_steps:
-        metrics = evaluate(run, step, cfg.data.eval_split, cfg.eval.max_examples)
-        track_best(run, loop, metrics)
+        validate(run, loop)
     if cfg.run.max_minutes is not None and not loop.stop and _agreed(run, loop.seconds() > 60 * cfg.run.max_minutes):
         loop.stop = f"run.max_minutes ({cfg.run.max_minutes:g}) reached"
     if step == run.schedule.xent_steps < run.total_steps and cfg.eval.test_after_xent and cfg.data.test_split:
         evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}-xent.jsonl")
-    if cfg.run.save_every and (step % cfg.run.save_every == 0 or loop.stop):  # a stopped run can be continued
+    # a run that stops or reaches its last step leaves a checkpoint, so it can be continued further
+    if cfg.run.save_every and (step % cfg.run.save_every == 0 or loop.stop or step == run.total_steps):
         state = {**loop.state(), "ema": run.ema.state_dict() if run.ema else None}
         save_checkpoint(run.accelerator, run.out, step, state, cfg.run.keep_checkpoints, run.reference)
+
+
+def validate(run: Run, loop: _Loop) -> None:
+    """Score the validation split (its predictions file holds the latest) and keep `best/`."""
+    split = run.cfg.data.eval_split
+    track_best(run, loop, evaluate(run, loop.step, split, run.cfg.eval.max_examples,
+                                   run.out / f"predictions-{split}.jsonl"))
+    loop.validated_at = loop.step
 
 
 def track_best(run: Run, loop: _Loop, metrics: dict) -> None:
@@ -267,12 +276,11 @@ def evaluate(run: Run, step: int, split: str, max_examples: int | None, predicti
 
 
 def finish(run: Run, loop: _Loop) -> Path:
-    """Final evaluation(s) with predictions files (the validation one may give `best/`), then
-    `final/` (plain transformers directory)."""
+    """Final evaluation(s) with predictions files (the validation one may give `best/`; skipped
+    when the run stopped right after one), then `final/` (plain transformers directory)."""
     cfg, step = run.cfg, loop.step
-    metrics = evaluate(run, step, cfg.data.eval_split, cfg.eval.max_examples,
-                       run.out / f"predictions-{cfg.data.eval_split}.jsonl")
-    track_best(run, loop, metrics)
+    if loop.validated_at != step:
+        validate(run, loop)
     if cfg.data.test_split:
         evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}.jsonl")
     final = run.out / "final"

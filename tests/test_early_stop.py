@@ -47,6 +47,8 @@ def test_patience_stops_when_the_metric_stops_improving(tiny_recipe, tmp_path):
     lines = _run(tiny_recipe, tmp_path)
     stop = [line for line in lines if "early_stop" in line]
     assert len(stop) == 1 and stop[0]["step"] == 6  # best at 2, then 4 and 6 are no better
+    assert [line["step"] for line in lines if "eval/chrf" in line] == [2, 4, 6]  # step 6 is not scored twice
+    assert (Path(tiny_recipe["run"]["output_dir"]) / "predictions-validation.jsonl").is_file()
     assert max(line["step"] for line in lines) == 6
     assert (Path(tiny_recipe["run"]["output_dir"]) / "final").is_dir()
 
@@ -81,6 +83,16 @@ def test_a_stopped_run_leaves_a_checkpoint_that_continues_it(tiny_recipe, tmp_pa
     tiny_recipe["run"].update(max_minutes=None, max_steps=3, resume="auto")  # a bigger budget continues it
     lines = _run(tiny_recipe, tmp_path)
     assert [line["step"] for line in lines if "train/loss" in line] == [1, 2, 3]  # step 1 is not redone
+    steps = sorted(json.loads((c / "trainer_state.json").read_text())["step"] for c in (out / "checkpoints").iterdir())
+    assert steps == [1, 3]  # the continued run's last step leaves one too
+
+
+def test_a_run_that_reaches_its_last_step_leaves_a_checkpoint(tiny_recipe, tmp_path):
+    tiny_recipe["schedule"]["xent_steps"] = 10_000
+    tiny_recipe["run"].update(max_steps=2, save_every=1_000_000)
+    _run(tiny_recipe, tmp_path)
+    [checkpoint] = (Path(tiny_recipe["run"]["output_dir"]) / "checkpoints").iterdir()
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 2
 
 
 @pytest.mark.parametrize("change, message", [
