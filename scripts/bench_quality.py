@@ -69,6 +69,8 @@ ABLATIONS = {
     "B-schedule-constant": ["schedule.kind=constant", "schedule.stage_steps=null", "schedule.rl_steps=1000000"],
     "B-delta-4": ["schedule.delta=4"], "B-delta-16": ["schedule.delta=16"],
     "B-stage-steps-x2": ["schedule.stage_steps={stage_steps_x2}"],  # when the stages end before the budget
+    # or: the stages as in B, then whole-target sampling until the budget ends
+    "B-final-stage-to-budget": ["schedule.final_stage_steps=1000000000"],
     "B-rl-lr-3e-5": ["reinforce.lr=3e-5"], "B-rl-lr-3e-4": ["reinforce.lr=3e-4"],
 }
 

@@ -97,6 +97,10 @@ class ScheduleConfig:
     """mixer: optimizer steps of each stage (each stage samples `delta` more target tokens)."""
     stage_epochs: float | None = None
     """mixer: the same in epochs (exclusive with `stage_steps`)."""
+    final_stage_steps: int | None = None
+    """mixer: optimizer steps of the last stage, the one that samples whole targets (empty = a
+    stage like the others). Set it past `run.max_steps` or `run.max_minutes` to spend the rest of
+    a budget there instead of ending when the stages do."""
     delta: int = 2
     """mixer: tokens added to the sampled suffix at each stage (the paper's Δ)."""
     xent_weight: float = 0.5

@@ -24,7 +24,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
                   "reinforce.kl_coef")
     _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "data.max_train_examples", "eval.max_examples", "run.max_steps",
                       "run.max_minutes",
-                      "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs",
+                      "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs", "schedule.final_stage_steps",
                       "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
     _in_unit_interval(cfg, "xent.label_smoothing", "schedule.xent_weight", "reinforce.ema_decay")
     if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
@@ -62,6 +62,8 @@ def _check_schedule(cfg: RecipeConfig) -> None:
             _exactly_one(cfg, *(f"schedule.{n}" for n in pair), why=f"(schedule.kind: {kind})")
         elif given:
             raise ConfigError(f"{given[0]} does not apply to schedule.kind: {kind}; remove it")
+    if sched.final_stage_steps is not None and kind != "mixer":
+        raise ConfigError("schedule.final_stage_steps only applies to schedule.kind: mixer; remove it")
     if sched.anneal_steps is not None and kind != "alternate":
         raise ConfigError("schedule.anneal_steps only applies to schedule.kind: alternate; remove it")
     if kind == "alternate" and sched.anneal_steps is None:

@@ -7,7 +7,7 @@ loss = w * XENT(teacher-forced prefix) + (1 - w) * REINFORCE(sampled suffix).
 - `xent`: cross-entropy only.
 - `mixer` (Ranzato et al. 2016): `xent_steps` of cross-entropy, then stages of `stage_steps`;
   stage s samples the last s * delta tokens of every target, until whole targets are sampled
-  (the last stage). XENT weight is 1 in the pure stage, `xent_weight` afterwards (the paper's
+  (the last stage, `final_stage_steps` long if given). XENT weight is 1 in the pure stage, `xent_weight` afterwards (the paper's
   code: 1, then 0.5). The paper counts stages in epochs and the sampled suffix from a fixed
   25-token window; we count per target (its own length), in steps or epochs.
 - `alternate`: after the XENT stage, whole batches are either XENT or REINFORCE on whole
@@ -53,7 +53,8 @@ class Schedule:
         if cfg.kind == "mixer":
             self.stage_steps = _steps(cfg.stage_steps, cfg.stage_epochs, rl_steps_per_epoch)
             self.n_stages = math.ceil(max_target_tokens / cfg.delta)
-            self.total_steps = self.xent_steps + self.n_stages * self.stage_steps
+            final = self.stage_steps if cfg.final_stage_steps is None else cfg.final_stage_steps
+            self.total_steps = self.xent_steps + (self.n_stages - 1) * self.stage_steps + final
         elif cfg.kind in ("alternate", "constant"):
             self.rl_steps = _steps(cfg.rl_steps, cfg.rl_epochs, rl_steps_per_epoch)
             self.total_steps = self.xent_steps + self.rl_steps

@@ -89,6 +89,20 @@ def test_mixer_steps_instead_of_epochs_and_custom_weight():
     assert s.total_steps == 9
 
 
+def test_mixer_final_stage_steps_lengthens_only_the_last_stage():
+    # 3 XENT steps, ceil(5 / 2) = 3 stages: 2 steps sampling 2 tokens, 2 sampling 4, then 4 sampling all 5
+    s = make(ScheduleConfig(kind="mixer", xent_steps=3, stage_steps=2, delta=2, final_stage_steps=4), 99, 99, 5)
+    assert s.total_steps == 3 + 2 + 2 + 4
+    assert [s.plan(i).n_rl_tokens for i in range(s.total_steps)] == [0, 0, 0, 2, 2, 4, 4, 5, 5, 5, 5]
+    assert [b for b, _ in s.boundaries()] == [0, 3, 5, 7]
+
+
+def test_mixer_final_stage_steps_past_the_budget_keeps_sampling_whole_targets():
+    s = make(ScheduleConfig(kind="mixer", xent_steps=0, stage_steps=1, delta=4, final_stage_steps=10**9), 1, 1, 8)
+    assert s.total_steps == 1 + 10**9
+    assert [s.plan(i).n_rl_tokens for i in (0, 1, 2, 10**6)] == [4, 8, 8, 8]
+
+
 def test_fractional_epochs_round_up():
     # 2.5 epochs * 4 steps = 10 steps; 0.3 epochs * 4 = 1.2 -> 2 steps
     s = make(ScheduleConfig(kind="mixer", xent_epochs=2.5, stage_epochs=0.3, delta=1), 4, 4, 3)
@@ -217,6 +231,10 @@ def recipe(schedule: dict, reinforce: dict | None = None) -> dict:
      None, r"schedule\.stage_steps must be > 0"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2, "delta": 0},
      None, r"schedule\.delta must be > 0"),
+    ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2, "final_stage_steps": 0},
+     None, r"schedule\.final_stage_steps must be > 0"),
+    ({"kind": "constant", "xent_steps": 5, "rl_steps": 3, "final_stage_steps": 2},
+     None, r"schedule\.final_stage_steps only applies to schedule\.kind: mixer"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
      {"baseline": "loo", "num_samples": 1}, r"reinforce\.baseline: loo needs reinforce\.num_samples >= 2"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
