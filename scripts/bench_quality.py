@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seqrl import diagnostics  # noqa: E402
+from seqrl.metrics import ROUGE_TYPES  # noqa: E402
 from seqrl.checkpoint import STATE_FILE, list_checkpoints  # noqa: E402
 from seqrl.config import load_recipe  # noqa: E402
 
@@ -229,8 +230,9 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
     names = sorted({name for r in runs.values() for name in r}, key=lambda n: (n != "xent", n))
     lines = [f"## {args.task}: test {metric} (greedy), best checkpoint by validation {metric}\n",
              f"Machine: {args.machine}.\n",
-             "| run | mean | per seed | sd | distinct outputs | length / reference | val xent true -> shuffled sources | minutes | steps |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | mean | per seed | sd | distinct outputs | length / reference | val xent true -> shuffled sources "
+             f"| minutes | steps | the other test metrics, mean (not the reward) | {metric} precision / recall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         got = [runs[s][name] for s in runs if name in runs[s]]
         scores = [g["test"][metric] for g in got]
@@ -238,13 +240,19 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
         lines.append(f"| {name} | {statistics.mean(scores):.2f} | {', '.join(f'{v:.2f}' for v in scores)} | {sd:.2f} "
                      f"| {statistics.mean(g['distinct'] for g in got):.3f} | {statistics.mean(g['length_ratio'] for g in got):.2f} "
                      f"| {statistics.mean(g['xent_true'] for g in got):.3f} -> {statistics.mean(g['xent_shuffled'] for g in got):.3f} "
-                     f"| {statistics.mean(g['minutes'] for g in got):.1f} | {statistics.mean(g['steps'] for g in got):.0f} |")
+                     f"| {statistics.mean(g['minutes'] for g in got):.1f} | {statistics.mean(g['steps'] for g in got):.0f} "
+                     f"| {other_metrics(got, metric)} | {precision_recall(task_dir, runs, name, metric)} |")
     for name, value in trivial_baselines(recipe, args.task, metric, task_dir, args.overrides).items():
-        lines.append(f"| {name} | {value:.2f} | | | | | | | |")
+        lines.append(f"| {name} | {value:.2f} | | | | | | | | | |")
     lines += ["", f"Paired bootstrap on test (1000 resamples): {metric} difference and 95% interval\n",
               "| seed | B - A | B - A-restart | B - C |", "|---|---|---|---|"]
     for seed in runs:
         lines.append(f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed) for other in ('A', 'A-restart', 'C'))} |")
+    # an ablation run on every seed is a candidate arm B of its own: the same comparisons
+    for name in (n for n in names if n.startswith("B-") and len(runs) > 1 and all(n in r for r in runs.values())):
+        lines += ["", f"| seed | {name} - A | {name} - A-restart | {name} - C |", "|---|---|---|---|"]
+        lines += [f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed, name) for other in ('A', 'A-restart', 'C'))} |"
+                  for seed in runs]
     ablated = [(seed, name) for seed in runs for name in runs[seed] if name.startswith("B-")]
     if ablated:
         lines += ["", "| seed | B - ablation | difference [95% interval] |", "|---|---|---|"]
@@ -257,9 +265,26 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
     return text
 
 
-def b_minus(seed_dir: Path, other: str, metric: str, seed: int) -> str:
-    """Paired bootstrap of B minus `other` on the test predictions of their best models ("—" if either is missing)."""
-    preds = [seed_dir / arm / "predictions-test-best.jsonl" for arm in (other, "B")]
+def other_metrics(results: list[dict], metric: str) -> str:
+    """The test metrics besides the reward's, mean over seeds: a gain that is only in the reward shows here."""
+    return ", ".join(f"{k} {statistics.mean(r['test'][k] for r in results):.2f}" for k in results[0]["test"] if k != metric)
+
+
+def precision_recall(task_dir: Path, runs: dict, name: str, metric: str) -> str:
+    """Mean test precision / recall of a ROUGE metric over the seeds that ran `name` (blank for BLEU,
+    whose brevity penalty already charges short outputs)."""
+    if metric not in ROUGE_TYPES:
+        return ""
+    pairs = []
+    for seed in (s for s in runs if name in runs[s]):
+        rows = [json.loads(line) for line in (task_dir / f"seed{seed}" / name / "predictions-test-best.jsonl").open()]
+        pairs.append(diagnostics.rouge_precision_recall([r["hypothesis"] for r in rows], [r["reference"] for r in rows], metric))
+    return f"{statistics.mean(p for p, _ in pairs):.2f} / {statistics.mean(r for _, r in pairs):.2f}"
+
+
+def b_minus(seed_dir: Path, other: str, metric: str, seed: int, b: str = "B") -> str:
+    """Paired bootstrap of `b` minus `other` on the test predictions of their best models ("—" if either is missing)."""
+    preds = [seed_dir / arm / "predictions-test-best.jsonl" for arm in (other, b)]
     if not all(p.is_file() for p in preds):
         return "—"
     (a, refs), (b, _) = ([[json.loads(line)["hypothesis"] for line in p.open()],
@@ -285,7 +310,8 @@ def plot_curves(seed_dir: Path, metric: str, results: dict, path: Path, machine:
     end = xent_x[-1]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(xent_x, xent_y, color="black", label="XENT (from scratch)")
-    for run, color in (("A", "tab:blue"), ("A-restart", "tab:purple"), ("C", "tab:green"), ("B", "tab:red")):
+    for run, color in (("A", "tab:blue"), ("A-restart", "tab:purple"), ("C", "tab:green"), ("B", "tab:red"),
+                       ("B-final-stage-to-budget", "tab:orange")):
         if run in results:
             x, y = curve(run)
             ax.plot([end + v for v in x], y, color=color, label=f"arm {run}")

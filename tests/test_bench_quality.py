@@ -68,6 +68,10 @@ def test_pieces_table_and_cache(tiny_bench_recipe, tmp_path, capsys):
     for row in ("| xent |", "| A |", "| B |", "| C |", "| copy the source |", "best constant output"):
         assert row in table
     assert "| seed | B - A | B - A-restart | B - C |" in table
+    b_row = next(line for line in table.splitlines() if line.startswith("| B |"))
+    metrics_b = quality["test"]  # the metrics besides the reward's (bleu), as means over the one seed
+    # then ROUGE precision / recall, blank for BLEU (its brevity penalty already charges short outputs)
+    assert b_row.endswith(f"| chrf {metrics_b['chrf']:.2f}, rougeL {metrics_b['rougeL']:.2f} |  |"), b_row
     assert table.count("[") >= 2  # bootstrap intervals for B - A and B - C (A-restart was not run: "—")
     capsys.readouterr()
     bq.main(args)  # everything cached: no run starts again
@@ -87,3 +91,16 @@ def test_every_ablation_trains_with_reinforce():
         schedule = Schedule(cfg.schedule, 100, 100, cfg.data.max_target_tokens)
         rl_steps = sum(not schedule.plan(step).is_xent for step in range(mixer_steps))
         assert rl_steps >= mixer_steps // 3, (name, rl_steps)
+
+
+def test_table_precision_recall_reads_each_seeds_test_predictions(tmp_path):
+    # seed 0: P 3/4, R 5/6 (tests/test_diagnostics.py); seed 1: one exact match, P = R = 1. Means over seeds.
+    pairs = {0: [("the cat", "the cat sat"), ("a dog barked loudly", "a dog")], 1: [("a b", "a b")]}
+    for seed, rows in pairs.items():
+        run = tmp_path / f"seed{seed}" / "B"
+        run.mkdir(parents=True)
+        (run / "predictions-test-best.jsonl").write_text(
+            "".join(json.dumps({"hypothesis": h, "reference": r}) + "\n" for h, r in rows))
+    runs = {0: {"B": {}}, 1: {"B": {}}}
+    assert bq.precision_recall(tmp_path, runs, "B", "rougeL") == f"{(75 + 100) / 2:.2f} / {(500 / 6 + 100) / 2:.2f}"
+    assert bq.precision_recall(tmp_path, runs, "B", "bleu") == ""

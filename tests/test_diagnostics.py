@@ -18,6 +18,7 @@ from seqrl.diagnostics import (
     lead_words,
     length_ratio,
     paired_bootstrap,
+    rouge_precision_recall,
     source_use,
 )
 from seqrl.metrics import corpus_scores
@@ -45,6 +46,15 @@ def test_frequent_targets_ties_by_first_occurrence():
     targets = ["b", "a", "b", "c", "a", "d", "e", "e"]
     assert frequent_targets(targets, 2) == ["b", "a"]  # b, a, e all twice; b and a come first
     assert frequent_targets(targets, 4) == ["b", "a", "e", "c"]
+
+
+def test_rouge_precision_recall_hand_computed():
+    # "the cat" vs "the cat sat": 2 of 2 words match (P 1), 2 of 3 reference words (R 2/3);
+    # "a dog barked loudly" vs "a dog": P 2/4, R 1. Means: P 3/4, R 5/6.
+    p, r = rouge_precision_recall(["the cat", "a dog barked loudly"], ["the cat sat", "a dog"], "rougeL")
+    assert (p, r) == (pytest.approx(75.0), pytest.approx(100 * 5 / 6))
+    with pytest.raises(ValueError, match="'bleu' is not one of"):
+        rouge_precision_recall(["a"], ["a"], "bleu")
 
 
 def test_best_constant_output_hand_computed_rouge1():
