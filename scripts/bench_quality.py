@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seqrl import diagnostics  # noqa: E402
-from seqrl.metrics import ROUGE_TYPES  # noqa: E402
 from seqrl.checkpoint import STATE_FILE, list_checkpoints  # noqa: E402
 from seqrl.config import load_recipe  # noqa: E402
+from seqrl.metrics import ROUGE_TYPES  # noqa: E402
 
 TASKS = {  # recipe, and the metric that selects checkpoints and is reported
     "translation": ("recipes/bench/translation.yaml", "bleu"),
@@ -282,9 +282,9 @@ def precision_recall(task_dir: Path, runs: dict, name: str, metric: str) -> str:
     return f"{statistics.mean(p for p, _ in pairs):.2f} / {statistics.mean(r for _, r in pairs):.2f}"
 
 
-def b_minus(seed_dir: Path, other: str, metric: str, seed: int, b: str = "B") -> str:
-    """Paired bootstrap of `b` minus `other` on the test predictions of their best models ("—" if either is missing)."""
-    preds = [seed_dir / arm / "predictions-test-best.jsonl" for arm in (other, b)]
+def b_minus(seed_dir: Path, other: str, metric: str, seed: int, arm: str = "B") -> str:
+    """Paired bootstrap of `arm` minus `other` on the test predictions of their best models ("—" if either is missing)."""
+    preds = [seed_dir / run / "predictions-test-best.jsonl" for run in (other, arm)]
     if not all(p.is_file() for p in preds):
         return "—"
     (a, refs), (b, _) = ([[json.loads(line)["hypothesis"] for line in p.open()],

@@ -7,9 +7,10 @@ loss = w * XENT(teacher-forced prefix) + (1 - w) * REINFORCE(sampled suffix).
 - `xent`: cross-entropy only.
 - `mixer` (Ranzato et al. 2016): `xent_steps` of cross-entropy, then stages of `stage_steps`;
   stage s samples the last s * delta tokens of every target, until whole targets are sampled
-  (the last stage, `final_stage_steps` long if given). XENT weight is 1 in the pure stage, `xent_weight` afterwards (the paper's
-  code: 1, then 0.5). The paper counts stages in epochs and the sampled suffix from a fixed
-  25-token window; we count per target (its own length), in steps or epochs.
+  (the last stage, `final_stage_steps` long if given). XENT weight is 1 in the pure stage,
+  `xent_weight` afterwards (the paper's code: 1, then 0.5). The paper counts stages in epochs
+  and the sampled suffix from a fixed 25-token window; we count per target (its own length), in
+  steps or epochs.
 - `alternate`: after the XENT stage, whole batches are either XENT or REINFORCE on whole
   sampled sequences; the REINFORCE share rises linearly from 0 to 1 over `anneal_steps`. Which
   batch is which is decided by a running sum, not a coin, so every process and every resumed
