@@ -236,8 +236,8 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
     for name in names:
         got = [runs[s][name] for s in runs if name in runs[s]]
         scores = [g["test"][metric] for g in got]
-        sd = statistics.stdev(scores) if len(scores) > 1 else float("nan")
-        lines.append(f"| {name} | {statistics.mean(scores):.2f} | {', '.join(f'{v:.2f}' for v in scores)} | {sd:.2f} "
+        sd = f"{statistics.stdev(scores):.2f}" if len(scores) > 1 else "—"
+        lines.append(f"| {name} | {statistics.mean(scores):.2f} | {', '.join(f'{v:.2f}' for v in scores)} | {sd} "
                      f"| {statistics.mean(g['distinct'] for g in got):.3f} | {statistics.mean(g['length_ratio'] for g in got):.2f} "
                      f"| {statistics.mean(g['xent_true'] for g in got):.3f} -> {statistics.mean(g['xent_shuffled'] for g in got):.3f} "
                      f"| {statistics.mean(g['minutes'] for g in got):.1f} | {statistics.mean(g['steps'] for g in got):.0f} "
@@ -248,8 +248,8 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
               "| seed | B - A | B - A-restart | B - C |", "|---|---|---|---|"]
     for seed in runs:
         lines.append(f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed) for other in ('A', 'A-restart', 'C'))} |")
-    # an ablation run on every seed is a candidate arm B of its own: the same comparisons
-    for name in (n for n in names if n.startswith("B-") and len(runs) > 1 and all(n in r for r in runs.values())):
+    # an ablation run on every seed of the table is a candidate arm B of its own: the same comparisons
+    for name in (n for n in names if n.startswith("B-") and all(n in r for r in runs.values())):
         lines += ["", f"| seed | {name} - A | {name} - A-restart | {name} - C |", "|---|---|---|---|"]
         lines += [f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed, name) for other in ('A', 'A-restart', 'C'))} |"
                   for seed in runs]

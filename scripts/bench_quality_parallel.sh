@@ -5,9 +5,10 @@
 #   bash scripts/bench_quality_parallel.sh translation 8 7    # task, XENT cap, arm budget (minutes)
 #   bash scripts/bench_quality_parallel.sh translation 8 7 --set ...   # more bench_quality.py options
 #
-# Per seed: the XENT piece; when it has finished, arms A, A-restart, C and B (and on seed 0 every
-# ablation) start together, so that the arms of a seed, which are compared at equal wall-clock
-# budgets, share the machine alike; each run assesses itself (test score and guards); then the table.
+# Per seed: the XENT piece; when it has finished, arms A, A-restart, C, B and B-final-stage-to-budget
+# (MIXER running its last stage until the budget ends), and on seed 0 every other ablation, start
+# together, so that the arms of a seed, which are compared at equal wall-clock budgets, share the
+# machine alike; each run assesses itself (test score and guards); then the table.
 # Logs: bench/logs/TASK/. Set MACHINE to describe the machine in results.md and the plots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +26,8 @@ ablations=$("$python" -c 'import sys; sys.path.insert(0, "scripts"); import benc
 for seed in "${seeds[@]}"; do
   (
     bq --seeds "$seed" --pieces xent >"$logs/seed$seed-xent.log" 2>&1
-    arms="A A-restart C B"
-    [ "$seed" = 0 ] && arms="$arms $ablations"
+    arms="A A-restart C B B-final-stage-to-budget"
+    [ "$seed" = 0 ] && arms="$arms ${ablations/B-final-stage-to-budget/}"
     bq --seeds "$seed" --pieces xent assess >"$logs/seed$seed-xent-assess.log" 2>&1 &  # xent is cached by now
     for arm in $arms; do
       bq --seeds "$seed" --pieces "$arm" assess >"$logs/seed$seed-$arm.log" 2>&1 &

@@ -68,6 +68,7 @@ def test_pieces_table_and_cache(tiny_bench_recipe, tmp_path, capsys):
     for row in ("| xent |", "| A |", "| B |", "| C |", "| copy the source |", "best constant output"):
         assert row in table
     assert "| seed | B - A | B - A-restart | B - C |" in table
+    assert "| xent | " in table and " | — | " in table.split("| xent | ")[1].splitlines()[0]  # no sd from one seed
     b_row = next(line for line in table.splitlines() if line.startswith("| B |"))
     metrics_b = quality["test"]  # the metrics besides the reward's (bleu), as means over the one seed
     # then ROUGE precision / recall, blank for BLEU (its brevity penalty already charges short outputs)
