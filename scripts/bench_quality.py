@@ -75,6 +75,7 @@ ABLATIONS = {
     "B-rl-lr-3e-5": ["reinforce.lr=3e-5"], "B-rl-lr-3e-4": ["reinforce.lr=3e-4"],
 }
 
+PREDICTIONS = "predictions-test-best.jsonl"  # per run: {"reference", "hypothesis"} of each test pair
 PIECES = ["xent", "A", *ARMS, "ablations", *ABLATIONS, "assess", "table"]
 
 
@@ -187,7 +188,7 @@ def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dic
               "distinct": diagnostics.distinct_fraction(hyps), "length_ratio": diagnostics.length_ratio(hyps, refs),
               **use, "minutes": max(line.get("time/elapsed_s", 0) for line in lines) / 60,
               "steps": max(line["step"] for line in lines) - start_step}
-    (run_dir / "predictions-test-best.jsonl").write_text(
+    (run_dir / PREDICTIONS).write_text(
         "".join(json.dumps({"reference": r, "hypothesis": h}, ensure_ascii=False) + "\n" for r, h in zip(refs, hyps)))
     cache.write_text(json.dumps(result, indent=1))
     return result
@@ -244,14 +245,11 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
                      f"| {other_metrics(got, metric)} | {precision_recall(task_dir, runs, name, metric)} |")
     for name, value in trivial_baselines(recipe, args.task, metric, task_dir, args.overrides).items():
         lines.append(f"| {name} | {value:.2f} | | | | | | | | | |")
-    lines += ["", f"Paired bootstrap on test (1000 resamples): {metric} difference and 95% interval\n",
-              "| seed | B - A | B - A-restart | B - C |", "|---|---|---|---|"]
-    for seed in runs:
-        lines.append(f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed) for other in ('A', 'A-restart', 'C'))} |")
-    # an ablation run on every seed of the table is a candidate arm B of its own: the same comparisons
-    for name in (n for n in names if n.startswith("B-") and all(n in r for r in runs.values())):
-        lines += ["", f"| seed | {name} - A | {name} - A-restart | {name} - C |", "|---|---|---|---|"]
-        lines += [f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed, name) for other in ('A', 'A-restart', 'C'))} |"
+    lines += ["", f"Paired bootstrap on test (1000 resamples): {metric} difference and 95% interval"]
+    # B, and any ablation run on every seed of the table (a candidate arm B of its own), against A, A-restart and C
+    for arm in ["B", *(n for n in names if n.startswith("B-") and all(n in r for r in runs.values()))]:
+        lines += ["", f"| seed | {arm} - A | {arm} - A-restart | {arm} - C |", "|---|---|---|---|"]
+        lines += [f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed, arm) for other in ('A', 'A-restart', 'C'))} |"
                   for seed in runs]
     ablated = [(seed, name) for seed in runs for name in runs[seed] if name.startswith("B-")]
     if ablated:
@@ -275,20 +273,22 @@ def precision_recall(task_dir: Path, runs: dict, name: str, metric: str) -> str:
     whose brevity penalty already charges short outputs)."""
     if metric not in ROUGE_TYPES:
         return ""
-    pairs = []
-    for seed in (s for s in runs if name in runs[s]):
-        rows = [json.loads(line) for line in (task_dir / f"seed{seed}" / name / "predictions-test-best.jsonl").open()]
-        pairs.append(diagnostics.rouge_precision_recall([r["hypothesis"] for r in rows], [r["reference"] for r in rows], metric))
+    pairs = [diagnostics.rouge_precision_recall(*test_predictions(task_dir / f"seed{seed}" / name), metric)
+             for seed in runs if name in runs[seed]]
     return f"{statistics.mean(p for p, _ in pairs):.2f} / {statistics.mean(r for _, r in pairs):.2f}"
+
+
+def test_predictions(run_dir: Path) -> tuple[list[str], list[str]]:
+    """The greedy test decodes of a run's best model and their references, as `assess` wrote them."""
+    rows = [json.loads(line) for line in (run_dir / PREDICTIONS).open()]
+    return [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
 
 
 def b_minus(seed_dir: Path, other: str, metric: str, seed: int, arm: str = "B") -> str:
     """Paired bootstrap of `arm` minus `other` on the test predictions of their best models ("—" if either is missing)."""
-    preds = [seed_dir / run / "predictions-test-best.jsonl" for run in (other, arm)]
-    if not all(p.is_file() for p in preds):
+    if not all((seed_dir / run / PREDICTIONS).is_file() for run in (other, arm)):
         return "—"
-    (a, refs), (b, _) = ([[json.loads(line)["hypothesis"] for line in p.open()],
-                          [json.loads(line)["reference"] for line in p.open()]] for p in preds)
+    (a, refs), (b, _) = test_predictions(seed_dir / other), test_predictions(seed_dir / arm)
     r = diagnostics.paired_bootstrap(metric, a, b, refs, seed=seed)
     return f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
 
