@@ -229,10 +229,11 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
     runs = {seed: {p.name: assess(recipe, p, metric, args.overrides) for p in sorted((task_dir / f"seed{seed}").iterdir())
                    if (p / "final").is_dir() or (p / "quality.json").is_file()} for seed in args.seeds if (task_dir / f"seed{seed}").is_dir()}
     names = sorted({name for r in runs.values() for name in r}, key=lambda n: (n != "xent", n))
+    split_header = "bleu / brevity penalty / brevity penalty" if metric == "bleu" else f"{metric} precision / recall"
     lines = [f"## {args.task}: test {metric} (greedy), best checkpoint by validation {metric}\n",
              f"Machine: {args.machine}.\n",
              "| run | mean | per seed | sd | distinct outputs | length / reference | val xent true -> shuffled sources "
-             f"| minutes | steps | the other test metrics, mean (not the reward) | {metric} precision / recall |",
+             f"| minutes | steps | the other test metrics, mean (not the reward) | {split_header} |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         got = [runs[s][name] for s in runs if name in runs[s]]
@@ -269,12 +270,16 @@ def other_metrics(results: list[dict], metric: str) -> str:
 
 
 def precision_recall(task_dir: Path, runs: dict, name: str, metric: str) -> str:
-    """Mean test precision / recall of a ROUGE metric over the seeds that ran `name` (blank for BLEU,
-    whose brevity penalty already charges short outputs)."""
+    """Which side a test gain came from, mean over the seeds that ran `name`: a ROUGE metric's
+    precision / recall; BLEU's n-gram precision part (BLEU / brevity penalty) / its brevity
+    penalty, the factor that charges short outputs; blank for chrF."""
+    predictions = [test_predictions(task_dir / f"seed{seed}" / name) for seed in runs if name in runs[seed]]
+    if metric == "bleu":
+        pairs = [diagnostics.bleu_brevity_split(*p) for p in predictions]
+        return f"{statistics.mean(p for p, _ in pairs):.2f} / {statistics.mean(bp for _, bp in pairs):.3f}"
     if metric not in ROUGE_TYPES:
         return ""
-    pairs = [diagnostics.rouge_precision_recall(*test_predictions(task_dir / f"seed{seed}" / name), metric)
-             for seed in runs if name in runs[seed]]
+    pairs = [diagnostics.rouge_precision_recall(*p, metric) for p in predictions]
     return f"{statistics.mean(p for p, _ in pairs):.2f} / {statistics.mean(r for _, r in pairs):.2f}"
 
 

@@ -48,6 +48,14 @@ def rouge_precision_recall(hypotheses: list[str], references: list[str], metric:
     return (100.0 * sum(s.precision for s in scores) / len(scores), 100.0 * sum(s.recall for s in scores) / len(scores))
 
 
+def bleu_brevity_split(hypotheses: list[str], references: list[str]) -> tuple[float, float]:
+    """Corpus BLEU split into its two factors, (BLEU / brevity penalty, brevity penalty): a gain
+    that only lengthens short outputs raises the second, better n-gram matches the first."""
+    _check_pairs(hypotheses, references)
+    score = BLEU().corpus_score(hypotheses, [references])  # the defaults of corpus_bleu, as corpus_scores
+    return (score.score / score.bp if score.bp > 0 else 0.0), score.bp
+
+
 def lead_words(sources: list[str], n: int) -> list[str]:
     """The first `n` whitespace words of each source: the summarization lead-n baseline."""
     return [" ".join(s.split()[:n]) for s in sources]

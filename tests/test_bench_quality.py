@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from seqrl import diagnostics
 from conftest import make_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,8 +73,10 @@ def test_pieces_table_and_cache(tiny_bench_recipe, tmp_path, capsys):
     assert "| xent | " in table and " | — | " in table.split("| xent | ")[1].splitlines()[0]  # no sd from one seed
     b_row = next(line for line in table.splitlines() if line.startswith("| B |"))
     metrics_b = quality["test"]  # the metrics besides the reward's (bleu), as means over the one seed
-    # then ROUGE precision / recall, blank for BLEU (its brevity penalty already charges short outputs)
-    assert b_row.endswith(f"| chrf {metrics_b['chrf']:.2f}, rougeL {metrics_b['rougeL']:.2f} |  |"), b_row
+    # then BLEU's n-gram part / brevity penalty, which multiply back to the row's BLEU
+    ngram_part, brevity = diagnostics.bleu_brevity_split(*bq.test_predictions(seed_dir / "B"))
+    assert ngram_part * brevity == pytest.approx(quality["test"]["bleu"])
+    assert b_row.endswith(f"| chrf {metrics_b['chrf']:.2f}, rougeL {metrics_b['rougeL']:.2f} | {ngram_part:.2f} / {brevity:.3f} |"), b_row
     assert table.count("[") >= 2  # bootstrap intervals for B - A and B - C (A-restart was not run: "—")
     capsys.readouterr()
     bq.main(args)  # everything cached: no run starts again
@@ -104,4 +108,15 @@ def test_table_precision_recall_reads_each_seeds_test_predictions(tmp_path):
             "".join(json.dumps({"hypothesis": h, "reference": r}) + "\n" for h, r in rows))
     runs = {0: {"B": {}}, 1: {"B": {}}}
     assert bq.precision_recall(tmp_path, runs, "B", "rougeL") == f"{(75 + 100) / 2:.2f} / {(500 / 6 + 100) / 2:.2f}"
-    assert bq.precision_recall(tmp_path, runs, "B", "bleu") == ""
+    assert bq.precision_recall(tmp_path, runs, "B", "chrf") == ""
+
+
+def test_table_bleu_split_is_the_mean_over_seeds(tmp_path):
+    # seed 0: all 4-grams match, 4 of 6 reference words: 100 / exp(-0.5); seed 1: exact, 100 / 1
+    pairs = {0: ("a b c d", "a b c d e f"), 1: ("a b c d", "a b c d")}
+    for seed, (hypothesis, reference) in pairs.items():
+        run = tmp_path / f"seed{seed}" / "B"
+        run.mkdir(parents=True)
+        (run / "predictions-test-best.jsonl").write_text(json.dumps({"hypothesis": hypothesis, "reference": reference}) + "\n")
+    runs = {0: {"B": {}}, 1: {"B": {}}}
+    assert bq.precision_recall(tmp_path, runs, "B", "bleu") == f"100.00 / {(math.exp(-0.5) + 1) / 2:.3f}"

@@ -11,6 +11,7 @@ import torch
 
 from seqrl.diagnostics import (
     best_constant_output,
+    bleu_brevity_split,
     bootstrap_indices,
     derangement,
     distinct_fraction,
@@ -55,6 +56,17 @@ def test_rouge_precision_recall_hand_computed():
     assert (p, r) == (pytest.approx(75.0), pytest.approx(100 * 5 / 6))
     with pytest.raises(ValueError, match="'bleu' is not one of"):
         rouge_precision_recall(["a"], ["a"], "bleu")
+
+
+def test_bleu_brevity_split_hand_computed():
+    # "a b c d" against "a b c d e f": every n-gram matches (BLEU / BP = 100), 4 of 6 words:
+    # brevity penalty exp(1 - 6/4) = exp(-0.5). As long as the reference: no penalty.
+    without_bp, bp = bleu_brevity_split(["a b c d"], ["a b c d e f"])
+    assert (without_bp, bp) == (pytest.approx(100.0), pytest.approx(math.exp(-0.5)))
+    assert bleu_brevity_split(["a b c d"], ["a b c d"]) == (pytest.approx(100.0), pytest.approx(1.0))
+    without_bp, bp = bleu_brevity_split(["a b c d", "x y z w"], ["a b c d", "x y z q"])
+    score = corpus_scores(["a b c d", "x y z w"], ["a b c d", "x y z q"], ["bleu"])["bleu"]
+    assert bp == pytest.approx(1.0) and without_bp == pytest.approx(score)  # the split multiplies back to BLEU
 
 
 def test_best_constant_output_hand_computed_rouge1():
