@@ -243,7 +243,7 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
                      f"| {statistics.mean(g['distinct'] for g in got):.3f} | {statistics.mean(g['length_ratio'] for g in got):.2f} "
                      f"| {statistics.mean(g['xent_true'] for g in got):.3f} -> {statistics.mean(g['xent_shuffled'] for g in got):.3f} "
                      f"| {statistics.mean(g['minutes'] for g in got):.1f} | {statistics.mean(g['steps'] for g in got):.0f} "
-                     f"| {other_metrics(got, metric)} | {precision_recall(task_dir, runs, name, metric)} |")
+                     f"| {other_metrics(got, metric)} | {score_split(task_dir, runs, name, metric)} |")
     for name, value in trivial_baselines(recipe, args.task, metric, task_dir, args.overrides).items():
         lines.append(f"| {name} | {value:.2f} | | | | | | | | | |")
     lines += ["", f"Paired bootstrap on test (1000 resamples): {metric} difference and 95% interval"]
@@ -269,7 +269,7 @@ def other_metrics(results: list[dict], metric: str) -> str:
     return ", ".join(f"{k} {statistics.mean(r['test'][k] for r in results):.2f}" for k in results[0]["test"] if k != metric)
 
 
-def precision_recall(task_dir: Path, runs: dict, name: str, metric: str) -> str:
+def score_split(task_dir: Path, runs: dict, name: str, metric: str) -> str:
     """Which side a test gain came from, mean over the seeds that ran `name`: a ROUGE metric's
     precision / recall; BLEU's n-gram precision part (BLEU / brevity penalty) / its brevity
     penalty, the factor that charges short outputs; blank for chrF."""

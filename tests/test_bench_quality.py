@@ -107,8 +107,8 @@ def test_table_precision_recall_reads_each_seeds_test_predictions(tmp_path):
         (run / "predictions-test-best.jsonl").write_text(
             "".join(json.dumps({"hypothesis": h, "reference": r}) + "\n" for h, r in rows))
     runs = {0: {"B": {}}, 1: {"B": {}}}
-    assert bq.precision_recall(tmp_path, runs, "B", "rougeL") == f"{(75 + 100) / 2:.2f} / {(500 / 6 + 100) / 2:.2f}"
-    assert bq.precision_recall(tmp_path, runs, "B", "chrf") == ""
+    assert bq.score_split(tmp_path, runs, "B", "rougeL") == f"{(75 + 100) / 2:.2f} / {(500 / 6 + 100) / 2:.2f}"
+    assert bq.score_split(tmp_path, runs, "B", "chrf") == ""
 
 
 def test_table_bleu_split_is_the_mean_over_seeds(tmp_path):
@@ -119,4 +119,4 @@ def test_table_bleu_split_is_the_mean_over_seeds(tmp_path):
         run.mkdir(parents=True)
         (run / "predictions-test-best.jsonl").write_text(json.dumps({"hypothesis": hypothesis, "reference": reference}) + "\n")
     runs = {0: {"B": {}}, 1: {"B": {}}}
-    assert bq.precision_recall(tmp_path, runs, "B", "bleu") == f"100.00 / {(math.exp(-0.5) + 1) / 2:.3f}"
+    assert bq.score_split(tmp_path, runs, "B", "bleu") == f"100.00 / {(math.exp(-0.5) + 1) / 2:.3f}"
