@@ -23,7 +23,9 @@ Then every run's `best/` decodes the test split greedily, with the honesty guard
 distinct outputs, output/reference length, validation cross-entropy with true vs shuffled
 sources; and per task the trivial baselines (copy the source; lead-8 words; the single best
 constant output chosen on validation). `table` writes results.md with means, per-seed values
-and paired bootstrap intervals of B - A, B - A-restart and B - C on test.
+and paired bootstrap intervals of B - A, B - A-restart and B - C on test (a cluster bootstrap over
+the data's `family` column where it has one: sibling Debian packages share a first paragraph, so
+their truncated sources, and outputs, are the same and they are not independent examples).
 
 Where things go: --out (default bench/quality)/TASK/seedS/PIECE/.
 """
@@ -246,16 +248,18 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
                      f"| {other_metrics(got, metric)} | {score_split(task_dir, runs, name, metric)} |")
     for name, value in trivial_baselines(recipe, args.task, metric, task_dir, args.overrides).items():
         lines.append(f"| {name} | {value:.2f} | | | | | | | | | |")
-    lines += ["", f"Paired bootstrap on test (1000 resamples): {metric} difference and 95% interval"]
+    groups = test_groups(recipe, args.overrides, task_dir, runs)
+    resampled = ", whole families of sibling packages resampled together" if groups else ""
+    lines += ["", f"Paired bootstrap on test (1000 resamples{resampled}): {metric} difference and 95% interval"]
     # B, and any ablation run on every seed of the table (a candidate arm B of its own), against A, A-restart and C
     for arm in ["B", *(n for n in names if n.startswith("B-") and all(n in r for r in runs.values()))]:
         lines += ["", f"| seed | {arm} - A | {arm} - A-restart | {arm} - C |", "|---|---|---|---|"]
-        lines += [f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed, arm) for other in ('A', 'A-restart', 'C'))} |"
+        lines += [f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed, arm, groups) for other in ('A', 'A-restart', 'C'))} |"
                   for seed in runs]
     ablated = [(seed, name) for seed in runs for name in runs[seed] if name.startswith("B-")]
     if ablated:
         lines += ["", "| seed | B - ablation | difference [95% interval] |", "|---|---|---|"]
-        lines += [f"| {seed} | {name} | {b_minus(task_dir / f'seed{seed}', name, metric, seed)} |" for seed, name in ablated]
+        lines += [f"| {seed} | {name} | {b_minus(task_dir / f'seed{seed}', name, metric, seed, groups=groups)} |" for seed, name in ablated]
     for seed in runs:
         lines.append(f"\n![validation {metric} vs minutes, seed {seed}](curves-seed{seed}.png)")
         plot_curves(task_dir / f"seed{seed}", metric, runs[seed], task_dir / f"curves-seed{seed}.png", args.machine)
@@ -289,12 +293,32 @@ def test_predictions(run_dir: Path) -> tuple[list[str], list[str]]:
     return [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
 
 
-def b_minus(seed_dir: Path, other: str, metric: str, seed: int, arm: str = "B") -> str:
-    """Paired bootstrap of `arm` minus `other` on the test predictions of their best models ("—" if either is missing)."""
+def test_groups(recipe: str, overrides: list[str], task_dir: Path, runs: dict) -> list[str] | None:
+    """The test split's `family` column (sibling packages: prepare_debian_synopsis.py), in the order
+    of the test predictions, or None where the data has no such column (every example its own group)."""
+    from seqrl import data
+    cfg = load_recipe(ROOT / recipe, overrides)
+    test = data.load_raw(cfg.data, [cfg.data.test_split])[cfg.data.test_split]
+    if "family" not in test.column_names:
+        return None
+    first = next(((seed, name) for seed in runs for name in runs[seed]), None)
+    if first is None:
+        return None
+    seed, run = first
+    _, refs = test_predictions(task_dir / f"seed{seed}" / run)
+    if list(test[cfg.data.target_field]) != refs:
+        sys.exit(f"bench_quality: the test predictions of {task_dir / f'seed{seed}' / run} do not match the rows of "
+                 f"test split '{cfg.data.test_split}' one for one; rebuild the data or rerun --pieces assess")
+    return list(test["family"])
+
+
+def b_minus(seed_dir: Path, other: str, metric: str, seed: int, arm: str = "B", groups: list[str] | None = None) -> str:
+    """Paired bootstrap of `arm` minus `other` on the test predictions of their best models ("—" if either
+    is missing); with `groups`, whole groups are resampled (a cluster bootstrap)."""
     if not all((seed_dir / run / PREDICTIONS).is_file() for run in (other, arm)):
         return "—"
     (a, refs), (b, _) = test_predictions(seed_dir / other), test_predictions(seed_dir / arm)
-    r = diagnostics.paired_bootstrap(metric, a, b, refs, seed=seed)
+    r = diagnostics.paired_bootstrap(metric, a, b, refs, seed=seed, groups=groups)
     return f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
 
 

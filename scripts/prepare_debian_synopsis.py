@@ -15,7 +15,9 @@ Choices, each printed with its count:
   in sort order keeping its synopsis;
 - split by a hash of the *first paragraph*, not the package name: siblings (0ad / 0ad-data /
   0ad-data-common) share their first paragraph and so land in the same split, even where later
-  paragraphs differ.
+  paragraphs differ. Each pair's `family` column is that hash: siblings with different later
+  paragraphs stay in one split but are not independent examples (their sources cut to a few
+  tokens are identical), so `bench_quality.py` bootstraps whole families.
 """
 
 from __future__ import annotations
@@ -74,10 +76,14 @@ def parse_translations(text: str) -> list[dict]:
     return records
 
 
+def paragraph_hash(first_paragraph: str) -> bytes:
+    """The hash of the (normalised) first paragraph that names a family of sibling packages."""
+    return hashlib.blake2b(" ".join(first_paragraph.lower().split()).encode(), digest_size=8).digest()
+
+
 def split_of(first_paragraph: str) -> str:
     """A split chosen by a hash of the (normalised) first paragraph."""
-    key = " ".join(first_paragraph.lower().split()).encode()
-    bucket = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / 2**64
+    bucket = int.from_bytes(paragraph_hash(first_paragraph), "little") / 2**64
     edge = 0.0
     for name, share in SPLITS:
         edge += share
@@ -102,7 +108,8 @@ def build_pairs(records: list[dict], min_words: int) -> tuple[dict[str, list[dic
             continue
         seen.add(source)
         splits[split_of(rec["paragraphs"][0])].append(
-            {"source": source, "target": rec["synopsis"], "package": rec["package"]})
+            {"source": source, "target": rec["synopsis"], "package": rec["package"],
+             "family": paragraph_hash(rec["paragraphs"][0]).hex()})
     return splits, counts
 
 
@@ -130,8 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, rows in splits.items():
         words = sorted(len(r["source"].split()) for r in rows)
         syn = sorted(len(r["target"].split()) for r in rows)
-        print(f"{name}: {len(rows)} pairs (median {words[len(words) // 2] if words else 0} source words, "
-              f"{syn[len(syn) // 2] if syn else 0} synopsis words) -> {args.out / (name + '.jsonl.gz')}")
+        families = Counter(r["family"] for r in rows)
+        largest = max(families.values(), default=0)
+        print(f"{name}: {len(rows)} pairs in {len(families)} families, the largest {largest} pairs (median "
+              f"{words[len(words) // 2] if words else 0} source words, {syn[len(syn) // 2] if syn else 0} synopsis words) "
+              f"-> {args.out / (name + '.jsonl.gz')}")
 
 
 if __name__ == "__main__":

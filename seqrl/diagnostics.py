@@ -96,7 +96,7 @@ def bootstrap_indices(n_examples: int, samples: int, seed: int) -> np.ndarray:
 
 
 def paired_bootstrap(metric: str, hyps_a: list[str], hyps_b: list[str], references: list[str], *,
-                     samples: int = 1000, seed: int = 0) -> dict[str, float]:
+                     samples: int = 1000, seed: int = 0, groups: list | None = None) -> dict[str, float]:
     """Paired bootstrap of corpus `metric`, system B minus system A (Koehn 2004).
 
     Both systems are scored on the same resamples of the examples. Returns the full-set scores
@@ -104,20 +104,33 @@ def paired_bootstrap(metric: str, hyps_a: list[str], hyps_b: list[str], referenc
     "high"), and "p_b_not_better", the fraction of resamples where delta <= 0. Each system's
     per-example statistics are computed once; a resample's corpus score is recomputed from the
     summed statistics (BLEU, chrF) or the mean per-example F (ROUGE), never averaged scores.
+
+    `groups` (one label per example) makes it a cluster bootstrap: whole groups are drawn with
+    replacement, so examples that are not independent (sibling packages sharing a description,
+    whose identical model inputs get identical outputs) move together. With every label distinct
+    it is exactly the per-example bootstrap.
     """
     _check_metric(metric)
     _check_pairs(hyps_a, references)
     _check_pairs(hyps_b, references)
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
+    if groups is None:
+        group_of = np.arange(len(references))
+    elif len(groups) != len(references):
+        raise ValueError(f"paired_bootstrap: {len(groups)} group labels for {len(references)} examples; "
+                         "give one label per example")
+    else:
+        group_of = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
     stats_a, score_of = example_statistics(metric, hyps_a, references)
     stats_b, _ = example_statistics(metric, hyps_b, references)
-    # How often each example occurs in each resample: (samples, n); a resample's statistics are then
-    # one matrix product instead of a (samples, n, columns) gather.
-    idx = bootstrap_indices(len(references), samples, seed)
-    offsets = np.arange(samples)[:, None] * len(references)
-    counts = np.bincount((idx + offsets).ravel(), minlength=samples * len(references))
-    counts = counts.reshape(samples, len(references)).astype(stats_a.dtype)
+    # How often each group occurs in each resample: (samples, n_groups), then each example takes its
+    # group's count; a resample's statistics are one matrix product instead of a gather.
+    idx = bootstrap_indices(n_groups, samples, seed)
+    offsets = np.arange(samples)[:, None] * n_groups
+    counts = np.bincount((idx + offsets).ravel(), minlength=samples * n_groups)
+    counts = counts.reshape(samples, n_groups)[:, group_of].astype(stats_a.dtype)
     # Full-set sums added in order, as corpus_scores adds ROUGE's F (so "a" and "b" equal its scores).
     a, b = score_of(np.cumsum(stats_a, axis=0)[-1]), score_of(np.cumsum(stats_b, axis=0)[-1])
     deltas = np.array([score_of(sb) - score_of(sa) for sa, sb in zip(counts @ stats_a, counts @ stats_b)])
@@ -131,15 +144,16 @@ def example_statistics(metric: str, hypotheses: list[str], references: list[str]
     the corpus score (0-100, as `seqrl.metrics.corpus_scores`) from their column sums.
 
     BLEU and chrF use sacrebleu's own statistics (the pieces its paired bootstrap test uses, in
-    `sacrebleu/significance.py`), kept as exact int64; ROUGE's is the per-example F-measure.
+    `sacrebleu/significance.py`), kept as exact int64; ROUGE's is the per-example F-measure and a 1 (the mean's count).
     """
     if metric in ("bleu", "chrf"):
         scorer = BLEU() if metric == "bleu" else CHRF()  # the defaults of corpus_bleu / corpus_chrf
         stats = np.array(scorer._extract_corpus_statistics(hypotheses, [references]), dtype=np.int64)
         return stats, lambda summed: scorer._compute_score_from_stats(summed.tolist()).score
     scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
-    f = np.array([[scorer.score(ref, hyp)[metric].fmeasure] for hyp, ref in zip(hypotheses, references)])
-    return f, lambda summed: 100.0 * float(summed[0]) / len(references)
+    # Columns: F, and 1 to count the examples (a cluster resample's size varies).
+    f = np.array([[scorer.score(ref, hyp)[metric].fmeasure, 1.0] for hyp, ref in zip(hypotheses, references)])
+    return f, lambda summed: 100.0 * float(summed[0]) / float(summed[1])
 
 
 def _check_metric(metric: str) -> None:

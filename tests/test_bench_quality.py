@@ -120,3 +120,24 @@ def test_table_bleu_split_is_the_mean_over_seeds(tmp_path):
         (run / "predictions-test-best.jsonl").write_text(json.dumps({"hypothesis": hypothesis, "reference": reference}) + "\n")
     runs = {0: {"B": {}}, 1: {"B": {}}}
     assert bq.score_split(tmp_path, runs, "B", "bleu") == f"100.00 / {(math.exp(-0.5) + 1) / 2:.3f}"
+
+
+def test_table_bootstraps_whole_families_where_the_data_has_them(toy_data_dir, tmp_path):
+    # The test split gets a `family` column (as prepare_debian_synopsis.py writes); test_groups reads
+    # it in the order of the test predictions, and refuses predictions that are not those rows.
+    rows = [json.loads(line) for line in (toy_data_dir / "test.jsonl").open()]
+    families = [f"f{i // 3}" for i in range(len(rows))]
+    (toy_data_dir / "test.jsonl").write_text("".join(json.dumps({**r, "family": f}) + "\n" for r, f in zip(rows, families)))
+    recipe = tmp_path / "bench.yaml"
+    recipe.write_text(yaml.safe_dump(make_tiny_recipe(toy_data_dir, tmp_path / "unused")))
+    run = tmp_path / "seed0" / "B"
+    run.mkdir(parents=True)
+    predictions = [{"hypothesis": r["es"], "reference": r["es"]} for r in rows]
+    (run / "predictions-test-best.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    assert bq.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}}) == families
+    (run / "predictions-test-best.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions[::-1]))
+    with pytest.raises(SystemExit, match="do not match the rows of test split"):
+        bq.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}})
+    # without the column every example is its own group
+    (toy_data_dir / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bq.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}}) is None

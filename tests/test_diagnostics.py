@@ -190,3 +190,37 @@ def test_source_use_gap_vanishes_when_the_encoder_output_is_blanked(tiny_text_mo
         handle.remove()
     assert abs(ignoring["gap"]) < 1e-6
     assert abs(reading["gap"]) > 1e-5
+
+
+@pytest.mark.parametrize("metric", ["bleu", "rougeL"])
+def test_paired_bootstrap_with_distinct_groups_is_the_per_example_bootstrap(metric):
+    refs, weak, strong = _systems(20)
+    plain = paired_bootstrap(metric, weak, strong, refs, samples=40, seed=5)
+    assert paired_bootstrap(metric, weak, strong, refs, samples=40, seed=5, groups=list(range(20))) == plain
+
+
+@pytest.mark.parametrize("metric", ["bleu", "chrf", "rougeL"])
+def test_paired_bootstrap_groups_resample_whole_groups(metric):
+    # Examples 0-5 are one group, the rest singletons: each resample draws group labels and takes
+    # all of a drawn group's examples, as many times as it was drawn.
+    refs, weak, strong = _systems(12)
+    groups = [0] * 6 + list(range(1, 7))
+    members = {g: [i for i, x in enumerate(groups) if x == g] for g in range(7)}
+    samples, seed = 15, 2
+    deltas = []
+    for drawn in bootstrap_indices(7, samples, seed):
+        idx = [i for g in drawn for i in members[g]]
+        r = [refs[i] for i in idx]
+        deltas.append(corpus_scores([strong[i] for i in idx], r, [metric])[metric]
+                      - corpus_scores([weak[i] for i in idx], r, [metric])[metric])
+    result = paired_bootstrap(metric, weak, strong, refs, samples=samples, seed=seed, groups=groups)
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    assert result["low"] == pytest.approx(low, abs=1e-9)
+    assert result["high"] == pytest.approx(high, abs=1e-9)
+    assert result["p_b_not_better"] == pytest.approx(np.mean(np.array(deltas) <= 0))
+
+
+def test_paired_bootstrap_rejects_groups_of_the_wrong_length():
+    refs, weak, strong = _systems(5)
+    with pytest.raises(ValueError, match="4 group labels for 5 examples"):
+        paired_bootstrap("bleu", weak, strong, refs, groups=[0, 1, 2, 3])

@@ -57,8 +57,12 @@ def test_pairs_drop_short_and_repeated_descriptions_and_keep_siblings_together()
     assert sorted(p["package"] for p in pairs) == ["0ad", "0ad-data"]  # twin repeats 0ad, tiny is short
     assert counts["dropped: long description already used (sibling package)"] == 1
     assert counts["dropped: long description under 20 words"] == 1
-    # 0ad and 0ad-data differ after the first paragraph, but share it, hence a split
+    # 0ad and 0ad-data differ after the first paragraph, but share it, hence a split and a family
     assert len([name for name, rows in splits.items() if rows]) == 1
+    by_name = {p["package"]: p for p in pairs}
+    first_paragraph = by_name["0ad"]["source"]  # 0ad has one paragraph
+    assert by_name["0ad"]["family"] == by_name["0ad-data"]["family"] == pd.paragraph_hash(first_paragraph).hex()
+    assert len(by_name["0ad"]["family"]) == 16
 
 
 def test_split_is_a_stable_function_of_the_first_paragraph():
@@ -75,5 +79,5 @@ def test_main_writes_the_splits_from_a_lists_directory(tmp_path, capsys):
     rows = {name: [json.loads(line) for line in gzip.open(tmp_path / "out" / f"{name}.jsonl.gz", "rt")]
             for name in ("train", "validation", "test")}
     assert sum(len(r) for r in rows.values()) == 2
-    assert all(set(row) == {"source", "target", "package"} for r in rows.values() for row in r)
+    assert all(set(row) == {"source", "target", "package", "family"} for r in rows.values() for row in r)
     assert "read 4 descriptions from 1 index file(s)" in capsys.readouterr().out
