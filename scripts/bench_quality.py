@@ -25,7 +25,7 @@ sources; and per task the trivial baselines (copy the source; lead-8 words; the 
 constant output chosen on validation). `table` writes results.md with means, per-seed values
 and paired bootstrap intervals of B - A, B - A-restart and B - C on test (a cluster bootstrap over
 the data's `family` column where it has one: sibling Debian packages share a first paragraph, so
-their truncated sources, and outputs, are the same and they are not independent examples).
+their truncated sources, and outputs, are often the same: they are not independent examples).
 
 Where things go: --out (default bench/quality)/TASK/seedS/PIECE/.
 """

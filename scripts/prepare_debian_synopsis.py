@@ -15,9 +15,9 @@ Choices, each printed with its count:
   in sort order keeping its synopsis;
 - split by a hash of the *first paragraph*, not the package name: siblings (0ad / 0ad-data /
   0ad-data-common) share their first paragraph and so land in the same split, even where later
-  paragraphs differ. Each pair's `family` column is that hash: siblings with different later
-  paragraphs stay in one split but are not independent examples (their sources cut to a few
-  tokens are identical), so `bench_quality.py` bootstraps whole families.
+  paragraphs differ. Each pair's `family` column is that hash: siblings stay in one split but
+  are not independent examples (their sources start alike, and cut to a model's first tokens
+  are often identical), so `bench_quality.py` bootstraps whole families.
 """
 
 from __future__ import annotations

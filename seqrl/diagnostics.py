@@ -106,8 +106,8 @@ def paired_bootstrap(metric: str, hyps_a: list[str], hyps_b: list[str], referenc
     summed statistics (BLEU, chrF) or the mean per-example F (ROUGE), never averaged scores.
 
     `groups` (one label per example) makes it a cluster bootstrap: whole groups are drawn with
-    replacement, so examples that are not independent (sibling packages sharing a description,
-    whose identical model inputs get identical outputs) move together. With every label distinct
+    replacement, so examples that are not independent (sibling packages whose descriptions start
+    alike, so that truncated inputs and outputs are often the same) move together. With every label distinct
     it is exactly the per-example bootstrap.
     """
     _check_metric(metric)
@@ -122,7 +122,7 @@ def paired_bootstrap(metric: str, hyps_a: list[str], hyps_b: list[str], referenc
                          "give one label per example")
     else:
         group_of = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
+    n_groups = int(group_of.max()) + 1
     stats_a, score_of = example_statistics(metric, hyps_a, references)
     stats_b, _ = example_statistics(metric, hyps_b, references)
     # How often each group occurs in each resample: (samples, n_groups), then each example takes its
