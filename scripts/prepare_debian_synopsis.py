@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         words = sorted(len(r["source"].split()) for r in rows)
         syn = sorted(len(r["target"].split()) for r in rows)
         families = Counter(r["family"] for r in rows)
-        largest = max(families.values(), default=0)
-        print(f"{name}: {len(rows)} pairs in {len(families)} families, the largest {largest} pairs (median "
+        family, largest = families.most_common(1)[0] if families else ("", 0)
+        first = next((r["package"] for r in rows if r["family"] == family), "-")
+        print(f"{name}: {len(rows)} pairs in {len(families)} families, the largest {largest} pairs ({first}, ...) (median "
               f"{words[len(words) // 2] if words else 0} source words, {syn[len(syn) // 2] if syn else 0} synopsis words) "
               f"-> {args.out / (name + '.jsonl.gz')}")
 
