@@ -18,6 +18,12 @@ Choices, each printed with its count:
   paragraphs differ. Each pair's `family` column is that hash: siblings stay in one split but
   are not independent examples (their sources start alike, and cut to a model's first tokens
   are often identical), so `bench_quality.py` bootstraps whole families.
+
+The corpus follows the archive: the bookworm-security and bookworm-updates suites change every
+few days, so two runs weeks apart can differ by a few pairs. `manifest.json` beside the splits
+records each index file's suite date and digest and each split's digest (of its uncompressed
+text), so a result can say which corpus it used; `--keep-lists DIR` keeps the fetched indexes
+(in DIR/lists) and `--lists DIR/lists` rebuilds that exact corpus from them later.
 """
 
 from __future__ import annotations
@@ -47,6 +53,34 @@ def fetch_lists(work: Path) -> Path:
         sys.exit(f"prepare_debian_synopsis: `{' '.join(cmd)}` failed (exit {proc.returncode}; root and "
                  f"network access to the Debian mirror are needed): {proc.stderr.strip()[-500:]}")
     return lists
+
+
+def release_date(index: Path) -> str | None:
+    """The `Date:` of the suite an index file came from (apt keeps `<suite>_InRelease` beside
+    `<suite>_main_i18n_Translation-en`); None where that file is missing."""
+    suite = index.name.split("_main_")[0] if "_main_" in index.name else None
+    release = index.with_name(f"{suite}_InRelease") if suite else None
+    if release is None or not release.is_file():
+        return None
+    for line in release.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("Date:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def write_splits(splits: dict[str, list[dict]], out: Path, indexes: list[Path]) -> dict:
+    """`<split>.jsonl.gz` per split and `manifest.json`: the corpus's provenance and digests."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"indexes": [{"file": f.name, "suite_date": release_date(f),
+                             "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in indexes], "splits": {}}
+    for name, rows in splits.items():
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        with gzip.open(out / f"{name}.jsonl.gz", "wt", encoding="utf-8") as f:
+            f.write(text)
+        manifest["splits"][name] = {"pairs": len(rows), "families": len({r["family"] for r in rows}),
+                                    "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
 
 def parse_translations(text: str) -> list[dict]:
@@ -117,21 +151,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/debian_synopsis"))
     parser.add_argument("--lists", type=Path, help="a directory already holding *_i18n_Translation-en files")
+    parser.add_argument("--keep-lists", type=Path, help="fetch the indexes into DIR/lists and keep them (to "
+                                                          "rebuild this exact corpus later with --lists DIR/lists)")
     parser.add_argument("--min-words", type=int, default=20)
     args = parser.parse_args(argv)
+    if args.lists and args.keep_lists:
+        sys.exit("prepare_debian_synopsis: --lists reads indexes fetched before, --keep-lists fetches new ones; "
+                 "give one of them")
     with tempfile.TemporaryDirectory() as tmp:
-        lists = args.lists or fetch_lists(Path(tmp))
+        lists = args.lists or fetch_lists(args.keep_lists or Path(tmp))
         files = sorted(lists.glob("*_i18n_Translation-en"))
         if not files:
             sys.exit(f"prepare_debian_synopsis: no *_i18n_Translation-en file in {lists}")
         records = [r for f in files for r in parse_translations(f.read_text(encoding="utf-8", errors="replace"))]
-    splits, counts = build_pairs(records, args.min_words)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        with gzip.open(args.out / f"{name}.jsonl.gz", "wt", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"read {counts.pop('records')} descriptions from {len(files)} index file(s)")
+        splits, counts = build_pairs(records, args.min_words)
+        manifest = write_splits(splits, args.out, files)
+    dates = ", ".join(f"{i['file'].split('_dists_')[-1].split('_main_')[0]} {i['suite_date'] or 'date unknown'}"
+                      for i in manifest["indexes"])
+    print(f"read {counts.pop('records')} descriptions from {len(files)} index file(s) ({dates})")
     for reason, n in sorted(counts.items()):
         print(f"  {reason}: {n}")
     for name, rows in splits.items():
@@ -143,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {len(rows)} pairs in {len(families)} families, the largest {largest} pairs ({first}, ...) (median "
               f"{words[len(words) // 2] if words else 0} source words, {syn[len(syn) // 2] if syn else 0} synopsis words) "
               f"-> {args.out / (name + '.jsonl.gz')}")
+    print(f"digests and suite dates -> {args.out / 'manifest.json'}")
 
 
 if __name__ == "__main__":

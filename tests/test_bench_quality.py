@@ -14,9 +14,13 @@ import pytest
 import yaml
 
 from seqrl import diagnostics
+from seqrl.metrics import corpus_scores
 from conftest import make_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # as when run: bench_quality.py imports quality_report beside it
+import quality_report as qr  # noqa: E402
+
 spec = importlib.util.spec_from_file_location("bench_quality", REPO / "scripts" / "bench_quality.py")
 bq = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = bq
@@ -66,6 +70,11 @@ def test_pieces_table_and_cache(tiny_bench_recipe, tmp_path, capsys):
     quality = json.loads((seed_dir / "B" / "quality.json").read_text())
     assert 0 < quality["distinct"] <= 1 and quality["length_ratio"] > 0
     assert quality["gap"] == pytest.approx(quality["xent_shuffled"] - quality["xent_true"])
+    # the final model (end of the budget) is scored too; for A and C here, as for every run
+    assert set(quality["test_final"]) == set(quality["test"])
+    final_hyps, final_refs = qr.test_predictions(seed_dir / "B", "final")
+    assert final_refs == qr.test_predictions(seed_dir / "B")[1]
+    assert quality["test_final"]["bleu"] == pytest.approx(corpus_scores(final_hyps, final_refs, ["bleu"])["bleu"])
     table = (out / "translation" / "results.md").read_text()
     for row in ("| xent |", "| A |", "| B |", "| C |", "| copy the source |", "best constant output"):
         assert row in table
@@ -74,10 +83,20 @@ def test_pieces_table_and_cache(tiny_bench_recipe, tmp_path, capsys):
     b_row = next(line for line in table.splitlines() if line.startswith("| B |"))
     metrics_b = quality["test"]  # the metrics besides the reward's (bleu), as means over the one seed
     # then BLEU's n-gram part / brevity penalty, which multiply back to the row's BLEU
-    ngram_part, brevity = diagnostics.bleu_brevity_split(*bq.test_predictions(seed_dir / "B"))
+    ngram_part, brevity = diagnostics.bleu_brevity_split(*qr.test_predictions(seed_dir / "B"))
     assert ngram_part * brevity == pytest.approx(quality["test"]["bleu"])
     assert b_row.endswith(f"| chrf {metrics_b['chrf']:.2f}, rougeL {metrics_b['rougeL']:.2f} | {ngram_part:.2f} / {brevity:.3f} |"), b_row
-    assert table.count("[") >= 2  # bootstrap intervals for B - A and B - C (A-restart was not run: "—")
+    assert table.count("[") >= 4  # B - A and B - C (A-restart was not run: "—"), between best and final models
+    assert "| seed | B - A, final models | B - C, final models |" in table
+    assert f"| {quality['test']['bleu']:.2f} | — | {quality['test_final']['bleu']:.2f} |" in b_row  # one seed: no sd
+    # a cache written before final/ was scored gets its final score added, and nothing else redone
+    cached = json.loads((seed_dir / "C" / "quality.json").read_text())
+    del cached["test_final"]
+    (seed_dir / "C" / "quality.json").write_text(json.dumps(cached))
+    (seed_dir / "C" / "predictions-test-final.jsonl").unlink()
+    again = qr.assess(str(tiny_bench_recipe), seed_dir / "C", "bleu", SMALL)
+    assert again["test"] == cached["test"] and "test_final" in again
+    assert (seed_dir / "C" / "predictions-test-final.jsonl").is_file()
     capsys.readouterr()
     bq.main(args)  # everything cached: no run starts again
     assert "running:" not in capsys.readouterr().out
@@ -107,8 +126,8 @@ def test_table_precision_recall_reads_each_seeds_test_predictions(tmp_path):
         (run / "predictions-test-best.jsonl").write_text(
             "".join(json.dumps({"hypothesis": h, "reference": r}) + "\n" for h, r in rows))
     runs = {0: {"B": {}}, 1: {"B": {}}}
-    assert bq.score_split(tmp_path, runs, "B", "rougeL") == f"{(75 + 100) / 2:.2f} / {(500 / 6 + 100) / 2:.2f}"
-    assert bq.score_split(tmp_path, runs, "B", "chrf") == ""
+    assert qr.score_split(tmp_path, runs, "B", "rougeL") == f"{(75 + 100) / 2:.2f} / {(500 / 6 + 100) / 2:.2f}"
+    assert qr.score_split(tmp_path, runs, "B", "chrf") == ""
 
 
 def test_table_bleu_split_is_the_mean_over_seeds(tmp_path):
@@ -119,7 +138,7 @@ def test_table_bleu_split_is_the_mean_over_seeds(tmp_path):
         run.mkdir(parents=True)
         (run / "predictions-test-best.jsonl").write_text(json.dumps({"hypothesis": hypothesis, "reference": reference}) + "\n")
     runs = {0: {"B": {}}, 1: {"B": {}}}
-    assert bq.score_split(tmp_path, runs, "B", "bleu") == f"100.00 / {(math.exp(-0.5) + 1) / 2:.3f}"
+    assert qr.score_split(tmp_path, runs, "B", "bleu") == f"100.00 / {(math.exp(-0.5) + 1) / 2:.3f}"
 
 
 def test_table_bootstraps_whole_families_where_the_data_has_them(toy_data_dir, tmp_path):
@@ -134,10 +153,10 @@ def test_table_bootstraps_whole_families_where_the_data_has_them(toy_data_dir, t
     run.mkdir(parents=True)
     predictions = [{"hypothesis": r["es"], "reference": r["es"]} for r in rows]
     (run / "predictions-test-best.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
-    assert bq.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}}) == families
+    assert qr.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}}) == families
     (run / "predictions-test-best.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions[::-1]))
     with pytest.raises(SystemExit, match="do not match the rows of test split"):
-        bq.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}})
+        qr.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}})
     # without the column every example is its own group
     (toy_data_dir / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert bq.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}}) is None
+    assert qr.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}}) is None

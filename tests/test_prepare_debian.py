@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prepare_debian_synopsis.py"
 spec = importlib.util.spec_from_file_location("prepare_debian_synopsis", SCRIPT)
@@ -81,3 +84,29 @@ def test_main_writes_the_splits_from_a_lists_directory(tmp_path, capsys):
     assert sum(len(r) for r in rows.values()) == 2
     assert all(set(row) == {"source", "target", "package", "family"} for r in rows.values() for row in r)
     assert "read 4 descriptions from 1 index file(s)" in capsys.readouterr().out
+
+
+def test_manifest_names_each_suite_date_and_the_digest_of_each_split(tmp_path, capsys):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "mirror_dists_bookworm_main_i18n_Translation-en").write_text(INDEX, encoding="utf-8")
+    (lists / "mirror_dists_bookworm_InRelease").write_text(
+        "-----BEGIN PGP SIGNED MESSAGE-----\nOrigin: Debian\nCodename: bookworm\nDate: Sat, 11 Jul 2026 10:16:37 UTC\n")
+    (lists / "mirror_dists_bookworm-updates_main_i18n_Translation-en").write_text("", encoding="utf-8")  # no InRelease
+    pd.main(["--lists", str(lists), "--out", str(tmp_path / "out")])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    dates = {i["file"]: i["suite_date"] for i in manifest["indexes"]}
+    assert dates == {"mirror_dists_bookworm_main_i18n_Translation-en": "Sat, 11 Jul 2026 10:16:37 UTC",
+                     "mirror_dists_bookworm-updates_main_i18n_Translation-en": None}
+    for name, entry in manifest["splits"].items():
+        text = gzip.open(tmp_path / "out" / f"{name}.jsonl.gz", "rb").read()
+        assert entry["sha256"] == hashlib.sha256(text).hexdigest()
+        assert entry["pairs"] == text.count(b"\n")
+    assert sum(e["pairs"] for e in manifest["splits"].values()) == 2
+    assert sum(e["families"] for e in manifest["splits"].values()) == 1  # 0ad and 0ad-data: one family
+    assert "(bookworm-updates date unknown, bookworm Sat, 11 Jul 2026 10:16:37 UTC)" in capsys.readouterr().out
+
+
+def test_lists_and_keep_lists_together_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="give one of them"):
+        pd.main(["--lists", str(tmp_path), "--keep-lists", str(tmp_path), "--out", str(tmp_path / "out")])
