@@ -142,11 +142,11 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
     resampled = ", whole families of sibling packages resampled together" if groups else ""
     lines += ["", f"Paired bootstrap on test (1000 resamples{resampled}): {metric} difference and 95% interval"]
     # B, and any ablation run on every seed of the table (a candidate arm B of its own), against A, A-restart and
-    # C; then the same between final models: what the budgets bought, without validation's choice of checkpoint
+    # C; then the same between final models: what the runs ended with, without validation's choice of checkpoint
     candidates = ["B", *(n for n in names if n.startswith("B-") and all(n in r for r in runs.values()))]
     for model, others, label in (("best", ("A", "A-restart", "C"), ""), ("final", ("A", "C"), ", final models")):
         if model == "final":
-            lines += ["", "The same between the final models (the end of each budget, no choice by validation):"]
+            lines += ["", "The same between the final models (each run's last step, no choice by validation):"]
         for arm in candidates:
             lines += ["", f"| seed | {' | '.join(f'{arm} - {other}{label}' for other in others)} |",
                       "|---" * (len(others) + 1) + "|"]
