@@ -55,12 +55,16 @@ def fetch_lists(work: Path) -> Path:
     return lists
 
 
+def suite_of(index_name: str) -> str:
+    """The suite part of an apt index file's name: `<mirror>_dists_<suite>_main_i18n_Translation-en`."""
+    return index_name.split("_main_")[0]
+
+
 def release_date(index: Path) -> str | None:
     """The `Date:` of the suite an index file came from (apt keeps `<suite>_InRelease` beside
     `<suite>_main_i18n_Translation-en`); None where that file is missing."""
-    suite = index.name.split("_main_")[0] if "_main_" in index.name else None
-    release = index.with_name(f"{suite}_InRelease") if suite else None
-    if release is None or not release.is_file():
+    release = index.with_name(f"{suite_of(index.name)}_InRelease")
+    if "_main_" not in index.name or not release.is_file():
         return None
     for line in release.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.startswith("Date:"):
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         records = [r for f in files for r in parse_translations(f.read_text(encoding="utf-8", errors="replace"))]
         splits, counts = build_pairs(records, args.min_words)
         manifest = write_splits(splits, args.out, files)
-    dates = ", ".join(f"{i['file'].split('_dists_')[-1].split('_main_')[0]} {i['suite_date'] or 'date unknown'}"
+    dates = ", ".join(f"{suite_of(i['file']).split('_dists_')[-1]} {i['suite_date'] or 'date unknown'}"
                       for i in manifest["indexes"])
     print(f"read {counts.pop('records')} descriptions from {len(files)} index file(s) ({dates})")
     for reason, n in sorted(counts.items()):

@@ -37,18 +37,31 @@ def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dic
     if result is not None and ("test_final" in result or not has_final):
         return result
     import torch
-    from seqrl import data, modeling
+    from seqrl import data, evaluate, modeling
     from seqrl.metrics import corpus_scores
     cfg = load_recipe(ROOT / recipe, overrides)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    best = modeling.load_saved(run_dir / "best")
-    best.model.to(device)
-    raw = data.load_raw(cfg.data, [cfg.data.eval_split, cfg.data.test_split])
-    tokenized, _ = data.tokenize(raw, best, cfg.data)  # best/ and final/ share the run's tokenizer
-    test, valid = tokenized[cfg.data.test_split], tokenized[cfg.data.eval_split]
+    # only the models still to score (a cache has best/'s already); they share the run's tokenizer,
+    # so either tokenizes the data; validation is only for best/'s guards
+    to_score = (["best"] if result is None else []) + (["final"] if has_final else [])
+    models = {name: modeling.load_saved(run_dir / name) for name in to_score}
+    splits = [cfg.data.test_split] + ([cfg.data.eval_split] if result is None else [])
+    tokenized, _ = data.tokenize(data.load_raw(cfg.data, splits), models[to_score[0]], cfg.data)
+    test = tokenized[cfg.data.test_split]
     refs = list(test[cfg.data.target_field])
+
+    def decode(name: str) -> list[str]:  # greedy test decodes, as every arm is scored, kept beside the run
+        text_model = models[name]
+        text_model.model.to(device)
+        with torch.no_grad():
+            hyps = evaluate.decode(text_model, text_model.model, list(test["source_ids"]), batch_size=64, num_beams=1,
+                                   max_new_tokens=cfg.eval.max_new_tokens)
+        (run_dir / PREDICTIONS[name]).write_text("".join(
+            json.dumps({"reference": r, "hypothesis": h}, ensure_ascii=False) + "\n" for r, h in zip(refs, hyps)))
+        return hyps
+
     if result is None:
-        hyps = decode_test(best, test, cfg)
+        best, hyps, valid = models["best"], decode("best"), tokenized[cfg.data.eval_split]
         with torch.no_grad():
             use = diagnostics.source_use(best, best.model, list(valid["source_ids"]), list(valid["target_ids"]))
         lines, start_step = own_metrics(run_dir)
@@ -57,31 +70,12 @@ def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dic
                   "distinct": diagnostics.distinct_fraction(hyps), "length_ratio": diagnostics.length_ratio(hyps, refs),
                   **use, "minutes": max(line.get("time/elapsed_s", 0) for line in lines) / 60,
                   "steps": max(line["step"] for line in lines) - start_step}
-        write_predictions(run_dir / PREDICTIONS["best"], refs, hyps)
     if has_final:
-        final = modeling.load_saved(run_dir / "final")
-        final.model.to(device)
-        hyps = decode_test(final, test, cfg)
-        result["test_final"] = corpus_scores(hyps, refs, list(cfg.eval.metrics))
-        write_predictions(run_dir / PREDICTIONS["final"], refs, hyps)
+        result["test_final"] = corpus_scores(decode("final"), refs, list(cfg.eval.metrics))
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(cache)
     return result
-
-
-def decode_test(text_model, test, cfg) -> list[str]:
-    """Greedy decodes of the test split, as every arm is scored."""
-    import torch
-    from seqrl.evaluate import decode
-    with torch.no_grad():
-        return decode(text_model, text_model.model, list(test["source_ids"]), batch_size=64, num_beams=1,
-                      max_new_tokens=cfg.eval.max_new_tokens)
-
-
-def write_predictions(path: Path, refs: list[str], hyps: list[str]) -> None:
-    path.write_text("".join(json.dumps({"reference": r, "hypothesis": h}, ensure_ascii=False) + "\n"
-                            for r, h in zip(refs, hyps)))
 
 
 def own_metrics(run_dir: Path) -> tuple[list[dict], int]:
