@@ -12,6 +12,7 @@ reproduces the uninterrupted one bit for bit.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,15 +21,21 @@ from accelerate import Accelerator
 
 from seqrl.errors import SeqrlError
 from seqrl.modeling import frozen_copy
+from seqrl.runlog import flatten
+from seqrl.strict_yaml import parse_yaml
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 REFERENCE_FILE = "reference_model.pt"
+RECIPE_FILE = "recipe.yaml"
+# Settings a resume is expected to change: where it runs, and how far it goes.
+RESUME_SETTINGS = ("run.resume", "run.overwrite", "run.output_dir", "run.max_steps", "run.max_minutes")
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, keep: int,
-                    reference: torch.nn.Module | None = None) -> Path:
-    """Save everything needed to continue after optimizer step `step` under checkpoints/step-N."""
+                    reference: torch.nn.Module | None = None, recipe: str | None = None) -> Path:
+    """Save everything needed to continue after optimizer step `step` under checkpoints/step-N
+    (with the resolved `recipe` it was trained with, to name what a resume changes)."""
     root = output_dir / CHECKPOINT_DIR
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
@@ -40,6 +47,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state
     if accelerator.is_main_process:
         if reference is not None:
             torch.save(reference.state_dict(), tmp / REFERENCE_FILE)
+        if recipe is not None:
+            (tmp / RECIPE_FILE).write_text(recipe, encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -72,6 +81,18 @@ def resolve_resume(output_dir: Path, spec: str | None) -> Path | None:
     return path
 
 
+def changed_settings(path: Path, recipe: str, limit: int = 6) -> str:
+    """`a.b old -> new, ...` for the settings `recipe` changes from the checkpoint's own recipe,
+    apart from RESUME_SETTINGS ('' when none, or the checkpoint predates recipes in checkpoints)."""
+    saved = path / RECIPE_FILE
+    if not saved.is_file():
+        return ""
+    old, new = flatten(parse_yaml(saved.read_text(encoding="utf-8"))), flatten(parse_yaml(recipe))
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k) and k not in RESUME_SETTINGS]
+    shown = [f"{k} {old.get(k)!r} -> {new.get(k)!r}"[:80] for k in keys[:limit]]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
     """Restore accelerate's state from `path`; return trainer_state.json's contents."""
     try:
@@ -80,11 +101,22 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
             raise ValueError("no integer 'step'")
         accelerator.load_state(str(path))
     except Exception as err:  # corrupt JSON, truncated tensors, mismatched model: all end here
-        detail = " ".join(str(err).split())  # torch's messages span lines; keep the first sentence
-        detail = detail.split(". ")[0][:160] if detail else ""
+        text = " ".join(str(err).split())  # torch's messages span lines
+        mismatch = _SIZE_MISMATCH.search(text)
+        if mismatch:
+            name, saved, wanted = mismatch.groups()
+            shape = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
+            raise SeqrlError(f"run.resume: checkpoint {path} does not fit this recipe's model: {name} is "
+                             f"{shape(saved)} there, {shape(wanted)} here; resume with the recipe it was "
+                             f"made with") from None
+        detail = text.split(". ")[0][:100]  # the first sentence
         raise SeqrlError(f"run.resume: cannot load checkpoint {path} ({type(err).__name__}: {detail}); "
                          f"it is damaged or from another recipe") from None
     return state
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) "
+                            r"from checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)")
 
 
 def load_reference(path: Path, model: torch.nn.Module) -> torch.nn.Module | None:

@@ -11,11 +11,14 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from seqrl.errors import SeqrlError
+from seqrl.preemption import EXIT_PREEMPTED, SIGNALS, Preempted
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -55,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default="-", help="file with one source per line (default: stdin)")
     p.add_argument("--output", default="-", help="file for one output per line (default: stdout)")
     p.add_argument("--num-beams", type=int, default=1, help="1 = greedy")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int,
+                   help="longest output (default: the run's eval.max_new_tokens, or what the model's positions hold, "
+                        "at most 128)")
     p.add_argument("--batch-size", type=int, default=32)
     return parser
 
@@ -73,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"seqrl {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Preempted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:  # one line for the whole run
+            print(f"seqrl {args.command}: preempted: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
 
 
 def _quiet_libraries() -> None:
@@ -89,11 +98,11 @@ def _quiet_libraries() -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from seqrl.config import load_recipe
-    from seqrl.train import finetune
 
     cfg = load_recipe(args.recipe, args.overrides)  # fail here, once, before starting N processes
     if args.num_processes is not None or args.accelerate_config is not None:
-        return _relaunch(args)
+        return _relaunch(args, Path(cfg.run.output_dir))
+    from seqrl.train import finetune  # the heavy imports, after the recipe has loaded
     final = finetune(cfg)
     if final is not None:
         print(f"done: model in {final}")
@@ -119,17 +128,44 @@ def launch_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def _relaunch(args: argparse.Namespace) -> int:
+def _relaunch(args: argparse.Namespace, output_dir: Path) -> int:
+    """Run the `accelerate launch` command; a stop signal sent to this process is passed on.
+    accelerate's launcher exits 1 with a report of its own when its processes stop on a signal,
+    so a run they ended with a checkpoint (its last metrics line says `preempted`) exits
+    EXIT_PREEMPTED here."""
     cmd = launch_command(args)
     print("running: " + shlex.join(cmd), flush=True)
-    return subprocess.call(cmd)
+    started = time.time()
+    child = subprocess.Popen(cmd)
+    previous = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum)) for sig in SIGNALS}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_PREEMPTED if code != 0 and _ended_preempted(output_dir, started) else code
+
+
+def _ended_preempted(output_dir: Path, since: float) -> bool:
+    """Whether this launch's processes stopped the run with a checkpoint (metrics.jsonl, written
+    since `since`, ends with the `preempted` line)."""
+    from seqrl.runlog import METRICS_FILE, read_metrics
+
+    metrics = output_dir / METRICS_FILE
+    try:
+        if not metrics.is_file() or metrics.stat().st_mtime < since:
+            return False
+        lines = read_metrics(output_dir)
+    except (SeqrlError, OSError):
+        return False
+    return bool(lines) and bool(lines[-1].get("preempted"))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from seqrl.config import dump_recipe, load_recipe
-    from seqrl.validate import validate
 
     cfg = load_recipe(args.recipe, args.overrides)
+    from seqrl.validate import validate
     for line in validate(cfg):
         print(line)
     print("# resolved recipe")
@@ -138,14 +174,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from seqrl.config import load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    if args.max_examples is not None and args.max_examples < 1:
+        raise SeqrlError(f"--max-examples must be >= 1, got {args.max_examples}")
+    if args.num_beams is not None and args.num_beams < 1:
+        raise SeqrlError(f"--num-beams must be >= 1, got {args.num_beams}")
     from accelerate import Accelerator
 
     from seqrl import data, modeling
-    from seqrl.config import load_recipe
     from seqrl.evaluate import evaluate_split
     from seqrl.run import check_lengths
 
-    cfg = load_recipe(args.recipe, args.overrides)
     model_dir = Path(args.model or Path(cfg.run.output_dir) / "final")
     split = args.split or cfg.data.test_split or cfg.data.eval_split
     if args.num_beams is not None:
@@ -172,14 +213,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from seqrl.data import truncate
     from seqrl.evaluate import decode
 
-    if args.num_beams < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+    if args.num_beams < 1 or args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise SeqrlError("--num-beams, --max-new-tokens and --batch-size must be >= 1")
     if args.input != "-" and not Path(args.input).is_file():
         raise SeqrlError(f"--input file not found: {args.input}")
+    lines = _read_lines(args.input)
     text_model = modeling.load_saved(args.model)
-    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
-    with source:
-        lines = [line.rstrip("\n") for line in source]
     if not lines:
         return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -187,17 +226,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
     source_ids = text_model.encode_sources(lines)
     if text_model.max_source_tokens:  # cut as in training, so positions stay within what it learned
         source_ids, _ = truncate(source_ids, text_model.max_source_tokens)
-    problem = text_model.length_problem(max(len(s) for s in source_ids), args.max_new_tokens)
+    longest = max(len(s) for s in source_ids)
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:  # what the run decoded, else what the positions hold
+        room = text_model.room_for_output(longest)
+        max_new_tokens = text_model.max_new_tokens or min(128, room if room is not None else 128)
+    problem = text_model.length_problem(longest, max_new_tokens)
     if problem:
-        raise SeqrlError(f"--max-new-tokens {args.max_new_tokens}: {problem}; ask for fewer")
+        raise SeqrlError(f"--max-new-tokens {max_new_tokens}: {problem}; ask for fewer")
     outputs = decode(text_model, model, source_ids, batch_size=args.batch_size,
-                     num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+                     num_beams=args.num_beams, max_new_tokens=max_new_tokens)
     text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
     if args.output == "-":
         sys.stdout.write(text)
     else:
         Path(args.output).write_text(text, encoding="utf-8")
     return 0
+
+
+def _read_lines(name: str) -> list[str]:
+    """Lines of UTF-8 text from a file or stdin ("-"); a file that is not text is a one-line error."""
+    if name == "-" and not hasattr(sys.stdin, "buffer"):  # already text (a test's StringIO)
+        return sys.stdin.read().splitlines()
+    data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    where = "standard input" if name == "-" else name
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise SeqrlError(f"--input {where} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+                         f"give one source sentence per line") from None
+    if "\x00" in text:
+        raise SeqrlError(f"--input {where} holds NUL bytes: a binary file, not one source sentence per line")
+    return text.splitlines()
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

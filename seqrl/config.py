@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from seqrl.errors import ConfigError
-from seqrl.strict_yaml import build, describe_yaml_error, dump_yaml, parse_yaml, plain
+from seqrl.strict_yaml import MAX_TEXT_BYTES, build, describe_yaml_error, dump_yaml, parse_yaml, plain
 
 
 @dataclass
@@ -72,7 +72,8 @@ class DataConfig:
     max_train_examples: int | None = None
     """Use only the first N training examples (for quick trials and tests)."""
     empty_targets: Literal["skip", "error"] = "skip"
-    """What to do with empty or whitespace-only targets: skip them (counted and reported) or stop."""
+    """What to do with rows whose target is empty, whitespace-only or null, or whose source is null:
+    skip them (counted and reported) or stop. (An empty-string source is kept: it is text.)"""
 
 
 @dataclass
@@ -215,9 +216,12 @@ class RunConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps, whatever else the recipe says."""
     save_every: int = 0
-    """Write a checkpoint every this many optimizer steps, at the last step, and when
-    `run.max_minutes` or `eval.patience` stops the run, so that it can be continued (0 = none
-    during training)."""
+    """Write a checkpoint every this many optimizer steps (0 = by time only, `save_every_minutes`)."""
+    save_every_minutes: float | None = 30.0
+    """Write a checkpoint when this many minutes have passed since the last one (empty or 0 = by
+    steps only). Once a run has a checkpoint (or with `save_every` > 0) it also writes one where it
+    stops, at its last step or when `run.max_minutes` or `eval.patience` stops it, so it can be
+    continued. SIGTERM or SIGUSR1 always end a run with a checkpoint (exit status 75)."""
     keep_checkpoints: int = 2
     """Keep only the newest N checkpoints."""
     overwrite: bool = False
@@ -282,10 +286,13 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
+    text = read_text(path, MAX_TEXT_BYTES)
     try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {describe_yaml_error(err)}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
@@ -317,6 +324,22 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node[parts[-1]] = parse_yaml(value) if value.strip() else None
     except yaml.YAMLError:
         node[parts[-1]] = value
+    except ConfigError as err:
+        raise ConfigError(f"--set {key}: {err}") from None
+
+
+def read_text(path: Path, limit: int) -> str:
+    """A text file's contents as UTF-8, refusing files over `limit` bytes or not UTF-8."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"{path} is over {limit:,} bytes; a recipe is a short YAML file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+                          f"save it as UTF-8") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

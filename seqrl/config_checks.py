@@ -20,7 +20,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
               "run.keep_checkpoints", "schedule.delta", "reinforce.num_samples",
               "reinforce.temperature", "reinforce.baseline_lr")
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
-                  "run.save_every", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
+                  "run.save_every", "run.save_every_minutes", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
                   "reinforce.kl_coef")
     _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "data.max_train_examples", "eval.max_examples", "run.max_steps",
                       "run.max_minutes",
@@ -29,6 +29,8 @@ def check_recipe(cfg: RecipeConfig) -> None:
     _in_unit_interval(cfg, "xent.label_smoothing", "schedule.xent_weight", "reinforce.ema_decay")
     if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas must both be in [0, 1), got {list(cfg.optim.betas)}")
+    if not 0 <= cfg.run.seed < 2**32:  # numpy's seeds are 32-bit
+        raise ConfigError(f"run.seed must be in [0, 2**32 - 1], got {cfg.run.seed}")
     if not 0.0 < cfg.reinforce.top_p <= 1.0:
         raise ConfigError(f"reinforce.top_p must be in (0, 1], got {cfg.reinforce.top_p}")
     _exactly_one(cfg, "model.name_or_path", "model.architecture")

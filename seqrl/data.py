@@ -15,8 +15,9 @@ import datasets
 from datasets import DatasetDict
 
 from seqrl.config import DataConfig
+from seqrl.data_checks import check_text_column, check_utf8, first_bad_json_line, first_non_utf8_line
 from seqrl.errors import DataError
-from seqrl.modeling import TextModel
+from seqrl.modeling import TextModel, looks_local
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,15 @@ class DataReport:
     split: str
     loaded: int
     empty_targets: int = 0
+    missing_sources: int = 0
     truncated_sources: int = 0
     truncated_targets: int = 0
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"data[{self.split}]: {self.loaded - self.empty_targets} examples used of {self.loaded}; "
-                f"{self.empty_targets} empty targets skipped; {self.truncated_sources} sources and "
+        used = self.loaded - self.empty_targets - self.missing_sources
+        return (f"data[{self.split}]: {used} examples used of {self.loaded}; {self.empty_targets} empty targets "
+                f"and {self.missing_sources} missing sources skipped; {self.truncated_sources} sources and "
                 f"{self.truncated_targets} targets cut to the length limit")
 
 
@@ -49,13 +52,17 @@ def needed_splits(cfg: DataConfig) -> list[str]:
 def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
     """Load the named splits as text columns; check the source and target fields exist."""
     datasets.disable_progress_bars()
+    files: dict[str, str] = {}  # split -> the file it was read from, for error messages
     if cfg.files:
-        raw = _load_files({s: cfg.files[s] for s in splits if s in cfg.files}, "data.files")
+        files = {s: cfg.files[s] for s in splits if s in cfg.files}
+        raw = _load_files(files, "data.files")
     elif Path(cfg.path).is_dir():
-        raw = _load_dir(Path(cfg.path), splits)
+        raw, files = _load_dir(Path(cfg.path), splits)
     elif Path(cfg.path).is_file():
         raise DataError(f"data.path '{cfg.path}' is a file; name one file per split in data.files "
                         f"(e.g. data.files: {{train: {cfg.path}}})")
+    elif looks_local(cfg.path):  # not worth the hub's retries
+        raise DataError(f"data.path '{cfg.path}': directory not found")
     else:
         raw = _load_hub(cfg)
     missing = [s for s in splits if s not in raw]
@@ -64,10 +71,13 @@ def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
                         f"available: {sorted(raw)}")
     raw = DatasetDict({s: raw[s] for s in splits})
     for split, ds in raw.items():
+        where = files.get(split) or f"split '{split}' of {cfg.path}"
         for role, name in (("source_field", cfg.source_field), ("target_field", cfg.target_field)):
             if name not in ds.column_names:
                 raise DataError(f"data.{role} '{name}' is not a column of split '{split}'; "
                                 f"columns are {ds.column_names}")
+            check_text_column(ds, f"data.{role}", name, where)
+        check_utf8(ds, where, files.get(split))
         if len(ds) == 0:
             raise DataError(f"split '{split}' of {cfg.path or 'data.files'} is empty")
     if cfg.max_train_examples and cfg.train_split in raw:
@@ -76,14 +86,15 @@ def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
     return raw
 
 
-def _load_dir(path: Path, splits: list[str]) -> DatasetDict:
+def _load_dir(path: Path, splits: list[str]) -> tuple[DatasetDict, dict[str, str]]:
+    """A `save_to_disk` directory, or one file per split; also the split -> file map."""
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         try:
             loaded = datasets.load_from_disk(str(path))
         except Exception as err:  # corrupt metadata, unreadable arrow files: many types
             raise DataError(f"data.path '{path}' looks like a save_to_disk directory but cannot be read: "
                             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
-        return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+        return (loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})), {}
     files = {}
     for split in splits:
         found = [path / f"{split}{ext}{comp}" for ext in FORMATS for comp in COMPRESSIONS
@@ -92,7 +103,7 @@ def _load_dir(path: Path, splits: list[str]) -> DatasetDict:
             raise DataError(f"data.path '{path}' has no file for split '{split}' "
                             f"(looked for {split}.jsonl/.json/.csv/.parquet, optionally .gz)")
         files[split] = str(found[0])
-    return _load_files(files, "data.path")
+    return _load_files(files, "data.path"), files
 
 
 def _load_files(files: dict[str, str], where: str) -> DatasetDict:
@@ -112,10 +123,19 @@ def _load_files(files: dict[str, str], where: str) -> DatasetDict:
         try:
             out[split] = datasets.load_dataset(fmt, data_files={split: name}, split=split)
         except Exception as err:  # datasets raises many types for malformed files
-            raise DataError(f"{where}: could not read {name} as {fmt}: {_root_cause(err)}") from None
+            raise DataError(f"{where}: could not read {name} as {fmt}: {_diagnose(Path(name), fmt, err)}") from None
         finally:
             datasets.logging.set_verbosity(verbosity)
     return out
+
+
+def _diagnose(path: Path, fmt: str, err: BaseException) -> str:
+    """The file's first bad line where we can find it (Arrow reports positions within its
+    blocks, not lines), else the innermost error."""
+    non_utf8 = first_non_utf8_line(path)
+    if non_utf8:
+        return f"line {non_utf8} is not UTF-8"
+    return (first_bad_json_line(path) if fmt == "json" else None) or _root_cause(err)
 
 
 def _root_cause(err: BaseException) -> str:
@@ -156,19 +176,21 @@ def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig) -> tuple[
             raise DataError(f"split '{split}' has a column named '{clash[0]}', a name rewards receive "
                             f"from seqrl itself; rename that column")
         report = DataReport(split, len(ds))
-        targets = list(ds[cfg.target_field])
-        keep = [i for i, t in enumerate(targets) if isinstance(t, str) and t.strip()]
-        report.empty_targets = len(ds) - len(keep)
-        if report.empty_targets and cfg.empty_targets == "error":
-            first = next(i for i, t in enumerate(targets) if not (isinstance(t, str) and t.strip()))
-            raise DataError(f"split '{split}': {report.empty_targets} empty or missing targets in "
-                            f"'{cfg.target_field}' (first at row {first}); fix the data or set "
-                            f"data.empty_targets: skip")
-        if len(keep) < len(ds):
-            ds = ds.select(keep)
+        sources, targets = list(ds[cfg.source_field]), list(ds[cfg.target_field])  # str or None (checked)
+        missing = [i for i, src in enumerate(sources) if src is None]
+        empty = [i for i, (src, t) in enumerate(zip(sources, targets)) if src is not None and not (t and t.strip())]
+        report.missing_sources, report.empty_targets = len(missing), len(empty)
+        if (missing or empty) and cfg.empty_targets == "error":
+            what, rows, name = ("missing sources", missing, cfg.source_field) if missing else \
+                ("empty or missing targets", empty, cfg.target_field)
+            raise DataError(f"split '{split}': {len(rows)} {what} in '{name}' (first at row {rows[0]}); "
+                            f"fix the data or set data.empty_targets: skip")
+        if missing or empty:
+            dropped = set(missing) | set(empty)
+            keep = [i for i in range(len(ds)) if i not in dropped]
+            ds, sources = ds.select(keep), [sources[i] for i in keep]
         if len(ds) == 0:
-            raise DataError(f"split '{split}' has no example with a non-empty '{cfg.target_field}'")
-        sources = [s if isinstance(s, str) else "" for s in list(ds[cfg.source_field])]
+            raise DataError(f"split '{split}' has no example with a source and a non-empty '{cfg.target_field}'")
         src_ids = text_model.encode_sources(sources)
         tgt_ids = text_model.encode_targets(list(ds[cfg.target_field]))
         src_ids, report.truncated_sources = truncate(src_ids, cfg.max_source_tokens)

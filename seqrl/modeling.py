@@ -48,6 +48,8 @@ class TextModel:
     is_seq2seq: bool
     source_prefix: str = ""
     max_source_tokens: int | None = None
+    max_new_tokens: int | None = None
+    """Longest output the run decoded (its `eval.max_new_tokens`): `seqrl generate`'s default."""
 
     # -- encoding -------------------------------------------------------------------------------
     def encode_sources(self, texts: list[str]) -> list[list[int]]:
@@ -128,6 +130,12 @@ class TextModel:
     def length_problem(self, source_tokens: int, new_tokens: int) -> str | None:
         return length_problem(self.is_seq2seq, self.max_positions, source_tokens, new_tokens)
 
+    def room_for_output(self, source_tokens: int) -> int | None:
+        """The most output tokens the position embeddings allow after `source_tokens` (None = no limit)."""
+        if self.max_positions is None:
+            return None
+        return self.max_positions - 1 if self.is_seq2seq else self.max_positions - source_tokens
+
     def decode(self, ids: list[list[int]]) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
@@ -137,7 +145,8 @@ class TextModel:
         (model or self.model).save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         (directory / ADAPTER_FILE).write_text(json.dumps(
-            {"source_prefix": self.source_prefix, "max_source_tokens": self.max_source_tokens}))
+            {"source_prefix": self.source_prefix, "max_source_tokens": self.max_source_tokens,
+             "max_new_tokens": self.max_new_tokens}))
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -198,7 +207,7 @@ def load_saved(directory: str | Path) -> TextModel:
     extra = json.loads((directory / ADAPTER_FILE).read_text()) if (directory / ADAPTER_FILE).is_file() else {}
     model = _load_pretrained(cfg)
     return TextModel(model, tokenizer, bool(model.config.is_encoder_decoder), extra.get("source_prefix", ""),
-                     extra.get("max_source_tokens"))
+                     extra.get("max_source_tokens"), extra.get("max_new_tokens"))
 
 
 def _load_pretrained(cfg: ModelConfig) -> PreTrainedModel:
@@ -256,8 +265,17 @@ def check_local(field_name: str, name: str | None) -> None:
     """A name that can only be a local path must exist (else the hub's error is misleading)."""
     if name is None or Path(name).expanduser().is_dir():
         return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+    if looks_local(name):
         raise SeqrlError(f"{field_name}: directory not found: {name}")
+
+
+def looks_local(name: str) -> bool:
+    """A path, not a hub name (`org/name`): it starts like one, has more than one separator, or
+    its parent directory exists here (`data/bible_en_ez` where `data/` is a local directory)."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()
 
 
 def _load_or_train_tokenizer(model_cfg: ModelConfig, tok_cfg: TokenizerConfig,

@@ -1,9 +1,9 @@
-"""Everything before the first step: output directory, data, tokenizer, model, optimizer,
-loaders, schedule, baselines; `Run` holds it all for the loop in `seqrl.train`."""
+"""Everything before the first step: data, tokenizer, model, optimizer, loaders, schedule,
+baselines; `Run` holds it all for the loop in `seqrl.train`. Set-up writes nothing to the run
+directory but a temporary tokenizer (`seqrl.rundir` commits the run once every check passed)."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,14 +17,12 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from seqrl import data, modeling
 from seqrl.baselines import EMABaseline, LearnedBaseline
-from seqrl.config import RecipeConfig, dump_recipe
+from seqrl.config import RecipeConfig
 from seqrl.errors import SeqrlError
 from seqrl.rewards import Reward
-from seqrl.runlog import METRICS_FILE, RunLog
+from seqrl.rundir import NEW_TOKENIZER
+from seqrl.runlog import RunLog
 from seqrl.schedule import Schedule, lr_factor
-
-RUN_MARKERS = ("recipe.yaml", METRICS_FILE)
-
 
 @dataclass
 class Run:
@@ -44,36 +42,20 @@ class Run:
     total_steps: int
     runlog: RunLog
     rewards: list[Reward]
+    tokenizer_dir: Path | None
+    """The trained tokenizer this run uses (None: a pretrained one, named by the recipe)."""
     ema: EMABaseline | None = None
     learned_baseline: torch.nn.Module | None = None
     reference: torch.nn.Module | None = None
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    held = [m for m in RUN_MARKERS if (out / m).exists()]
-    if held and not overwrite:
-        raise SeqrlError(f"run.output_dir '{out}' already holds a run ({held[0]}); choose another "
-                         f"run.output_dir or set run.overwrite=true to replace it")
-
-
-def clear_run(out: Path) -> None:
-    """Remove what an earlier run left (only reached with run.overwrite or an empty dir)."""
-    for path in out.glob("*") if out.is_dir() else []:
-        if path.name in (*RUN_MARKERS, "final", "checkpoints", "tokenizer") or path.name.startswith("predictions-"):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
 def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: list,
           resume_from: Path | None = None) -> Run:
-    """Output dir, seed, data, tokenizer, model, optimizer, loader: everything before step 1."""
-    if accelerator.is_main_process:
-        if resume_from is None:
-            clear_run(out)
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+    """Seed, data, tokenizer, model, optimizer, loader: everything before step 1."""
     set_seed(cfg.run.seed)
     raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
-    text_model = build_text_model(cfg, accelerator, out, raw, reuse_tokenizer=resume_from is not None)
+    tokenizer_dir = tokenizer_location(cfg, out, resume_from)
+    text_model = build_text_model(cfg, accelerator, raw, tokenizer_dir)
     check_lengths(cfg, text_model.is_seq2seq, text_model.max_positions)
     tokenized, reports = data.tokenize(raw, text_model, cfg.data)
     for report in reports:
@@ -109,10 +91,9 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         accelerator.print(f"  from step {start}: stage {plan.stage}, last {plan.n_rl_tokens} target tokens "
                           f"sampled, xent weight {plan.xent_weight}")
     ema = EMABaseline(cfg.reinforce.ema_decay) if cfg.reinforce.baseline == "ema" else None
-    if accelerator.is_main_process:  # written last: a recipe that failed set-up leaves no "run" behind
-        (out / "recipe.yaml").write_text(dump_recipe(cfg), encoding="utf-8")
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
-               schedule, total, RunLog(accelerator, out, cfg), reward_fns, ema, rest[0] if rest else None)
+               schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir, ema,
+               rest[0] if rest else None)
 
 
 def _constant(step: int) -> float:
@@ -120,21 +101,37 @@ def _constant(step: int) -> float:
     return 1.0
 
 
-def build_text_model(cfg: RecipeConfig, accelerator: Accelerator, out: Path, raw: DatasetDict,
-                     reuse_tokenizer: bool = False) -> modeling.TextModel:
-    """Rank 0 trains the tokenizer (if one is trained) and saves it; the others load that copy.
-    A resumed run reuses the tokenizer its checkpoints were trained with."""
+def tokenizer_location(cfg: RecipeConfig, out: Path, resume_from: Path | None) -> Path | None:
+    """Where the run's trained tokenizer is: a resumed run's own (beside its checkpoints), or a
+    temporary directory for the one this run trains; None when the recipe names a tokenizer."""
     if cfg.tokenizer.name_or_path is not None or cfg.model.name_or_path is not None:
-        return modeling.build(cfg.model, cfg.tokenizer, cfg.data)
-    tok_dir = out / "tokenizer"
-    with accelerator.main_process_first():
-        if accelerator.is_main_process and not (reuse_tokenizer and tok_dir.is_dir()):
-            train = raw[cfg.data.train_split]
-            texts = [cfg.data.source_prefix + s for s in list(train[cfg.data.source_field]) if isinstance(s, str)]
-            texts += [t for t in list(train[cfg.data.target_field]) if isinstance(t, str)]
-            modeling.train_tokenizer(texts, cfg.tokenizer).save_pretrained(tok_dir)
-    tok_cfg = type(cfg.tokenizer)(**{**vars(cfg.tokenizer), "name_or_path": str(tok_dir)})
-    return modeling.build(cfg.model, tok_cfg, cfg.data)
+        return None
+    if resume_from is None:
+        return out / NEW_TOKENIZER
+    trained = resume_from.parent.parent / "tokenizer"
+    if not trained.is_dir():
+        raise SeqrlError(f"run.resume: the run of {resume_from} has no tokenizer/ beside its checkpoints; "
+                         f"the checkpoint cannot be read without the tokenizer it was trained with")
+    return trained
+
+
+def build_text_model(cfg: RecipeConfig, accelerator: Accelerator, raw: DatasetDict,
+                     tokenizer_dir: Path | None) -> modeling.TextModel:
+    """The recipe's model and tokenizer. A tokenizer to train is trained by the main process
+    into `tokenizer_dir` (the others load that copy); an existing one is loaded."""
+    if tokenizer_dir is None:
+        text_model = modeling.build(cfg.model, cfg.tokenizer, cfg.data)
+    else:
+        with accelerator.main_process_first():
+            if accelerator.is_main_process and tokenizer_dir.name == NEW_TOKENIZER:
+                train = raw[cfg.data.train_split]
+                texts = [cfg.data.source_prefix + s for s in list(train[cfg.data.source_field]) if isinstance(s, str)]
+                texts += [t for t in list(train[cfg.data.target_field]) if isinstance(t, str)]
+                modeling.train_tokenizer(texts, cfg.tokenizer).save_pretrained(tokenizer_dir)
+        tok_cfg = type(cfg.tokenizer)(**{**vars(cfg.tokenizer), "name_or_path": str(tokenizer_dir)})
+        text_model = modeling.build(cfg.model, tok_cfg, cfg.data)
+    text_model.max_new_tokens = cfg.eval.max_new_tokens  # saved with the model: `seqrl generate`'s default
+    return text_model
 
 
 def check_lengths(cfg: RecipeConfig, is_seq2seq: bool, max_positions: int | None) -> None:

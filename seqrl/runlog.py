@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, filter_trackers
 
 from seqrl.config import RecipeConfig, to_dict
-from seqrl.errors import ConfigError
+from seqrl.errors import ConfigError, SeqrlError
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -31,16 +31,27 @@ def check_trackers(names: list[str]) -> None:
 
 
 class RunLog:
-    """Append-only metrics file plus trackers; a no-op on every rank but the main one."""
+    """Append-only metrics file plus trackers; writes nothing before `open` (the run's commit)
+    and nothing on any rank but the main one."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, cfg: RecipeConfig):
-        self.accelerator = accelerator
+        self.accelerator, self.path, self.cfg = accelerator, output_dir / METRICS_FILE, cfg
         self.file = None
         self.start = time.perf_counter()
-        if cfg.log.trackers:
-            accelerator.init_trackers(cfg.log.project, config=_flat(to_dict(cfg)))
-        if accelerator.is_main_process:
-            self.file = (output_dir / METRICS_FILE).open("a", encoding="utf-8")
+
+    def open(self, after_step: int | None = None) -> None:
+        """Start writing; a resumed run first drops the lines past its checkpoint's `after_step`
+        (written by the interrupted run after it), and a line torn by a kill."""
+        if self.cfg.log.trackers:
+            self.accelerator.init_trackers(self.cfg.log.project, config=flatten(to_dict(self.cfg)))
+        if not self.accelerator.is_main_process:
+            return
+        if after_step is not None and self.path.is_file():
+            keep = [json.dumps(line) + "\n" for line in read_metrics(self.path.parent) if line["step"] <= after_step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(keep), encoding="utf-8")
+            tmp.replace(self.path)
+        self.file = self.path.open("a", encoding="utf-8")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: (float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
@@ -52,19 +63,6 @@ class RunLog:
         numeric = {k: v for k, v in clean.items() if isinstance(v, float)}
         self.accelerator.log(numeric, step=step)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop lines past `step` (written by an interrupted run after its last checkpoint)."""
-        if self.file is None:
-            return
-        self.file.close()
-        path = Path(self.file.name)
-        keep = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-                if line.strip() and json.loads(line)["step"] <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
-        tmp.replace(path)
-        self.file = path.open("a", encoding="utf-8")
-
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
@@ -72,16 +70,33 @@ class RunLog:
 
 
 def read_metrics(output_dir: str | Path) -> list[dict]:
+    """The lines of a run's metrics.jsonl. A last line cut short (a run killed mid-write) is
+    dropped; any other line that is not a JSON object with a `step` is an error naming it."""
     path = Path(output_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not an object with an integer 'step'")
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number == len(lines):  # no newline after it: the write was cut off
+                break
+            raise SeqrlError(f"{path} line {number} is damaged ({type(err).__name__}); "
+                             f"delete that line to use the file") from None
+        rows.append(row)
+    return rows
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     """Trackers take flat scalar hyper-parameters: `optim.lr`, lists as strings."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat

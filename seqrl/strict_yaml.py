@@ -3,6 +3,13 @@
 YAML is read with YAML 1.2 scalars (`1e-4` is a float; only true/false are booleans) and a key
 given twice is an error. `build` checks every value against the dataclass field's type hint and
 names the field by its dotted path; unknown keys get a "did you mean".
+
+A recipe is bounded before anything is built from it: at most `MAX_TEXT_BYTES` of text, nesting
+at most `MAX_DEPTH` deep, and at most `MAX_VALUES` values once YAML aliases are expanded (an
+alias tree, "billion laughs", is small as text and as loaded objects, but every later walk,
+dump or repr of it expands it). The check reads PyYAML's event stream, which is not
+recursive, so it answers within milliseconds whatever the input. Error messages never show a
+value longer than a few dozen characters.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import types
 import typing
 from typing import Any, Literal, Union
@@ -20,7 +28,12 @@ import yaml
 from seqrl.errors import ConfigError
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser (C) where PyYAML was built with it: ~6x faster than the pure-Python one on
+# a recipe at the size limit; the constructor and resolver, where our rules live, stay Python.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
     """SafeLoader reading `1e-4` as a float, as YAML 1.2 does (PyYAML's 1.1 rules want `1.0e-4`),
     and refusing a key given twice (PyYAML would silently keep the last one)."""
 
@@ -34,6 +47,17 @@ class _Loader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """Integers of up to 4,000 characters (the field's own check then names it); longer ones are
+    refused before Python parses them (past 4,300 digits it raises a ValueError of its own)."""
+    if len(node.value) > 4000:
+        raise ConfigError(f"line {node.start_mark.line + 1}: an integer of {len(node.value):,} digits; "
+                          f"settings fit in 64 bits")
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 # YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which
 # turned `mixed_precision: no` into False.
@@ -56,8 +80,46 @@ _Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123
 
 
 
+MAX_TEXT_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+INT_LIMIT = 2**63  # torch and numpy hold integers in 64 bits
+
+
 def parse_yaml(text: str):
+    """YAML text -> plain Python values, refusing what could exhaust memory or recursion."""
+    if len(text) > MAX_TEXT_BYTES:
+        raise ConfigError(f"{len(text):,} characters of YAML; a recipe is at most {MAX_TEXT_BYTES:,}")
+    check_shape(text)
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def check_shape(text: str) -> None:
+    """Nesting depth and the number of values after alias expansion, from the event stream."""
+    total, open_nodes, expanded = 0, [], {}  # expanded: anchor -> values it stands for
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            total += expanded.get(event.anchor, 1)
+        elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+            total += 1
+            if isinstance(event, yaml.ScalarEvent):
+                if event.anchor:
+                    expanded[event.anchor] = 1
+            else:
+                open_nodes.append((event.anchor, total - 1))
+                if len(open_nodes) > MAX_DEPTH:
+                    raise ConfigError(f"line {event.start_mark.line + 1}: nested more than {MAX_DEPTH} "
+                                      f"levels deep; a recipe needs a few")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, before = open_nodes.pop()
+            if anchor:
+                expanded[anchor] = total - before
+        if total > MAX_VALUES:
+            where = f"line {event.start_mark.line + 1}: more than {MAX_VALUES:,} values"
+            if expanded:
+                raise ConfigError(f"{where} once YAML aliases (*name) are expanded; write the values out, "
+                                  f"or use fewer aliases")
+            raise ConfigError(f"{where}; a recipe holds a few hundred")
 
 
 def describe_yaml_error(err: yaml.YAMLError) -> str:
@@ -134,16 +196,33 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a mapping, got {_describe(value)}")
         return {_coerce(k, args[0], name): _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
     if hint is Any:
-        return value
+        return _check_numbers(value, name)
     if dataclasses.is_dataclass(hint):
         return build(hint, value, f"{name}.")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = _check_numbers(value, name)
         return float(value)
     if hint is bool and not isinstance(value, bool) or not isinstance(value, hint) \
             or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{name} must be {_type_name(hint)}, got {_describe(value)}")
-    if hint is float and not math.isfinite(value):
+    return _check_numbers(value, name)
+
+
+def _check_numbers(value: Any, name: str) -> Any:
+    """Numbers anywhere in `value` (free-form sections included) must be finite and fit 64 bits:
+    NaN or an integer of 400 digits is never a setting, and fails deep in torch otherwise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -INT_LIMIT < value < INT_LIMIT:
+        raise ConfigError(f"{name} must be between -2**63 and 2**63, got {_describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(item, f"{name}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_numbers(item, f"{name}[{i}]")
     return value
 
 
@@ -152,6 +231,12 @@ def _type_name(hint: Any) -> str:
         hint, getattr(hint, "__name__", str(hint)))
 
 
+_SHORT = reprlib.Repr()  # keyword arguments need Python 3.12
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxtuple = 2, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 30
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    """A short, bounded description: never formats more than a few elements of a large value."""
+    text = _SHORT.repr(value)
     return f"{text if len(text) < 40 else text[:37] + '...'} ({type(value).__name__})"

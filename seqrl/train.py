@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,24 +24,25 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
-from seqrl import rewards
-from seqrl.checkpoint import load_checkpoint, load_reference, resolve_resume, save_checkpoint
-from seqrl.config import RecipeConfig
+from seqrl import preemption, rewards
+from seqrl.checkpoint import changed_settings, load_checkpoint, load_reference, resolve_resume, save_checkpoint
+from seqrl.config import RecipeConfig, dump_recipe
 from seqrl.errors import SeqrlError
 from seqrl.evaluate import evaluate_split
 from seqrl.modeling import frozen_copy
 from seqrl.plots import plot_run
-from seqrl.run import Run, check_output_dir, setup
+from seqrl.preemption import Preempted, stop_signals_caught
+from seqrl.run import Run, setup
+from seqrl.rundir import claim, commit, is_inside
 from seqrl.runlog import check_trackers
 from seqrl.steps import mixer_step, xent_step
 
 
 def finetune(cfg: RecipeConfig) -> Path | None:
-    """Run the recipe; return the `final/` model directory (None on processes other than rank 0)."""
+    """Run the recipe; return the `final/` model directory (None on processes other than rank 0).
+    Raises `Preempted` once the checkpoint is written when SIGTERM or SIGUSR1 stopped the run."""
     out = Path(cfg.run.output_dir)
     resume_from = resolve_resume(out, cfg.run.resume)
-    if resume_from is None:
-        check_output_dir(out, cfg.run.overwrite)
     check_trackers(cfg.log.trackers)
     reward_fns = rewards.build(cfg.rewards) if cfg.schedule.kind != "xent" else []
     # Seedable sampler: the data order is a function of (seed, epoch), so resumes and runs on any
@@ -49,14 +51,26 @@ def finetune(cfg: RecipeConfig) -> Path | None:
                               mixed_precision=cfg.run.mixed_precision, cpu=use_cpu(cfg.run.cpu),
                               log_with=cfg.log.trackers or None, project_dir=str(out),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    lock = claim(out, cfg.run.overwrite, resume_from, accelerator)  # held until the run ends
     run = None
     try:
-        run = setup(cfg, accelerator, out, reward_fns, resume_from)
-        state = resume(run, resume_from) if resume_from else None
-        final = finish(run, train(run, state))
+        with stop_signals_caught():
+            run = setup(cfg, accelerator, out, reward_fns, resume_from)
+            state = resume(run, resume_from) if resume_from else None
+            start(run, resume_from, state)
+            loop = train(run, state)
+            if loop.preempted:
+                raise Preempted(f"stopped by {loop.preempted} after step {loop.step}, checkpoint written to "
+                                f"{loop.checkpoint}; to continue, run the same command with --set run.resume=auto")
+            final = finish(run, loop)
+    except Preempted:  # every process stopped at the same step: a clean end
+        teardown(accelerator, run, clean=True)
+        raise
     except BaseException:
         teardown(accelerator, run, clean=False)
         raise
+    finally:
+        lock.release()
     teardown(accelerator, run, clean=True)
     return final
 
@@ -74,14 +88,28 @@ def use_cpu(forced: bool) -> bool:
 
 
 def resume(run: Run, path: Path) -> dict:
-    """Restore a checkpoint; drop metrics lines the interrupted run wrote after it."""
-    state = load_checkpoint(run.accelerator, path)
+    """Restore a checkpoint into the run's model, optimizer and baselines (in memory)."""
+    state = {**load_checkpoint(run.accelerator, path), "path": str(path)}
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
     run.reference = load_reference(path, run.accelerator.unwrap_model(run.model))
-    run.runlog.truncate_after(state["step"])
     run.accelerator.print(f"resumed from {path} at step {state['step']}")
     return state
+
+
+def start(run: Run, resume_from: Path | None, state: dict | None) -> None:
+    """The run's first writes, once set-up and any checkpoint have loaded: clear an old run
+    (unless this one continues it), tokenizer and resolved recipe in place, metrics opened."""
+    acc = run.accelerator
+    if acc.is_main_process:
+        recipe = dump_recipe(run.cfg)
+        if resume_from is not None:
+            changed = changed_settings(resume_from, recipe)
+            if changed:
+                acc.print(f"resuming with settings changed since the checkpoint: {changed}")
+        commit(run.out, resume_from is None or not is_inside(resume_from, run.out), recipe, run.tokenizer_dir)
+    acc.wait_for_everyone()
+    run.runlog.open(after_step=state["step"] if state else None)
 
 
 @dataclass
@@ -100,6 +128,9 @@ class _Loop:
     seconds_before: float = 0.0  # training time of the run before it was resumed
     started: float = field(default_factory=time.monotonic)
     stop: str | None = None  # why training ends before total_steps
+    preempted: str | None = None  # the stop signal that ended the run
+    checkpoint: Path | None = None  # the newest checkpoint this run wrote
+    saved_at: float = field(default_factory=time.monotonic)  # when it was written (or the run began)
     window: "_Window" = field(default_factory=lambda: _Window())
 
     def seconds(self) -> float:
@@ -123,7 +154,9 @@ def train(run: Run, state: dict | None = None) -> _Loop:
         loop.batch_in_epoch, loop.stage = state["batch_in_epoch"], state["stage"]
         loop.best, loop.evals_since_best = state.get("best"), state.get("evals_since_best", 0)
         loop.seconds_before = state.get("seconds", 0.0)
+        loop.checkpoint = Path(state["path"])
         loop.bar.update(loop.step)
+        run_evaluations(run, loop, state.get("pending_evaluations", []))  # due when it was preempted
     elif cfg.eval.at_start:
         validate(run, loop)
     phases = [(run.loader, min(run.schedule.xent_steps, run.total_steps)), (run.rl_loader, run.total_steps)]
@@ -142,7 +175,9 @@ def train(run: Run, state: dict | None = None) -> _Loop:
             else:  # the epoch ran out
                 loop.phase_epoch, loop.batch_in_epoch = loop.phase_epoch + 1, 0
     loop.bar.close()
-    if loop.stop:
+    if loop.preempted:  # kept by the resumed run: its history shows where it was stopped
+        run.runlog.write(loop.step, {"preempted": 1})
+    elif loop.stop:
         run.runlog.write(loop.step, {"early_stop": 1})
         acc.print(f"stopped at step {loop.step} of {run.total_steps}: {loop.stop}")
     return loop
@@ -201,16 +236,57 @@ def on_step_end(run: Run, loop: _Loop) -> None:
             metrics.update({"lr": run.lr_scheduler.get_last_lr()[0], "epoch": loop.phase_epoch})
             run.runlog.write(step, metrics)
             loop.bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", refresh=False)
+    due = []
     if cfg.eval.every and step % cfg.eval.every == 0 and step < run.total_steps:
-        validate(run, loop)
-    if cfg.run.max_minutes is not None and not loop.stop and _agreed(run, loop.seconds() > 60 * cfg.run.max_minutes):
-        loop.stop = f"run.max_minutes ({cfg.run.max_minutes:g}) reached"
+        due.append("validation")
     if step == run.schedule.xent_steps < run.total_steps and cfg.eval.test_after_xent and cfg.data.test_split:
-        evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}-xent.jsonl")
-    # a run that stops or reaches its last step leaves a checkpoint, so it can be continued further
-    if cfg.run.save_every and (step % cfg.run.save_every == 0 or loop.stop or step == run.total_steps):
-        state = {**loop.state(), "ema": run.ema.state_dict() if run.ema else None}
-        save_checkpoint(run.accelerator, run.out, step, state, cfg.run.keep_checkpoints, run.reference)
+        due.append("test_after_xent")
+    # Decisions all processes share (signals and clocks differ between them).
+    signalled, out_of_time, save_due = agree_max(
+        run.accelerator, preemption.requested(),
+        cfg.run.max_minutes is not None and loop.seconds() > 60 * cfg.run.max_minutes,
+        bool(cfg.run.save_every_minutes) and time.monotonic() - loop.saved_at > 60 * cfg.run.save_every_minutes)
+    if signalled:  # checkpoint first: the evaluations due now run when the run is resumed
+        loop.preempted = signal.Signals(int(signalled)).name
+        loop.stop = f"stopped by {loop.preempted}"
+        checkpoint(run, loop, pending_evaluations=due)
+        return
+    run_evaluations(run, loop, due)
+    if out_of_time and not loop.stop:
+        loop.stop = f"run.max_minutes ({cfg.run.max_minutes:g}) reached"
+    # A run with checkpoints also leaves one where it stops, so it can be continued from there.
+    periodic = cfg.run.save_every and step % cfg.run.save_every == 0
+    ending = (loop.stop or step == run.total_steps) and (cfg.run.save_every or loop.checkpoint is not None)
+    if periodic or save_due or ending:
+        checkpoint(run, loop)
+
+
+def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> None:
+    """The evaluations due at this step: `validation` (and `best/`), `test_after_xent`."""
+    test = run.cfg.data.test_split
+    for name in names:
+        if name == "validation":
+            validate(run, loop)
+        else:
+            evaluate(run, loop.step, test, None, run.out / f"predictions-{test}-xent.jsonl")
+
+
+def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> None:
+    state = {**loop.state(), "ema": run.ema.state_dict() if run.ema else None,
+             "pending_evaluations": list(pending_evaluations)}
+    loop.checkpoint = save_checkpoint(run.accelerator, run.out, loop.step, state, run.cfg.run.keep_checkpoints,
+                                      run.reference, dump_recipe(run.cfg))
+    loop.saved_at = time.monotonic()
+
+
+def agree_max(accelerator: Accelerator, *values: float) -> tuple[float, ...]:
+    """Each value's maximum over the processes, on every process (one all-reduce): a flag true
+    on any process is true on all."""
+    if accelerator.num_processes == 1:
+        return tuple(float(v) for v in values)
+    votes = torch.tensor([float(v) for v in values], device=accelerator.device)
+    torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)
+    return tuple(votes.tolist())
 
 
 def validate(run: Run, loop: _Loop) -> None:

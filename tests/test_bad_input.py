@@ -51,7 +51,7 @@ class Ctx:
         return self.out / "checkpoints" / "step-00000001"
 
 
-Mutate = Callable[[dict, Ctx], "str | None"]  # may return raw recipe text to write instead
+Mutate = Callable[[dict, Ctx], "str | bytes | None"]  # may return raw recipe text (or bytes) to write instead
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,11 @@ def no_completions(texts, references):
 
 def positional_only(completions, /, references):
     return [0.0] * len(completions)
+
+
+def exits(completions, **kwargs):
+    import sys
+    sys.exit(3)
 '''
 
 
@@ -200,6 +205,92 @@ def rerun_after_failed_setup(recipe: dict, ctx: Ctx) -> None:
 
 def recipe_arg(*extra: str) -> Callable[[Ctx], list]:
     return lambda ctx: [ctx.recipe_path, *extra]
+
+
+def alias_bomb(where: str) -> Mutate:
+    """'Billion laughs': nine aliases of nine aliases, eleven levels deep, put at `where`
+    (a few hundred bytes of YAML, 9**11 values once expanded)."""
+
+    def mutate(recipe: dict, ctx: Ctx) -> str:
+        anchors = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+        anchors += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 12)]
+        text = yaml.safe_dump(recipe, sort_keys=False)
+        section, key = where.split(".")
+        bomb = "{" + ", ".join(anchors) + "}"
+        if section == "rewards":
+            MIXER(recipe, ctx)
+            recipe["rewards"] = [{"name": "bleu", "kwargs": {key: "BOMB"}}]
+            text = yaml.safe_dump(recipe, sort_keys=False)
+        else:
+            recipe.setdefault(section, {})[key] = "BOMB"
+            text = yaml.safe_dump(recipe, sort_keys=False)
+        return text.replace("BOMB", bomb)
+
+    return mutate
+
+
+def deep_list(depth: int) -> Mutate:
+    return lambda recipe, ctx: yaml.safe_dump(recipe, sort_keys=False) + "extra: " + "[" * depth + "]" * depth + "\n"
+
+
+def not_utf8(recipe: dict, ctx: Ctx) -> bytes:
+    return yaml.safe_dump(recipe, sort_keys=False).encode() + b"# caf\xe9 in latin-1\n"
+
+
+def number_at_row(row: int) -> Callable[[list], list]:
+    return lambda rows: [{**r, "es": 42} if i == row else r for i, r in enumerate(rows)]
+
+
+def data_rows(split: str, edit: Callable[[list], list]) -> Mutate:
+    """data.path -> a copy of the toy data whose `split` rows are edited as a list."""
+
+    def mutate(recipe: dict, ctx: Ctx) -> None:
+        pairs = make_pairs()
+        d = write_toy_splits(ctx.tmp / "data2", pairs)
+        rows = {"train": pairs[:160], "validation": pairs[160:180], "test": pairs[180:200]}[split]
+        write_jsonl(d / f"{split}.jsonl", edit([dict(r) for r in rows]))
+        recipe["data"]["path"] = str(d)
+
+    return mutate
+
+
+def data_bytes(split: str, line: int, bad: bytes) -> Mutate:
+    """data.path -> a copy of the toy data where line `line` (1-based) of `split` is replaced by `bad`."""
+
+    def mutate(recipe: dict, ctx: Ctx) -> None:
+        d = write_toy_splits(ctx.tmp / "data2")
+        lines = (d / f"{split}.jsonl").read_bytes().splitlines(keepends=True)
+        lines[line - 1] = bad
+        (d / f"{split}.jsonl").write_bytes(b"".join(lines))
+        recipe["data"]["path"] = str(d)
+
+    return mutate
+
+
+def misspelled_local_data(recipe: dict, ctx: Ctx) -> None:
+    """A relative path whose parent exists here (data2/ in the working directory): local, so no
+    hub lookup (which retries for half a minute) may be tried."""
+    write_toy_splits(ctx.tmp / "data2")
+    ctx.monkeypatch.chdir(ctx.tmp)
+    ctx.monkeypatch.setattr("seqrl.data._load_hub", lambda cfg: pytest.fail("the hub was tried"))
+    recipe["data"]["path"] = "data2/tarin"
+
+
+def output_dir_at(make: Callable[[Ctx], Path]) -> Mutate:
+    def mutate(recipe: dict, ctx: Ctx) -> None:
+        recipe["run"]["output_dir"] = str(make(ctx))
+
+    return mutate
+
+
+def a_file(ctx: Ctx) -> Path:
+    (ctx.tmp / "a-file").write_text("not a directory\n")
+    return ctx.tmp / "a-file"
+
+
+def binary_file(ctx: Ctx) -> Path:
+    (ctx.tmp / "image.bin").write_bytes(bytes(range(256)) * 4)
+    return ctx.tmp / "image.bin"
 
 
 # -- the corpus ----------------------------------------------------------------------------------
@@ -312,6 +403,50 @@ CASES = [
          ("run.resume", "cannot load checkpoint", "JSONDecodeError")),
     Case("resume-garbage-optimizer", resume_corrupt("optimizer.bin", lambda b: b"garbage"),
          ("run.resume", "cannot load checkpoint", "damaged"),),
+    # recipes that would exhaust memory or recursion
+    Case("alias-bomb-in-typed-value", alias_bomb("xent.batch_size"), ("recipe.yaml", "more than 100,000 values", "aliases")),
+    Case("alias-bomb-in-reward-kwargs", alias_bomb("rewards.kwargs"), ("recipe.yaml", "more than 100,000 values")),
+    Case("alias-bomb-in-set", noop, ("--set model.config", "100,000 values"),
+         args=recipe_arg("--set", "model.config={a: &a [x, x, x, x, x, x, x, x, x, x], "
+                         + ", ".join(f"b{i}: &b{i} [{', '.join(['*a' if i == 0 else f'*b{i - 1}'] * 10)}]"
+                                     for i in range(6)) + "}")),
+    Case("nested-3000-deep", deep_list(3000), ("recipe.yaml", "nest")),  # our limit, or libyaml's own
+    Case("nested-40-deep", deep_list(40), ("recipe.yaml", "nested more than 32 levels")),
+    Case("recipe-over-a-mebibyte", lambda r, ctx: yaml.safe_dump(r) + "#" + "x" * (1 << 20) + "\n",
+         ("recipe.yaml", "over 1,048,576 bytes")),
+    Case("recipe-not-utf8", not_utf8, ("recipe.yaml", "not UTF-8", "0xe9")),
+    Case("integer-of-5000-digits", lambda r, ctx: yaml.safe_dump(r).replace("warmup_steps: 1", "warmup_steps: " + "9" * 5000),
+         ("recipe.yaml", "5,000 digits")),
+    # numbers out of what torch and numpy hold
+    Case("seed-negative", put("run.seed", -1), ("run.seed must be in [0, 2**32 - 1]", "-1")),
+    Case("seed-over-32-bits", put("run.seed", 2**32), ("run.seed must be in [0, 2**32 - 1]", "4294967296")),
+    Case("integer-too-large-for-a-float", put("optim.lr", 10**400), ("optim.lr must be between -2**63 and 2**63",)),
+    Case("batch-size-10-to-the-20", put("xent.batch_size", 10**20), ("xent.batch_size must be between", "2**63")),
+    Case("nan-in-model-config", put("model.config.dropout", float("nan")), ("model.config.dropout must be a finite number",)),
+    Case("inf-in-reward-kwargs", both(MIXER, put("rewards", [{"name": "bleu", "kwargs": {"smooth_value": float("inf")}}])),
+         ("rewards[0].kwargs.smooth_value must be a finite number",)),
+    # data columns that are not text
+    Case("integer-source-column", data_dir_with(train=lambda row: {**row, "en": 7}),
+         ("data.source_field 'en'", "train.jsonl", "must hold text", "row 0 holds int 7")),
+    Case("number-in-a-target", data_rows("train", number_at_row(3)),
+         ("data.target_field 'es'", "train.jsonl", "row 3 holds int 42")),
+    Case("number-in-a-target-validate", data_rows("validation", number_at_row(5)),
+         ("data.target_field 'es'", "validation.jsonl", "row 5 holds int 42"), command="validate"),
+    Case("all-null-target-column", data_dir_with(test=with_target(None)), ("split 'test'", "no example with a source")),
+    Case("row-not-utf8", data_bytes("train", 8, b'{"en": "the caf\xe9", "es": "el", "topic": "x"}\n'),
+         ("line 8 of", "train.jsonl", "not UTF-8")),
+    Case("row-not-utf8-validate", data_bytes("train", 8, b'{"en": "the caf\xe9", "es": "el", "topic": "x"}\n'),
+         ("line 8 of", "train.jsonl", "not UTF-8"), command="validate"),
+    Case("bad-json-on-line-5", data_bytes("train", 5, b'{"en": "the dog", "es": \n'), ("train.jsonl", "line 5")),
+    Case("misspelled-local-data-path", misspelled_local_data, ("data.path 'data2/tarin': directory not found",)),
+    # the output directory
+    Case("output-dir-is-a-file", output_dir_at(a_file), ("run.output_dir", "a-file", "is a file")),
+    Case("output-parent-is-a-file", output_dir_at(lambda ctx: a_file(ctx) / "run"), ("run.output_dir", "a-file")),
+    Case("output-dir-cannot-be-created", output_dir_at(lambda ctx: Path("/sys/seqrl-test-run")),
+         ("run.output_dir", "cannot be created", "writable")),
+    Case("output-dir-not-writable", output_dir_at(lambda ctx: Path("/sys")), ("run.output_dir '/sys' is not writable",)),
+    # a reward that ends the process
+    Case("reward-calls-sys-exit", custom_reward("exits"), (f"{REWARD_MODULE}:exits", "sys.exit(3)")),
     # trackers
     Case("tracker-typo", put("log.trackers", ["tensorbord"]), ("log.trackers", "did you mean 'tensorboard'")),
     # command line
@@ -328,6 +463,10 @@ CASES = [
          args=recipe_arg("--model", "/nonexistent/no-model")),
     Case("evaluate-split-missing", noop, ("split 'dev'", "data.path"), command="evaluate",
          args=lambda ctx: [ctx.recipe_path, "--model", ctx.checkpointed_run() / "final", "--split", "dev"]),
+    Case("generate-binary-input", noop, ("--input", "image.bin", "not UTF-8"), command="generate",
+         args=lambda ctx: [ctx.checkpointed_run() / "final", "--input", binary_file(ctx)]),
+    Case("evaluate-negative-max-examples", noop, ("--max-examples must be >= 1", "-3"), command="evaluate",
+         args=lambda ctx: [ctx.recipe_path, "--model", ctx.checkpointed_run() / "final", "--max-examples", "-3"]),
     Case("plot-without-metrics", noop, ("metrics.jsonl",), command="plot", args=lambda ctx: [ctx.tmp]),
     Case("num-processes-0", noop, ("--num-processes must be >= 1",), args=recipe_arg("--num-processes", "0")),
     Case("accelerate-config-missing", noop, ("--accelerate-config", "missing.yaml"),
@@ -376,6 +515,8 @@ def test_bad_input_is_one_line_exit_2(case: Case, tiny_recipe, tmp_path, monkeyp
     text = case.mutate(tiny_recipe, ctx)
     if isinstance(text, str):
         ctx.recipe_path.write_text(text, encoding="utf-8")
+    elif isinstance(text, bytes):
+        ctx.recipe_path.write_bytes(text)
     else:
         write_recipe(ctx.recipe_path, tiny_recipe)
     args = case.args(ctx) if case.args else [ctx.recipe_path]
@@ -417,7 +558,7 @@ def test_cut_sources_and_blank_targets_are_counted(tiny_recipe, toy_data_dir, tm
     assert rc == 0, err
     line = next((x for x in out.splitlines() if x.startswith("data[train]:")), None)
     assert line is not None, out
-    m = re.fullmatch(r"data\[train\]: (\d+) examples used of (\d+); (\d+) empty targets skipped; "
+    m = re.fullmatch(r"data\[train\]: (\d+) examples used of (\d+); (\d+) empty targets and 0 missing sources skipped; "
                      r"(\d+) sources and (\d+) targets cut to the length limit", line)
     assert m, line
     used, loaded, skipped, cut_sources, cut_targets = map(int, m.groups())
@@ -428,4 +569,4 @@ def test_cut_sources_and_blank_targets_are_counted(tiny_recipe, toy_data_dir, tm
     expected = sum(len(ids) > 4 for ids in tokenizer(kept)["input_ids"])
     assert cut_sources == expected > 0
     assert cut_targets == 0  # max_target_tokens 32 holds every target
-    assert re.search(r"data\[validation\]: 20 examples used of 20; 0 empty targets skipped", out), out
+    assert re.search(r"data\[validation\]: 20 examples used of 20; 0 empty targets and 0 missing", out), out

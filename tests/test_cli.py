@@ -543,6 +543,30 @@ def test_generate_more_tokens_than_positions_is_one_line(trained_run, tmp_path, 
     assert len(out.splitlines()) == 1
 
 
+def test_generate_defaults_to_the_runs_output_length(trained_run, tmp_path, cli, monkeypatch):
+    """README's `echo ... | seqrl generate RUN/final` on a model with 64 positions: without
+    --max-new-tokens it decodes as the run's evaluation did (eval.max_new_tokens, 8 here); a
+    model directory without seqrl.json gets what its positions hold (63), not 128."""
+    final = trained_run["dir"] / "final"
+    assert json.loads((final / "seqrl.json").read_text())["max_new_tokens"] == 8
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the dog sees a cat\n"))
+    rc, out, err = cli("generate", final)
+    assert rc == 0, err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the dog sees a cat\n"))
+    assert cli("generate", final, "--max-new-tokens", 8)[1] == out
+    plain = tmp_path / "plain"
+    shutil.copytree(final, plain)
+    (plain / "seqrl.json").unlink()
+    from seqrl import evaluate
+
+    seen, real_decode = [], evaluate.decode
+    monkeypatch.setattr(evaluate, "decode", lambda *a, **kw: seen.append(kw["max_new_tokens"]) or real_decode(*a, **kw))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the dog sees a cat\n"))
+    rc, out, err = cli("generate", plain)
+    assert rc == 0 and len(out.splitlines()) == 1, err
+    assert seen == [63]
+
+
 @pytest.mark.parametrize("section,key,value", [
     ("eval", "max_new_tokens", 128),
     ("data", "max_target_tokens", 100),

@@ -440,3 +440,108 @@ def test_every_config_field_has_a_docstring():
                and obj.__module__ == config_module.__name__}
     assert seen == runtime
     assert set(runtime) >= {"RecipeConfig", "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig"}
+
+
+# -- recipes that would exhaust memory or recursion -------------------------------------------
+
+def _alias_bomb(levels: int = 12) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE = {
+    "alias-bomb": (_alias_bomb(), "more than 100,000 values once YAML aliases"),
+    "alias-bomb-as-kwargs": ("rewards:\n  - name: bleu\n    kwargs:\n" + "".join(
+        "      " + line + "\n" for line in _alias_bomb().splitlines()), "more than 100,000 values"),
+    "merge-key-bomb": ("a: &a {k0: 1, k1: 1, k2: 1, k3: 1, k4: 1, k5: 1, k6: 1, k7: 1, k8: 1, k9: 1}\n" + "".join(
+        f"b{i}: &b{i} [{', '.join(['*a' if i == 0 else f'*b{i - 1}'] * 10)}]\n" for i in range(6)), "100,000 values"),
+    # (libyaml's scanner, reading ahead, may stop first at its own limit of 1,000 levels)
+    "nested-list-3000": ("x: " + "[" * 3000 + "]" * 3000 + "\n", "nested more than 32 levels|maximum nesting depth"),
+    "nested-mapping-600": ("".join("  " * i + f"k{i}:\n" for i in range(600)), "nested more than 32 levels"),
+    "120k-scalars": ("x: [" + ", ".join(["1"] * 120_000) + "]\n", "line 1: more than 100,000 values; a recipe"),
+    "integer-of-9000-digits": ("run: {seed: " + "7" * 9000 + "}\n", "9,000 digits"),
+    "long-string": ("run: {output_dir: '" + "x" * (2 << 20) + "'}\n", "over 1,048,576 bytes"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_recipes_are_refused_in_bounded_memory(tmp_path, name):
+    """No recipe makes loading take more than a few MB: its shape is checked on PyYAML's event
+    stream (not recursive) before any value is built, and errors never format a whole value."""
+    import tracemalloc
+
+    text, needle = HOSTILE[name]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=needle):
+            load_recipe(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MB"
+
+
+def test_aliases_within_bounds_still_load(tmp_path):
+    """Anchors are a YAML feature users rely on (one model config for two recipes' sections)."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("common: &opt {lr: 0.001, warmup_steps: 3}\n"
+                    "model: {architecture: marian}\ndata: {path: data}\nschedule: {kind: xent, xent_steps: 3}\n"
+                    "optim: *opt\n".replace("common: &opt", "log: {project: p}\n_x: &opt"))
+    with pytest.raises(ConfigError, match="unknown key '_x'"):  # aliases expand; unknown keys stay errors
+        load_recipe(path)
+    path.write_text("model: {architecture: marian}\ndata: {path: data}\nschedule: {kind: xent, xent_steps: 3}\n"
+                    "optim: &opt {lr: 0.001, warmup_steps: 3}\n"
+                    "rewards: [{name: bleu, kwargs: {a: *opt, b: *opt}}]\n")
+    cfg = load_recipe(path)
+    assert cfg.optim.lr == 0.001 and cfg.rewards[0].kwargs == {"a": {"lr": 0.001, "warmup_steps": 3},
+                                                                 "b": {"lr": 0.001, "warmup_steps": 3}}
+
+
+def test_a_huge_wrong_value_is_described_briefly():
+    raw = base()
+    raw["xent"] = {"batch_size": list(range(90_000))}
+    with pytest.raises(ConfigError) as err:
+        from_dict(raw)
+    assert str(err.value).startswith("xent.batch_size must be an integer, got [0, 1, 2, 3, ...] (list)")
+    assert len(str(err.value)) < 100
+
+
+@pytest.mark.parametrize("value,needle", [
+    (10**20, "xent.batch_size must be between -2**63 and 2**63"),
+    (2**63, "must be between -2**63 and 2**63"),
+])
+def test_integers_must_fit_64_bits(value, needle):
+    raw = base()
+    raw["xent"] = {"batch_size": value}
+    with pytest.raises(ConfigError, match=needle.replace("*", r"\*")):
+        from_dict(raw)
+    raw["xent"] = {"batch_size": 2**63 - 1}
+    from_dict(raw)  # the largest that fits is not refused here
+
+
+def test_non_finite_numbers_anywhere_are_refused():
+    raw = base()
+    raw["model"]["config"] = {"d_model": 32, "extra": {"nested": [1.0, float("nan")]}}
+    with pytest.raises(ConfigError, match=r"model.config.extra.nested\[1\] must be a finite number, got nan"):
+        from_dict(raw)
+
+
+@pytest.mark.parametrize("seed,ok", [(0, True), (2**32 - 1, True), (-1, False), (2**32, False)])
+def test_seed_range(seed, ok):
+    raw = base()
+    raw["run"] = {"seed": seed}
+    if ok:
+        assert from_dict(raw).run.seed == seed
+    else:
+        with pytest.raises(ConfigError, match=r"run.seed must be in \[0, 2\*\*32 - 1\]"):
+            from_dict(raw)
+
+
+def test_recipe_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(b"model: {architecture: marian}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"recipe.yaml is not UTF-8 text \(byte 0xe9 on line 2\)"):
+        load_recipe(path)

@@ -269,7 +269,7 @@ def test_empty_targets_skipped_and_counted(tmp_path, toy_pairs, tiny_text_model)
     assert len(out["train"]) == 9
     assert list(out["train"]["en"]) == [r["en"] for r in kept]
     assert list(out["train"]["topic"]) == [r["topic"] for r in kept]
-    assert "9 examples used of 12; 3 empty targets skipped" in report.line()
+    assert "9 examples used of 12; 3 empty targets and 0 missing sources skipped" in report.line()
 
 
 def test_empty_targets_error(tmp_path, toy_pairs, tiny_text_model):
@@ -283,7 +283,7 @@ def test_empty_targets_error(tmp_path, toy_pairs, tiny_text_model):
 def test_all_targets_empty(tmp_path, toy_pairs, tiny_text_model):
     write_jsonl(tmp_path / "train.jsonl", [{**p, "es": " "} for p in toy_pairs[:3]])
     data_cfg = cfg(path=str(tmp_path))
-    with pytest.raises(DataError, match=r"no example with a non-empty 'es'"):
+    with pytest.raises(DataError, match=r"no example with a source and a non-empty 'es'"):
         tokenize(load_raw(data_cfg, ["train"]), tiny_text_model("marian"), data_cfg)
 
 
@@ -326,3 +326,76 @@ def test_csv_empty_cells_are_empty_targets(tmp_path, tiny_text_model):
     assert list(raw["train"]["es"]) == ["el perro", None, "  "]
     out, (report,) = tokenize(raw, tiny_text_model("marian"), data_cfg)
     assert report.empty_targets == 2 and list(out["train"]["en"]) == ["the dog"]
+
+
+def test_null_sources_are_skipped_and_counted(tmp_path, toy_pairs, tiny_text_model):
+    """A null source is missing data (not the empty string): skipped and counted like an empty
+    target, or named with `data.empty_targets: error`; an empty-string source is text and kept."""
+    rows = [dict(r) for r in toy_pairs[:12]]
+    rows[1]["en"], rows[4]["en"], rows[4]["es"], rows[7]["en"] = None, None, None, ""
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    data_cfg = cfg(path=str(tmp_path))
+    out, (report,) = tokenize(load_raw(data_cfg, ["train"]), tiny_text_model("marian"), data_cfg)
+    assert (report.missing_sources, report.empty_targets) == (2, 0)
+    assert list(out["train"]["en"]) == [r["en"] for i, r in enumerate(rows) if i not in (1, 4)]
+    assert "10 examples used of 12; 0 empty targets and 2 missing sources skipped" in report.line()
+    strict = cfg(path=str(tmp_path), empty_targets="error")
+    with pytest.raises(DataError, match=r"split 'train': 2 missing sources in 'en' \(first at row 1\)"):
+        tokenize(load_raw(strict, ["train"]), tiny_text_model("marian"), strict)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_columns_that_are_not_text_are_named(tmp_path, toy_pairs, fmt):
+    """Numbers where text belongs are an error naming the column, the file, the first bad row
+    and its type, whatever the file format (JSON may even mix types within a column)."""
+    rows = [dict(r) for r in toy_pairs[:6]]
+    for r in rows:
+        r["en"] = len(r["en"])  # an integer column
+    path = tmp_path / f"train.{fmt}"
+    datasets.Dataset.from_list(rows).to_json(path) if fmt == "jsonl" else \
+        getattr(datasets.Dataset.from_list(rows), f"to_{fmt}")(str(path))
+    with pytest.raises(DataError, match=rf"data.source_field 'en' in .*train.{fmt} must hold text; row 0 holds int "):
+        load_raw(cfg(path=str(tmp_path)), ["train"])
+
+
+def test_one_number_among_json_targets(tmp_path, toy_pairs):
+    rows = [dict(r) for r in toy_pairs[:6]]
+    rows[4]["es"] = 3.5
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataError, match=r"data.target_field 'es' in .*train.jsonl must hold text; row 4 holds float 3.5"):
+        load_raw(cfg(path=str(tmp_path)), ["train"])
+
+
+def test_non_utf8_in_an_extra_column_and_a_gzip_file_are_named(tmp_path, toy_pairs):
+    """Every text column is checked (rewards read the extra ones), compressed files too."""
+    text = "".join(f'{{"en": "{p["en"]}", "es": "{p["es"]}", "topic": "{p["topic"]}"}}\n' for p in toy_pairs[:6])
+    data = text.encode().replace(b'"topic": "home"', b'"topic": "h\xf6me"', 1)
+    line = next(i for i, l in enumerate(data.splitlines(), 1) if b"\xf6" in l)
+    with gzip.open(tmp_path / "train.jsonl.gz", "wb") as f:
+        f.write(data)
+    with pytest.raises(DataError, match=rf"line {line} of .*train.jsonl.gz is not UTF-8 text \(column 'topic'\)"):
+        load_raw(cfg(path=str(tmp_path)), ["train"])
+
+
+def test_a_broken_json_line_is_named_by_its_line(tmp_path, toy_pairs):
+    rows = "".join(f'{{"en": "{p["en"]}", "es": "{p["es"]}"}}\n' for p in toy_pairs[:30])
+    lines = rows.splitlines(keepends=True)
+    lines[21] = '{"en": "the dog", "es": "el perro"\n'  # line 22: the closing brace is missing
+    (tmp_path / "train.jsonl").write_text("".join(lines))
+    with pytest.raises(DataError, match=r"could not read .*train.jsonl as json: line 22: Expecting"):
+        load_raw(cfg(path=str(tmp_path)), ["train"])
+
+
+def test_a_local_looking_data_path_fails_at_once(tmp_path, monkeypatch):
+    """`data/bible_en_ez` with a local `data/`: a typo, not a hub name; no hub lookup (which
+    retries for half a minute offline). `org/name` without a local `org/` still goes to the hub."""
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    tried = []
+    monkeypatch.setattr("seqrl.data._load_hub", lambda c: tried.append(c.path) or datasets.DatasetDict())
+    for path in ("data/bible_en_ez", "./bible", "a/b/c", "~/nope"):
+        with pytest.raises(DataError, match=rf"data.path '{path}': directory not found"):
+            load_raw(cfg(path=path), ["train"])
+    with pytest.raises(DataError):
+        load_raw(cfg(path="Helsinki-NLP/opus-100"), ["train"])
+    assert tried == ["Helsinki-NLP/opus-100"]

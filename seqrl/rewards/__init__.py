@@ -61,6 +61,9 @@ class Reward:
             inputs = {k: v for k, v in inputs.items() if k in self.accepts}
         try:
             values = self.fn(**inputs, **self.kwargs)
+        except SystemExit as err:  # the user's code ending the process is the user's error, not a finished run
+            raise RewardError(f"reward '{self.name}' called sys.exit({err.code!r}); a reward must return "
+                              f"its values (raise an exception to stop the run)") from None
         except Exception as err:  # the user's code: any failure becomes one clear line
             raise RewardError(f"reward '{self.name}' raised {type(err).__name__}: {err}") from err
         return check_values(self.name, values, n)
@@ -131,7 +134,7 @@ def _import(path: str) -> Callable:
         sys.path.append(os.getcwd())  # the console script's sys.path lacks the working directory
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # ImportError, or the module's own error at import time
+    except (Exception, SystemExit) as err:  # ImportError, or the module's own error (or exit) at import time
         raise RewardError(f"reward '{path}': cannot import '{module_name}' ({type(err).__name__}: {err}); "
                           f"is it on PYTHONPATH?") from None
     fn = getattr(module, attr, None)

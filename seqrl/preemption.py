@@ -1,0 +1,51 @@
+"""Preemption: SIGTERM (how SLURM, Kubernetes and spot instances stop a job, shortly before
+SIGKILL) and SIGUSR1 (SLURM's `--signal=USR1@N` warning) end a run cleanly.
+
+The handler only records the signal. The training loop looks at it after each optimizer step,
+agrees with the other processes (any one of them signalled stops them all at the same step),
+writes a checkpoint atomically and exits with `EXIT_PREEMPTED` and one line saying how to
+continue. An evaluation under way when the signal arrives finishes first.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "a temporary failure; the user is invited to retry"
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+_received: list[int] = []
+
+
+class Preempted(Exception):
+    """Raised by `finetune` after the checkpoint of a preempted run is written; says how to resume."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
+def requested() -> int:
+    """The first stop signal received while `stop_signals_caught` was active (0 = none)."""
+    return _received[0] if _received else 0
+
+
+@contextmanager
+def stop_signals_caught():
+    """Record SIGTERM/SIGUSR1 instead of dying of them, for the duration of the block."""
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
+        yield
+        return
+    _received.clear()
+    previous = {sig: signal.signal(sig, _record) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _received.clear()
+
+
+def _record(signum: int, frame) -> None:
+    _received.append(signum)

@@ -1,0 +1,188 @@
+"""The run directory: one run owns it at a time, and nothing in it changes before every check
+has passed.
+
+- `claim` takes an exclusive lock on `output_dir` for the whole run (`fcntl.flock` on
+  `.seqrl.lock`, by the main process only), then checks what the directory holds. A second run
+  started on the same directory gets one line naming the holder's pid and host. The kernel
+  drops a flock when its process dies, SIGKILL included, so a killed run never blocks a rerun;
+  its lock file, left behind, is simply locked again.
+- A directory that holds another run is refused unless `run.overwrite` is set. A resume counts
+  as the same run only when its checkpoint lies in `output_dir` itself; a checkpoint of another
+  run continues into an empty (or overwritable) directory, never over a finished run.
+- Set-up writes nothing but its lock and a hidden temporary tokenizer; the old run is cleared
+  and the new `recipe.yaml` written by `commit`, after data, model and checkpoint have loaded.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from seqrl.errors import SeqrlError
+from seqrl.runlog import METRICS_FILE
+
+LOCK_FILE = ".seqrl.lock"
+RUN_MARKERS = ("recipe.yaml", METRICS_FILE)
+RUN_OUTPUTS = (*RUN_MARKERS, "final", "best", "checkpoints", "tokenizer", "plots")
+NEW_TOKENIZER = ".tmp-tokenizer"  # a tokenizer trained by set-up, moved to tokenizer/ by commit
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory, held from `acquire` to `release`; a no-op lock
+    (`held=False`) on the processes that are not the main one."""
+
+    def __init__(self, out: Path, held: bool = True):
+        self.out, self.held, self.fd, self.created = out, held, None, []
+
+    def acquire(self) -> None:
+        if not self.held:
+            return
+        self._make_dirs()
+        path = self.out / LOCK_FILE
+        while self.fd is None:
+            fd = _open(path, self.out)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise SeqrlError(f"run.output_dir '{self.out}' is in use by another seqrl run ({holder}); "
+                                 f"wait for it to end, or choose another run.output_dir") from None
+            except OSError as err:  # a filesystem without locks: say so rather than run unguarded
+                os.close(fd)
+                raise SeqrlError(f"run.output_dir '{self.out}': cannot lock {LOCK_FILE} ({err.strerror}); "
+                                 f"use a directory on a filesystem with file locks") from None
+            if _same_file(fd, path):  # not unlinked by a holder releasing it meanwhile
+                self.fd = fd
+            else:
+                os.close(fd)
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, record.encode())
+
+    def release(self) -> None:
+        """Unlink the lock file while still holding it (so nobody locks a file about to vanish),
+        then remove the directories `acquire` made if nothing else was put in them."""
+        if self.fd is None:
+            return
+        (self.out / LOCK_FILE).unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+        shutil.rmtree(self.out / NEW_TOKENIZER, ignore_errors=True)
+        for directory in reversed(self.created):
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty: it holds a run, or something of the user's
+
+    def _make_dirs(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise SeqrlError(f"run.output_dir '{self.out}' is a file; name a directory")
+        missing = [p for p in [self.out, *self.out.parents] if not p.exists()]
+        for directory in reversed(missing):
+            try:
+                directory.mkdir()
+            except FileExistsError:  # made meanwhile by another process: fine if a directory
+                if not directory.is_dir():
+                    raise SeqrlError(f"run.output_dir '{self.out}': {directory} is a file") from None
+                continue
+            except OSError as err:
+                raise SeqrlError(f"run.output_dir '{self.out}' cannot be created ({err.strerror}: "
+                                 f"{directory}); choose a writable place") from None
+            self.created.append(directory)
+
+
+def _open(path: Path, out: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        why = "not writable" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "unusable"
+        raise SeqrlError(f"run.output_dir '{out}' is {why} ({err.strerror}); choose a writable directory") from None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"]))
+        return f"pid {holder['pid']} on host {holder['host']}, started {started}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return "its pid is not recorded yet"
+
+
+def check_output_dir(out: Path, overwrite: bool, resume_from: Path | None) -> None:
+    """Refuse a directory that holds another run, unless `overwrite`; a checkpoint inside `out`
+    continues that run."""
+    held = [m for m in RUN_MARKERS if (out / m).exists()]
+    if not held or overwrite or (resume_from is not None and is_inside(resume_from, out)):
+        return
+    if resume_from is not None:
+        raise SeqrlError(f"run.output_dir '{out}' already holds a run ({held[0]}), and run.resume names a "
+                         f"checkpoint of another run; continue into an empty run.output_dir, or set "
+                         f"run.overwrite=true to replace it")
+    raise SeqrlError(f"run.output_dir '{out}' already holds a run ({held[0]}); choose another "
+                     f"run.output_dir or set run.overwrite=true to replace it")
+
+
+def is_inside(checkpoint: Path, out: Path) -> bool:
+    return out.resolve() in checkpoint.resolve().parents
+
+
+def claim(out: Path, overwrite: bool, resume_from: Path | None, accelerator: Accelerator) -> RunDirLock:
+    """Lock `out` (main process) and check it; every process raises the same error if either fails."""
+    lock = RunDirLock(out, held=accelerator.is_main_process)
+    problem = None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+            check_output_dir(out, overwrite, resume_from)
+        except SeqrlError as err:
+            lock.release()
+            problem = str(err)
+    if accelerator.num_processes > 1:
+        problem = broadcast_object_list([problem])[0]
+    if problem is not None:
+        raise SeqrlError(problem)
+    return lock
+
+
+def clear_run(out: Path) -> None:
+    """Remove what an earlier run left (reached only with run.overwrite or a directory without a run)."""
+    for path in out.iterdir():
+        if path.name in RUN_OUTPUTS or path.name.startswith("predictions-"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def commit(out: Path, fresh: bool, recipe_text: str, tokenizer: Path | None) -> None:
+    """The run's first writes, once every check has passed (main process): clear the old run if
+    this one starts afresh, put its tokenizer in place, write the resolved recipe atomically."""
+    if fresh:
+        clear_run(out)
+    if tokenizer is not None and tokenizer != out / "tokenizer":
+        if tokenizer.name == NEW_TOKENIZER:
+            tokenizer.rename(out / "tokenizer")
+        else:  # a resume from another run's checkpoint: its tokenizer comes along
+            shutil.rmtree(out / "tokenizer", ignore_errors=True)
+            shutil.copytree(tokenizer, out / "tokenizer")
+    write_atomically(out / "recipe.yaml", recipe_text)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
