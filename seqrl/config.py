@@ -29,6 +29,10 @@ class ModelConfig:
     """Keyword arguments for the architecture's config class (`d_model`, `encoder_layers`, ...)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the weights are loaded in (mixed precision is `run.mixed_precision`)."""
+    generation: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the model's own `generation_config` (`no_repeat_ngram_size: 3`,
+    `forced_bos_token_id: null` removes one), used by training rollouts and evaluation alike;
+    see seqrl/generation.py for what rollouts honour."""
 
 
 @dataclass
@@ -43,6 +47,12 @@ class TokenizerConfig:
     """A pair or piece must occur this often in the training texts to enter a trained vocabulary."""
     lowercase: bool = False
     """Lowercase (and NFKC-normalise) text before a trained tokenizer sees it."""
+    src_lang: str | None = None
+    """Source language code of a multilingual tokenizer (`en_XX` for mBART-50, `eng_Latn` for
+    NLLB, `en` for M2M100)."""
+    tgt_lang: str | None = None
+    """Target language code; where the tokenizer starts targets with it, generation is forced
+    to start with it too (`forced_bos_token_id`)."""
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from seqrl.modeling import IGNORE_INDEX
+IGNORE_INDEX = -100  # label of a position that predicts nothing (padding, prompt): transformers' convention
 
 
 def xent_sum(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

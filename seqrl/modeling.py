@@ -31,10 +31,11 @@ from transformers import (
     PretrainedConfig,
 )
 
+from seqrl import generation
 from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
 from seqrl.errors import SeqrlError
+from seqrl.estimators import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 ADAPTER_FILE = "seqrl.json"  # written next to a saved model: how sources are fed to it
 
@@ -65,6 +66,16 @@ class TextModel:
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [x + [self.tokenizer.eos_token_id] for x in ids]
 
+    @property
+    def generation_config(self):
+        """The one generation config of rollouts and evaluation (`seqrl.generation.resolve`),
+        carried by the model so that `final/` saves it and `generate` uses it by default."""
+        return self.model.generation_config
+
+    @property
+    def decoder_start(self) -> int:
+        return self.generation_config.decoder_start_token_id
+
     # -- batches --------------------------------------------------------------------------------
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Teacher-forcing batch: model inputs plus `labels` aligned with the returned logits."""
@@ -72,7 +83,7 @@ class TextModel:
         if self.is_seq2seq:
             src = [f["source_ids"] for f in features]
             tgt = [f["target_ids"] for f in features]
-            start = self.model.config.decoder_start_token_id
+            start = self.decoder_start
             return {
                 "input_ids": pad_rows(src, pad),
                 "attention_mask": pad_rows([[1] * len(s) for s in src], 0),
@@ -109,12 +120,14 @@ class TextModel:
         # Decoder-only prompts are left-padded so every continuation starts at the same column.
         input_ids = pad_rows(source_ids, pad, left=not self.is_seq2seq).to(device)
         mask = pad_rows([[1] * len(s) for s in source_ids], 0, left=not self.is_seq2seq).to(device)
-        out = model.generate(input_ids=input_ids, attention_mask=mask, num_beams=num_beams,
-                             do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                             eos_token_id=eos)
-        if not self.is_seq2seq:
-            out = out[:, input_ids.shape[1]:]
-        skip = {pad, eos, self.model.config.decoder_start_token_id if self.is_seq2seq else None}
+        config = copy.deepcopy(self.generation_config)  # the one config, with this call's length and beams
+        config.update(num_beams=num_beams, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                      eos_token_id=eos)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        # Drop what precedes the output: the prompt, or the decoder's start token (which is EOS
+        # itself for mBART, NLLB and BART, so it must go before looking for the output's EOS).
+        out = out[:, input_ids.shape[1]:] if not self.is_seq2seq else out[:, 1:]
+        skip = {pad, eos}
         result = []
         for row in out.tolist():
             if eos in row:
@@ -187,6 +200,7 @@ def build(model_cfg: ModelConfig, tok_cfg: TokenizerConfig, data_cfg: DataConfig
     check_local("model.name_or_path", model_cfg.name_or_path)
     check_local("tokenizer.name_or_path", tok_cfg.name_or_path)
     tokenizer = _load_or_train_tokenizer(model_cfg, tok_cfg, training_texts)
+    target_language = set_languages(tokenizer, tok_cfg.src_lang, tok_cfg.tgt_lang)
     if model_cfg.name_or_path is not None:
         model = _load_pretrained(model_cfg)
     else:
@@ -194,8 +208,41 @@ def build(model_cfg: ModelConfig, tok_cfg: TokenizerConfig, data_cfg: DataConfig
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise SeqrlError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
                          f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
+    model.generation_config = generation.resolve(model, tokenizer, model_cfg.generation, target_language)
     return TextModel(model, tokenizer, bool(model.config.is_encoder_decoder), data_cfg.source_prefix,
                      data_cfg.max_source_tokens)
+
+
+def set_languages(tokenizer: PreTrainedTokenizerBase, src_lang: str | None, tgt_lang: str | None) -> int | None:
+    """Set a multilingual tokenizer's source and target language; return the target language's
+    token id when the tokenizer starts targets with it (generation must then be forced to it)."""
+    for field_name, code in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
+        if code is None:
+            continue
+        if not hasattr(tokenizer, field_name):
+            raise SeqrlError(f"tokenizer.{field_name}: {type(tokenizer).__name__} has no language codes; "
+                             f"remove tokenizer.{field_name}")
+        language_token(tokenizer, code, f"tokenizer.{field_name}")
+        setattr(tokenizer, field_name, code)
+    if tgt_lang is None:
+        return None
+    token = language_token(tokenizer, tgt_lang, "tokenizer.tgt_lang")
+    first = tokenizer(text_target=["a"])["input_ids"][0][:1]
+    return token if first == [token] else None
+
+
+def language_token(tokenizer: PreTrainedTokenizerBase, code: str, field_name: str) -> int:
+    """The id of language `code`'s special token (`de_DE`, `deu_Latn`, or M2M100's `__de__`)."""
+    specials = set(tokenizer.all_special_tokens)
+    for token in (code, f"__{code}__"):
+        if token in specials:
+            return tokenizer.convert_tokens_to_ids(token)
+    codes = sorted(t.strip("_") for t in specials if t.strip("_") and t not in (
+        tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token, tokenizer.unk_token, tokenizer.mask_token))
+    same_language = [c for c in codes if c.split("_")[0].lower() == code.split("_")[0].lower()]
+    guess = same_language or difflib.get_close_matches(code, codes, n=1)
+    tip = f"did you mean '{guess[0]}'?" if guess else f"it knows {', '.join(codes[:6])}{', ...' if len(codes) > 6 else ''}"
+    raise SeqrlError(f"{field_name}: the tokenizer has no language code '{code}'; {tip}")
 
 
 def load_saved(directory: str | Path) -> TextModel:

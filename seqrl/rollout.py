@@ -4,7 +4,9 @@ One loop serves encoder-decoders and decoder-only models and any mix of prefix l
 shortest common prefix is fed in one pass (prefill), then one token per step, where each row
 takes its gold token while t < k_i and its own sample from t = k_i on. The encoder runs once
 per source, not once per sample. Sampling is never differentiated: this runs under no_grad on
-the unwrapped model in eval mode (no dropout), so samples come from the model's distribution.
+the unwrapped model in eval mode (no dropout), so samples come from the model's distribution,
+masked by the generation config's constraints exactly as evaluation's `generate` masks it
+(`seqrl.generation`: forced and suppressed tokens, banned words and n-grams, minimum lengths).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers.modeling_outputs import BaseModelOutput
 
-from seqrl.modeling import IGNORE_INDEX, TextModel, pad_rows
+from seqrl.estimators import IGNORE_INDEX
+from seqrl.generation import Constraints
+from seqrl.modeling import TextModel, pad_rows
 
 
 @dataclass
@@ -32,9 +36,19 @@ class Rollout:
     """(B, S) the B = N / k sources, padded (on the left for decoder-only prompts)."""
     source_mask: torch.Tensor
     """(B, S) 1 on source tokens, 0 on padding."""
+    lead: torch.Tensor
+    """(N, P) what precedes the target in the constraints' view: an encoder-decoder's start
+    token, a decoder-only model's (left-padded) prompt."""
+    constraints: Constraints
+    """The masking logits processors the samples were drawn under."""
 
     def rows(self) -> list[list[int]]:
         return [row[:n] for row, n in zip(self.sequences.tolist(), self.lengths.tolist())]
+
+    def sample_masks(self, sampled: torch.Tensor, vocab: int) -> dict[int, torch.Tensor]:
+        """The constraints' additive masks at the sampled positions (`sampled` (N, T)), for
+        REINFORCE's log-probabilities (`seqrl.generation.masked_token_logprobs`)."""
+        return self.constraints.masks(torch.cat([self.lead, self.sequences], dim=1), sampled, vocab)
 
 
 @dataclass
@@ -68,12 +82,17 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
     lengths = torch.tensor([len(t) for t in target_ids], device=device).repeat_interleave(k)
     prefix = prefix_lengths(lengths.clamp(max=max_len), n_rl_tokens)
     n = gold.shape[0]
-    seqs = torch.full((n, max_len), pad, dtype=torch.long, device=device)
-    seqs[:, :gold.shape[1]] = torch.where(torch.arange(gold.shape[1], device=device) < prefix[:, None], gold, pad)
     left = not text_model.is_seq2seq  # prompts left-padded: every continuation starts at one column
     source = pad_rows(source_ids, pad, left=left).to(device)
     source_mask = pad_rows([[1] * len(s) for s in source_ids], 0, left=left).to(device)
-    step = (_Seq2SeqDecoder if text_model.is_seq2seq else _CausalDecoder)(model, source, source_mask, k)
+    lead = (source.repeat_interleave(k, 0) if left else
+            torch.full((n, 1), text_model.decoder_start, dtype=torch.long, device=device))
+    constraints = Constraints(text_model.generation_config, eos, lead.shape[1], max_len, device)
+    # One buffer: the constraints read lead + target so far, the loop writes the target part.
+    history = torch.cat([lead, torch.full((n, max_len), pad, dtype=torch.long, device=device)], dim=1)
+    seqs = history[:, lead.shape[1]:]  # (N, max_len), a view
+    seqs[:, :gold.shape[1]] = torch.where(torch.arange(gold.shape[1], device=device) < prefix[:, None], gold, pad)
+    step = (_Seq2SeqDecoder if text_model.is_seq2seq else _CausalDecoder)(model, source, source_mask, k, lead)
     start = int(prefix.min())
     logits = step.prefill(seqs[:, :start])  # (N, V): distribution of token `start`
     # A row whose whole target is gold (n_rl_tokens = 0) ends at its gold EOS.
@@ -81,7 +100,7 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
     done = whole_gold.clone()
     ended_at = torch.where(whole_gold, lengths.clamp(max=max_len), torch.full_like(lengths, max_len))
     for t in range(start, max_len):
-        sampled = _sample(logits, sampling, t)
+        sampled = _sample(constraints(history[:, :lead.shape[1] + t], logits), sampling, t)
         token = torch.where(t < prefix, seqs[:, t], sampled)
         token = torch.where(t >= ended_at, torch.full_like(token, pad), token)
         seqs[:, t] = token
@@ -92,7 +111,7 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
             break
         logits = step.next(token)
     model.train(was_training)
-    return Rollout(seqs, prefix, ended_at, source, source_mask)
+    return Rollout(seqs, prefix, ended_at, source, source_mask, lead, constraints)
 
 
 def rollout_logits(model, ro: Rollout, *, is_seq2seq: bool, hidden: bool = False
@@ -115,9 +134,8 @@ def rollout_logits(model, ro: Rollout, *, is_seq2seq: bool, hidden: bool = False
         # The encoder runs outside the wrapper's forward; DDP still averages its gradients (they
         # reach its parameters through the states passed in, where DDP's hooks fire).
         states = inner.get_encoder()(input_ids=ro.source, attention_mask=ro.source_mask).last_hidden_state
-        start = ro.sequences.new_full((n, 1), inner.config.decoder_start_token_id)
         out = model(encoder_outputs=BaseModelOutput(last_hidden_state=states.repeat_interleave(k, 0)),
-                    attention_mask=source_mask, decoder_input_ids=torch.cat([start, ro.sequences[:, :-1]], 1),
+                    attention_mask=source_mask, decoder_input_ids=torch.cat([ro.lead, ro.sequences[:, :-1]], 1),
                     output_hidden_states=hidden)
         return out.logits, labels, out.decoder_hidden_states[-1] if hidden else None
     # Decoder-only: the prompt once per source (with gradients, outside the wrapper like the
@@ -173,12 +191,12 @@ def _uniforms(s: Sampling, t: int, n: int, device: torch.device) -> torch.Tensor
 class _Seq2SeqDecoder:
     """Encoder once per source (then repeated k times); decoder with a KV cache."""
 
-    def __init__(self, model, source: torch.Tensor, source_mask: torch.Tensor, k: int):
+    def __init__(self, model, source: torch.Tensor, source_mask: torch.Tensor, k: int, lead: torch.Tensor):
         hidden = model.get_encoder()(input_ids=source, attention_mask=source_mask).last_hidden_state
         self.model, self.cache = model, None
         self.encoder = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(k, 0))
         self.mask = source_mask.repeat_interleave(k, 0)
-        self.start = model.config.decoder_start_token_id
+        self.start = lead  # (N, 1) the decoder start token
 
     def _run(self, decoder_input_ids: torch.Tensor) -> torch.Tensor:
         out = self.model(encoder_outputs=self.encoder, attention_mask=self.mask, decoder_input_ids=decoder_input_ids,
@@ -187,8 +205,7 @@ class _Seq2SeqDecoder:
         return out.logits[:, -1]
 
     def prefill(self, prefix: torch.Tensor) -> torch.Tensor:
-        start = torch.full((prefix.shape[0], 1), self.start, dtype=torch.long, device=prefix.device)
-        return self._run(torch.cat([start, prefix], dim=1))
+        return self._run(torch.cat([self.start, prefix], dim=1))
 
     def next(self, token: torch.Tensor) -> torch.Tensor:
         return self._run(token[:, None])
@@ -197,8 +214,8 @@ class _Seq2SeqDecoder:
 class _CausalDecoder:
     """Left-padded prompts, so every row's continuation starts at the same column."""
 
-    def __init__(self, model, source: torch.Tensor, source_mask: torch.Tensor, k: int):
-        self.prompt, self.mask = source.repeat_interleave(k, 0), source_mask.repeat_interleave(k, 0)
+    def __init__(self, model, source: torch.Tensor, source_mask: torch.Tensor, k: int, lead: torch.Tensor):
+        self.prompt, self.mask = lead, source_mask.repeat_interleave(k, 0)  # lead: the prompts, repeated
         self.model, self.cache = model, None
         self.keep = {"logits_to_keep": 1} if _accepts(type(model), "logits_to_keep") else {}  # not the prompt's
         self.next_position = None

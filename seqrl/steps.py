@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from seqrl import baselines
-from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss, token_logprobs, xent_sum
-from seqrl.modeling import IGNORE_INDEX
+from seqrl.estimators import IGNORE_INDEX, kl_penalty, masked_mean, normalize, reinforce_loss, xent_sum
+from seqrl.generation import masked_token_logprobs
 from seqrl.rewards import score
 from seqrl.rollout import Sampling, rollout, rollout_logits
 from seqrl.schedule import StagePlan
@@ -50,10 +50,12 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
     with run.accelerator.autocast():
         logits, labels, hidden = rollout_logits(run.model, ro, is_seq2seq=tm.is_seq2seq,
                                                 hidden=rl.baseline == "learned")
-    logp = token_logprobs(logits, labels)                                   # (N, T)
     position = (labels != IGNORE_INDEX).cumsum(dim=1) - 1                  # index within the target
     prefix_mask = (labels != IGNORE_INDEX) & (position < ro.prefix_len[:, None])
     sample_mask = (labels != IGNORE_INDEX) & (position >= ro.prefix_len[:, None])
+    # log p of each token; at sampled ones, of the distribution sampled from (generation masks)
+    masks = ro.sample_masks(sample_mask, logits.shape[-1])
+    logp = masked_token_logprobs(logits, labels, masks)                    # (N, T)
     # 5. Baseline and advantage A = R - b (detached; per position for the learned baseline).
     b, baseline_loss = _baseline(run, R, k, greedy_R, hidden, sample_mask)
     advantage = R[:, None] - b if b.dim() == 2 else R - b
@@ -71,7 +73,8 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
     kl = None
     if run.reference is not None:
         with torch.no_grad():
-            ref_logp = token_logprobs(rollout_logits(run.reference, ro, is_seq2seq=tm.is_seq2seq)[0], labels)
+            ref_logp = masked_token_logprobs(rollout_logits(run.reference, ro, is_seq2seq=tm.is_seq2seq)[0],
+                                             labels, masks)
         kl = kl_penalty(logp, ref_logp, sample_mask, _per_process(run, sample_mask.sum()))
         loss = loss + rl.kl_coef * kl
     stats = _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_loss)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seqrl.estimators import masked_xent
-from seqrl.modeling import IGNORE_INDEX
+from seqrl.estimators import IGNORE_INDEX
 
 from conftest import build_tiny, make_pairs
 

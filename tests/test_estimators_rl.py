@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss, token_logprobs
-from seqrl.modeling import IGNORE_INDEX
+from seqrl.estimators import IGNORE_INDEX
 
 LN2, LN3 = math.log(2), math.log(3)
 T, F = True, False

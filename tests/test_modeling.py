@@ -17,7 +17,8 @@ from seqrl import modeling
 from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
 from seqrl.errors import SeqrlError
 from seqrl.estimators import masked_xent
-from seqrl.modeling import IGNORE_INDEX, TextModel, build, load_saved, train_tokenizer
+from seqrl.estimators import IGNORE_INDEX
+from seqrl.modeling import TextModel, build, load_saved, train_tokenizer
 
 from conftest import TINY_CONFIGS, build_tiny, make_pairs
 
@@ -228,7 +229,10 @@ def test_generate_strips_start_eos_and_padding(tiny_text_model):
     assert out == [[10, 11], [12], [15, 16, 17, 18, 19]]
     assert fake.kwargs["input_ids"].tolist() == [[5, eos, pad], [6, 7, eos], [8, eos, pad]]
     assert fake.kwargs["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 0]]
-    assert fake.kwargs["eos_token_id"] == eos and fake.kwargs["pad_token_id"] == pad
+    config = fake.kwargs["generation_config"]  # the model's own, with this call's settings
+    assert (config.eos_token_id, config.pad_token_id, config.max_new_tokens, config.do_sample) == (eos, pad, 5, False)
+    assert config.forced_eos_token_id == tm.generation_config.forced_eos_token_id == eos
+    assert tm.generation_config.max_new_tokens is None, "the model's config is not changed by a call"
 
 
 def test_generate_decoder_only_drops_prompt(tiny_text_model):

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from seqrl.modeling import IGNORE_INDEX
+from seqrl.estimators import IGNORE_INDEX
 from seqrl.rollout import Rollout, Sampling, _sample, prefix_lengths, rollout, rollout_logits
 
 from conftest import make_pairs
@@ -89,18 +89,25 @@ def test_greedy_full_rollout_equals_generate(tm, data):
     eos = tm.tokenizer.eos_token_id
     with eos_friendly(tm):
         ro = run(tm, src, tgt, n_rl=100, max_len=12)  # n >= every target length: prefix 0
-        # one more new token than max_len: generate's forced EOS then falls after our window
-        gen = tm.generate(tm.model, src, max_new_tokens=13)
+        # the same window: the generation config's forced EOS at the 12th token acts in both
+        gen = tm.generate(tm.model, src, max_new_tokens=12)
     assert ro.prefix_len.tolist() == [0] * N_SOURCES
     lengths = ro.lengths.tolist()
     assert 12 in lengths and min(lengths) < 12  # some rows end early, some run to max_len
-    assert strip_eos(ro.rows(), eos) == [g[:12] for g in gen]
+    assert strip_eos(ro.rows(), eos) == gen
 
 
-def teacher_forced_argmax(tm, src, rows, k):
-    """argmax of a plain (no cache) forward over each row's own tokens, at each target position."""
+def teacher_forced_argmax(tm, src, ro: Rollout, k):
+    """argmax of a plain (no cache) forward over each row's own tokens, at each target position,
+    under the generation constraints the rollout sampled with (forced EOS at the last position)."""
+    rows = ro.rows()
     feats = [{"source_ids": src[i // k], "target_ids": row} for i, row in enumerate(rows)]
     logits, labels, _ = tm.target_logits(tm.model, tm.collate(feats))
+    position = torch.arange(ro.sequences.shape[1])
+    sampled = (position < ro.lengths[:, None]) & (position >= ro.prefix_len[:, None])
+    for t, mask in ro.sample_masks(sampled, logits.shape[-1]).items():
+        if t < logits.shape[1]:
+            logits[:, t] += mask
     return [logits[i][labels[i] != IGNORE_INDEX].argmax(-1).tolist() for i in range(len(rows))]
 
 
@@ -111,7 +118,7 @@ def test_greedy_suffix_matches_uncached_forward(tm, data, n_rl):
     src, tgt = data
     with eos_friendly(tm), torch.no_grad():
         ro = run(tm, src, tgt, n_rl, max_len=18)
-        argmax = teacher_forced_argmax(tm, src, ro.rows(), k=1)
+        argmax = teacher_forced_argmax(tm, src, ro, k=1)
     for row, best, k_i in zip(ro.rows(), argmax, ro.prefix_len.tolist()):
         assert row[k_i:] == best[k_i:]
 
@@ -173,14 +180,27 @@ def test_lengths_point_just_past_eos(tm, data):
     assert [len(r) for r in ro.rows()] == ro.lengths.tolist()
 
 
-def test_rows_without_eos_end_at_max_len(tm, data):
+def test_rows_without_eos_end_at_max_len(tm, data, monkeypatch):
     src, tgt = data
     eos, pad = tm.tokenizer.eos_token_id, tm.tokenizer.pad_token_id
+    monkeypatch.setattr(tm.generation_config, "forced_eos_token_id", None)  # else EOS is forced at position 8
     with logit_bias(tm.model, {eos: -1e4, pad: -1e4}):
         ro = run(tm, src, tgt, n_rl=3, k=2, max_len=9, sampling=Sampling())
     assert ro.sequences.shape == (2 * N_SOURCES, 9)
     assert ro.lengths.tolist() == [9] * (2 * N_SOURCES)
     assert all(len(r) == 9 and eos not in r for r in ro.rows())
+
+
+def test_forced_eos_ends_rows_at_max_len(tm, data, monkeypatch):
+    """The generation config's forced EOS (as `generate` applies it) ends every row by max_len
+    (set for the test: from-scratch encoder-decoders have it, as Marian and BART do; GPT-2 not)."""
+    src, tgt = data
+    eos, pad = tm.tokenizer.eos_token_id, tm.tokenizer.pad_token_id
+    monkeypatch.setattr(tm.generation_config, "forced_eos_token_id", eos)
+    with logit_bias(tm.model, {eos: -1e4, pad: -1e4}):
+        ro = run(tm, src, tgt, n_rl=3, k=2, max_len=9, sampling=Sampling())
+    assert ro.lengths.tolist() == [9] * (2 * N_SOURCES)
+    assert all(r[-1] == eos and eos not in r[:-1] for r in ro.rows())
 
 
 def test_targets_longer_than_max_len_are_cut_before_the_prefix(tm, data):
