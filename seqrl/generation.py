@@ -139,23 +139,24 @@ class Constraints:
         if not self.processors:
             return out
         zeros = torch.zeros(history.shape[0], vocab, device=history.device)
-        candidates = sampled.any(dim=0).nonzero().flatten().tolist()  # one sync
-        for t in candidates:
-            mask = self.processors(history[:, :self.lead_length + t], zeros.clone())
-            out[t] = mask.masked_fill(~sampled[:, t:t + 1], 0.0)
-        if not out:
-            return out
-        active = torch.stack([torch.isinf(m).any() for m in out.values()]).tolist()  # one sync
-        return {t: m for (t, m), keep in zip(out.items(), active) if keep}
+        for t in sampled.any(dim=0).nonzero().flatten().tolist():  # one sync
+            mask = self.processors(history[:, :self.lead_length + t], zeros)
+            if mask is not zeros:  # transformers' processors return their input where they do nothing
+                out[t] = torch.where(sampled[:, t:t + 1], mask, 0.0)
+        # (they never write into it: checked, with which masks ban anything, in one sync)
+        checks = torch.stack([zeros.any(), *(torch.isinf(m).any() for m in out.values())]).tolist()
+        if checks[0]:
+            raise RuntimeError("a logits processor changed its input in place")
+        return {t: m for (t, m), keep in zip(out.items(), checks[1:]) if keep}
 
 
 def masked_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, masks: dict[int, torch.Tensor]) -> torch.Tensor:
     """log p(tokens) (N, T) under the model's logits plus, at the positions in `masks`, their
-    additive mask: the log-probabilities of the distribution the rollout sampled from."""
-    logp = token_logprobs(logits, tokens)
-    if not masks:
-        return logp
-    columns = list(logp.unbind(dim=1))
-    for t, mask in masks.items():
-        columns[t] = token_logprobs((logits[:, t].float() + mask)[:, None], tokens[:, t:t + 1])[:, 0]
-    return torch.stack(columns, dim=1)
+    additive mask: the log-probabilities of the distribution the rollout sampled from.
+
+    The masks are added to `logits` in place (an addition's gradient is the identity, so autograd
+    allows it): no second (N, T, V) tensor, which for a 250k vocabulary would not fit."""
+    if masks:  # one in-place op on the whole tensor (in-place ops on views of it copy it in backward)
+        index = torch.tensor(list(masks), device=logits.device)
+        logits.index_add_(1, index, torch.stack(list(masks.values()), dim=1).to(logits.dtype))
+    return token_logprobs(logits, tokens)

@@ -147,8 +147,8 @@ def test_reinforce_logprobs_are_of_the_masked_distribution(stand_in_dir):
     sampled = labels != IGNORE_INDEX
     masks = ro.sample_masks(sampled, logits.shape[-1])
     assert 0 in masks and 5 in masks  # forced language at 0, forced EOS at the last position
-    logp = masked_token_logprobs(logits, labels, masks)
     plain = token_logprobs(logits, labels)
+    logp = masked_token_logprobs(logits, labels, masks)  # (adds the masks to logits in place)
     assert torch.equal(logp[:, 0], torch.zeros(6)) and (plain[:, 0] < 0).all()
     free = [t for t in range(1, 5) if t not in masks]
     assert free and torch.equal(logp[:, free], plain[:, free])
