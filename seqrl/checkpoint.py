@@ -2,8 +2,9 @@
 
 A checkpoint is accelerate's state (model, learned baseline, optimizer, learning-rate
 schedule, RNG states of every process) plus `trainer_state.json` (step, epoch and batches
-consumed of the current loader, EMA baseline) and, once sequence-level training has started
-with a KL penalty, the frozen reference model. Everything goes into a temporary directory that
+consumed of the current loader, EMA baseline), the recipe it was trained with, and, once
+sequence-level training has started with a KL penalty, the frozen reference model. With LoRA,
+"model" means the adapters: what trains is what is saved (`seqrl.lora`). Everything goes into a temporary directory that
 is renamed into place only when complete, so a crash mid-save never leaves half a checkpoint.
 With the seedable data order and seqrl's position-keyed sampling noise, a resumed run
 reproduces the uninterrupted one bit for bit.
@@ -18,22 +19,24 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 
 from seqrl.errors import SeqrlError
-from seqrl.modeling import frozen_copy
+from seqrl.lora import check_trained
+from seqrl.reference import Reference
 from seqrl.runlog import flatten
 from seqrl.strict_yaml import parse_yaml
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
-REFERENCE_FILE = "reference_model.pt"
+MODEL_FILE = "model.safetensors"  # accelerate's name for the first prepared model's weights
 RECIPE_FILE = "recipe.yaml"
 # Settings a resume is expected to change: where it runs, and how far it goes.
 RESUME_SETTINGS = ("run.resume", "run.overwrite", "run.output_dir", "run.max_steps", "run.max_minutes")
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, keep: int,
-                    reference: torch.nn.Module | None = None, recipe: str | None = None) -> Path:
+                    reference: Reference | None = None, recipe: str | None = None) -> Path:
     """Save everything needed to continue after optimizer step `step` under checkpoints/step-N
     (with the resolved `recipe` it was trained with, to name what a resume changes)."""
     root = output_dir / CHECKPOINT_DIR
@@ -46,7 +49,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         if reference is not None:
-            torch.save(reference.state_dict(), tmp / REFERENCE_FILE)
+            reference.save(tmp)
         if recipe is not None:
             (tmp / RECIPE_FILE).write_text(recipe, encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
@@ -93,22 +96,33 @@ def changed_settings(path: Path, recipe: str, limit: int = 6) -> str:
     return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
-    """Restore accelerate's state from `path`; return trainer_state.json's contents."""
+def load_checkpoint(accelerator: Accelerator, path: Path, lora_model: torch.nn.Module | None = None) -> dict:
+    """Restore accelerate's state from `path`; return trainer_state.json's contents. A LoRA
+    model's checkpoint holds its adapters only: checked to be exactly this model's, then loaded
+    into the model over its (frozen, unchanged) base weights."""
     try:
         state = json.loads((path / STATE_FILE).read_text())
         if not isinstance(state.get("step"), int):
             raise ValueError("no integer 'step'")
-        accelerator.load_state(str(path))
+        with safe_open(str(path / MODEL_FILE), framework="pt") as saved:
+            keys = list(saved.keys())
+        if lora_model is not None:
+            check_trained(lora_model, keys)
+        elif any(".lora_" in k for k in keys):
+            raise SeqrlError(f"run.resume: checkpoint {path} holds LoRA adapters, and this recipe trains every "
+                             f"weight (no model.lora); use its own recipe")
+        accelerator.load_state(str(path), **({"strict": False} if lora_model is not None else {}))
+    except SeqrlError:
+        raise
     except Exception as err:  # corrupt JSON, truncated tensors, mismatched model: all end here
         text = " ".join(str(err).split())  # torch's messages span lines
         mismatch = _SIZE_MISMATCH.search(text)
         if mismatch:
             name, saved, wanted = mismatch.groups()
             shape = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
+            name = name.removeprefix("base_model.model.")  # (a LoRA model's names)
             raise SeqrlError(f"run.resume: checkpoint {path} does not fit this recipe's model: {name} is "
-                             f"{shape(saved)} there, {shape(wanted)} here; resume with the recipe it was "
-                             f"made with") from None
+                             f"{shape(saved)} there, {shape(wanted)} here; use its own recipe") from None
         detail = text.split(". ")[0][:100]  # the first sentence
         raise SeqrlError(f"run.resume: cannot load checkpoint {path} ({type(err).__name__}: {detail}); "
                          f"it is damaged or from another recipe") from None
@@ -117,13 +131,3 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) "
                             r"from checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)")
-
-
-def load_reference(path: Path, model: torch.nn.Module) -> torch.nn.Module | None:
-    """The KL penalty's frozen reference saved with the checkpoint, loaded into a copy of `model`."""
-    file = path / REFERENCE_FILE
-    if not file.is_file():
-        return None
-    reference = frozen_copy(model)
-    reference.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-    return reference

@@ -20,6 +20,20 @@ from seqrl.strict_yaml import MAX_TEXT_BYTES, build, describe_yaml_error, dump_y
 
 
 @dataclass
+class LoraSettings:
+    rank: int = 16
+    """Rank r of each adapter (B A, with A r x in and B out x r)."""
+    alpha: float = 32.0
+    """Scale: the adapter's output is multiplied by alpha / rank."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: list[str] | None = None
+    """Names of the linear layers to adapt (`[q_proj, v_proj]`); empty = the family's default
+    (peft's for T5, BART, GPT-2 and most LLMs; the attention q/v projections for Marian, mBART,
+    NLLB/M2M100, Pegasus and bert2bert)."""
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str | None = None
     """Hub name or local directory for `from_pretrained`; leave empty to build from `architecture`."""
@@ -29,6 +43,12 @@ class ModelConfig:
     """Keyword arguments for the architecture's config class (`d_model`, `encoder_layers`, ...)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the weights are loaded in (mixed precision is `run.mixed_precision`)."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters through peft instead of every weight (`lora: {rank: 16}`); empty =
+    full fine-tuning. `final/` holds merged weights, with the adapter in `final/adapter/`."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them (less memory, more time),
+    in the XENT pass and MIXER's teacher-forced pass."""
     generation: dict[str, Any] = field(default_factory=dict)
     """Overrides of the model's own `generation_config` (`no_repeat_ngram_size: 3`,
     `forced_bos_token_id: null` removes one), used by training rollouts and evaluation alike;
@@ -64,9 +84,9 @@ class DataConfig:
     hub_config: str | None = None
     """Configuration name of a hub dataset (`load_dataset(path, hub_config)`)."""
     source_field: str = "source"
-    """Column holding the model input."""
+    """Column holding the model input; a dotted name reads a nested column (`translation.en`)."""
     target_field: str = "target"
-    """Column holding the reference output."""
+    """Column holding the reference output (`translation.es`)."""
     source_prefix: str = ""
     """Text put before every source (e.g. T5's `translate English to Spanish: `)."""
     train_split: str = "train"
@@ -81,6 +101,12 @@ class DataConfig:
     """Targets are cut to this many tokens (end-of-sequence included); counted and reported."""
     max_train_examples: int | None = None
     """Use only the first N training examples (for quick trials and tests)."""
+    validation_from_train: float | None = None
+    """Carve `eval_split` out of the training split (for data without one): a fraction below 1,
+    or a number of examples. They are removed from training; `split_seed` draws them."""
+    split_seed: int = 0
+    """Seed of `validation_from_train`'s draw (apart from `run.seed`, so that every training seed
+    sees the same validation examples)."""
     empty_targets: Literal["skip", "error"] = "skip"
     """What to do with rows whose target is empty, whitespace-only or null, or whose source is null:
     skip them (counted and reported) or stop. (An empty-string source is kept: it is text.)"""

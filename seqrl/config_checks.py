@@ -20,10 +20,10 @@ def check_recipe(cfg: RecipeConfig) -> None:
               "run.keep_checkpoints", "schedule.delta", "reinforce.num_samples",
               "reinforce.temperature", "reinforce.baseline_lr")
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
-                  "run.save_every", "run.save_every_minutes", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
+                  "run.save_every", "run.save_every_minutes", "data.split_seed", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
                   "reinforce.kl_coef")
     _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "data.max_train_examples", "eval.max_examples", "run.max_steps",
-                      "run.max_minutes",
+                      "run.max_minutes", "data.validation_from_train",
                       "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs", "schedule.final_stage_steps",
                       "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
     _in_unit_interval(cfg, "xent.label_smoothing", "schedule.xent_weight", "reinforce.ema_decay")
@@ -42,6 +42,11 @@ def check_recipe(cfg: RecipeConfig) -> None:
     if cfg.data.source_field == cfg.data.target_field:
         raise ConfigError(f"data.source_field and data.target_field are both "
                           f"'{cfg.data.source_field}'; they must name different columns")
+    share = cfg.data.validation_from_train
+    if share is not None and share >= 1 and not float(share).is_integer():
+        raise ConfigError(f"data.validation_from_train must be a fraction below 1 or a whole number of "
+                          f"examples, got {share}")
+    _check_lora(cfg)
     _check_schedule(cfg)
     _check_reinforce(cfg)
     _check_eval(cfg)
@@ -53,6 +58,19 @@ def _check_eval(cfg: RecipeConfig) -> None:
                           f"({list(ev.metrics)})")
     if ev.patience and (ev.best_metric is None or not ev.every):
         raise ConfigError("eval.patience needs eval.best_metric and eval.every > 0 (the evaluations it counts)")
+
+def _check_lora(cfg: RecipeConfig) -> None:
+    lora = cfg.model.lora
+    if lora is None:
+        return
+    if lora.rank <= 0 or lora.alpha <= 0:
+        raise ConfigError(f"model.lora.rank and model.lora.alpha must be > 0, got {lora.rank} and {lora.alpha}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
+    if lora.target_modules is not None and not lora.target_modules:
+        raise ConfigError("model.lora.target_modules is an empty list; name modules, or leave it empty (null) "
+                          "for the family's default")
+
 
 def _check_schedule(cfg: RecipeConfig) -> None:
     sched, kind = cfg.schedule, cfg.schedule.kind

@@ -50,8 +50,78 @@ def needed_splits(cfg: DataConfig) -> list[str]:
 
 
 def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
-    """Load the named splits as text columns; check the source and target fields exist."""
+    """Load the named splits as text columns (the eval split carved from train with
+    `data.validation_from_train`); check the source and target fields exist and hold text."""
     datasets.disable_progress_bars()
+    carve = cfg.validation_from_train is not None and cfg.eval_split in splits
+    wanted = splits
+    if carve:  # train instead of eval from the source
+        wanted = list(dict.fromkeys([cfg.train_split if s == cfg.eval_split else s for s in splits]))
+    raw, files = _load_source(cfg, wanted)
+    if carve:
+        if cfg.eval_split in raw or cfg.eval_split in files or _dir_has_split(cfg, cfg.eval_split):
+            raise DataError(f"data.validation_from_train is set, but the data has a '{cfg.eval_split}' split "
+                            f"already; remove data.validation_from_train, or name another data.eval_split")
+        if cfg.train_split in raw:
+            raw[cfg.train_split], raw[cfg.eval_split] = carve_validation(raw[cfg.train_split], cfg)
+    missing = [s for s in splits if s not in raw]
+    if missing:
+        raise DataError(f"split(s) {missing} not found in {cfg.path or 'data.files'}; "
+                        f"available: {sorted(raw)}")
+    raw = DatasetDict({s: raw[s] for s in splits})
+    for split, ds in raw.items():
+        where = files.get(split) or f"split '{split}' of {cfg.path}"
+        raw[split] = ds = nested_fields(ds, cfg, split)
+        for role, name in (("source_field", cfg.source_field), ("target_field", cfg.target_field)):
+            check_text_column(ds, f"data.{role}", name, where)
+        check_utf8(ds, where, files.get(split))
+        if len(ds) == 0:
+            raise DataError(f"split '{split}' of {cfg.path or 'data.files'} is empty")
+    if cfg.max_train_examples and cfg.train_split in raw:
+        train = raw[cfg.train_split]
+        raw[cfg.train_split] = train.select(range(min(cfg.max_train_examples, len(train))))
+    return raw
+
+
+def carve_note(cfg: DataConfig, raw: DatasetDict) -> str | None:
+    """The line saying a validation split was carved out of train, and how (None if not)."""
+    if cfg.validation_from_train is None or cfg.eval_split not in raw:
+        return None
+    return (f"data[{cfg.eval_split}]: {len(raw[cfg.eval_split])} examples carved from '{cfg.train_split}' "
+            f"(data.validation_from_train {cfg.validation_from_train:g}, data.split_seed {cfg.split_seed}) "
+            f"and removed from it")
+
+
+def carve_validation(train: datasets.Dataset, cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train without the validation rows, the validation rows): `validation_from_train` rows
+    (a fraction below 1, or a count), drawn with `split_seed`, in their original order."""
+    size = cfg.validation_from_train
+    count = round(size * len(train)) if size < 1 else int(size)
+    if not 0 < count < len(train):
+        raise DataError(f"data.validation_from_train {size:g} of {len(train)} training examples leaves "
+                        f"{'no validation' if count < 1 else 'no training'} example; choose a smaller share")
+    order = datasets.Dataset.from_dict({"i": list(range(len(train)))}).shuffle(seed=cfg.split_seed)["i"]
+    held = sorted(order[:count])
+    kept = sorted(order[count:])
+    return train.select(kept), train.select(held)
+
+
+def nested_fields(ds: datasets.Dataset, cfg: DataConfig, split: str) -> datasets.Dataset:
+    """Columns named with dots (`translation.en`, the shape of the hub's WMT and opus datasets)
+    come from flattening nested columns; a missing name is an error listing what there is."""
+    for role, name in (("source_field", cfg.source_field), ("target_field", cfg.target_field)):
+        if name not in ds.column_names and "." in name and name.split(".")[0] in ds.column_names:
+            ds = ds.flatten()
+        if name not in ds.column_names:
+            root = name.split(".")[0]
+            inner = sorted(c.split(".", 1)[1] for c in ds.column_names if c.startswith(root + "."))
+            what = (f"'{root}' has {', '.join(inner)}" if inner else f"columns are {ds.column_names}")
+            raise DataError(f"data.{role} '{name}' is not a column of split '{split}'; {what}")
+    return ds
+
+
+def _load_source(cfg: DataConfig, splits: list[str]) -> tuple[DatasetDict, dict[str, str]]:
+    """The splits from data.files, a directory or the hub; also the split -> file map."""
     files: dict[str, str] = {}  # split -> the file it was read from, for error messages
     if cfg.files:
         files = {s: cfg.files[s] for s in splits if s in cfg.files}
@@ -65,25 +135,13 @@ def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
         raise DataError(f"data.path '{cfg.path}': directory not found")
     else:
         raw = _load_hub(cfg)
-    missing = [s for s in splits if s not in raw]
-    if missing:
-        raise DataError(f"split(s) {missing} not found in {cfg.path or 'data.files'}; "
-                        f"available: {sorted(raw)}")
-    raw = DatasetDict({s: raw[s] for s in splits})
-    for split, ds in raw.items():
-        where = files.get(split) or f"split '{split}' of {cfg.path}"
-        for role, name in (("source_field", cfg.source_field), ("target_field", cfg.target_field)):
-            if name not in ds.column_names:
-                raise DataError(f"data.{role} '{name}' is not a column of split '{split}'; "
-                                f"columns are {ds.column_names}")
-            check_text_column(ds, f"data.{role}", name, where)
-        check_utf8(ds, where, files.get(split))
-        if len(ds) == 0:
-            raise DataError(f"split '{split}' of {cfg.path or 'data.files'} is empty")
-    if cfg.max_train_examples and cfg.train_split in raw:
-        train = raw[cfg.train_split]
-        raw[cfg.train_split] = train.select(range(min(cfg.max_train_examples, len(train))))
-    return raw
+    return raw, files
+
+
+def _dir_has_split(cfg: DataConfig, split: str) -> bool:
+    path = Path(cfg.path) if cfg.path else None
+    return bool(path and path.is_dir() and any((path / f"{split}{ext}{comp}").is_file()
+                                               for ext in FORMATS for comp in COMPRESSIONS))
 
 
 def _load_dir(path: Path, splits: list[str]) -> tuple[DatasetDict, dict[str, str]]:

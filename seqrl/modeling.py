@@ -153,9 +153,15 @@ class TextModel:
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def save(self, directory: str | Path, model: PreTrainedModel | None = None) -> None:
-        """A directory that plain transformers `from_pretrained` loads (plus seqrl.json)."""
-        directory = Path(directory)
-        (model or self.model).save_pretrained(directory)
+        """A directory that plain transformers `from_pretrained` loads (plus seqrl.json); a LoRA
+        model is saved merged, with its adapter in `adapter/`."""
+        from seqrl import lora  # (peft is imported only where it is used)
+
+        directory, model = Path(directory), model or self.model
+        if lora.is_lora(model):
+            lora.save_merged(model, directory)
+        else:
+            model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         (directory / ADAPTER_FILE).write_text(json.dumps(
             {"source_prefix": self.source_prefix, "max_source_tokens": self.max_source_tokens,

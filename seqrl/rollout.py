@@ -140,7 +140,14 @@ def rollout_logits(model, ro: Rollout, *, is_seq2seq: bool, hidden: bool = False
         return out.logits, labels, out.decoder_hidden_states[-1] if hidden else None
     # Decoder-only: the prompt once per source (with gradients, outside the wrapper like the
     # encoder above), its KV cache repeated for the k rows; then the rows' tokens but the last.
-    keep = {"logits_to_keep": 1} if _accepts(type(inner), "logits_to_keep") else {}
+    if inner.training and _checkpointing(_base(inner)):
+        # gradient checkpointing keeps no KV cache in training: one pass over prompt + tokens
+        mask = torch.cat([source_mask, valid[:, :-1].long()], 1)
+        out = model(input_ids=torch.cat([ro.lead, ro.sequences[:, :-1]], 1), attention_mask=mask,
+                    position_ids=(mask.cumsum(1) - 1).clamp(min=0), output_hidden_states=hidden)
+        prompt = ro.lead.shape[1] - 1  # the last prompt position predicts token 0
+        return out.logits[:, prompt:], labels, out.hidden_states[-1][:, prompt:] if hidden else None
+    keep = {"logits_to_keep": 1} if _accepts(type(_base(inner)), "logits_to_keep") else {}
     first = inner(input_ids=ro.source, attention_mask=ro.source_mask, use_cache=True,
                   position_ids=(ro.source_mask.cumsum(1) - 1).clamp(min=0), output_hidden_states=hidden, **keep)
     logits = [first.logits[:, -1:].repeat_interleave(k, 0)]  # the last prompt position predicts token 0
@@ -154,6 +161,18 @@ def rollout_logits(model, ro: Rollout, *, is_seq2seq: bool, hidden: bool = False
         logits.append(out.logits)
         states += [out.hidden_states[-1]] if hidden else []
     return torch.cat(logits, 1), labels, torch.cat(states, 1) if hidden else None
+
+
+def _base(model):
+    """A peft model's underlying transformers model (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _checkpointing(model) -> bool:
+    """Whether activation (gradient) checkpointing is on (transformers 5 renamed the attribute)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 @lru_cache(maxsize=None)
@@ -217,7 +236,7 @@ class _CausalDecoder:
     def __init__(self, model, source: torch.Tensor, source_mask: torch.Tensor, k: int, lead: torch.Tensor):
         self.prompt, self.mask = lead, source_mask.repeat_interleave(k, 0)  # lead: the prompts, repeated
         self.model, self.cache = model, None
-        self.keep = {"logits_to_keep": 1} if _accepts(type(model), "logits_to_keep") else {}  # not the prompt's
+        self.keep = {"logits_to_keep": 1} if _accepts(type(_base(model)), "logits_to_keep") else {}  # not the prompt's
         self.next_position = None
 
     def _run(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ directory but a temporary tokenizer (`seqrl.rundir` commits the run once every c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -15,10 +16,11 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqrl import data, modeling
+from seqrl import data, lora, modeling
 from seqrl.baselines import EMABaseline, LearnedBaseline
-from seqrl.config import RecipeConfig
+from seqrl.config import ModelConfig, RecipeConfig
 from seqrl.errors import SeqrlError
+from seqrl.reference import AdaptersOff, FrozenCopy, Reference
 from seqrl.rewards import Reward
 from seqrl.rundir import NEW_TOKENIZER
 from seqrl.runlog import RunLog
@@ -46,7 +48,8 @@ class Run:
     """The trained tokenizer this run uses (None: a pretrained one, named by the recipe)."""
     ema: EMABaseline | None = None
     learned_baseline: torch.nn.Module | None = None
-    reference: torch.nn.Module | None = None
+    reference: Reference | None = None
+    """The KL penalty's reference policy (with `reinforce.kl_coef` > 0)."""
 
 
 def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: list,
@@ -54,8 +57,11 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     """Seed, data, tokenizer, model, optimizer, loader: everything before step 1."""
     set_seed(cfg.run.seed)
     raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
+    carved = data.carve_note(cfg.data, raw)
+    if carved:
+        accelerator.print(carved)
     tokenizer_dir = tokenizer_location(cfg, out, resume_from)
-    text_model = build_text_model(cfg, accelerator, raw, tokenizer_dir)
+    text_model = adapt(build_text_model(cfg, accelerator, raw, tokenizer_dir), cfg.model, accelerator)
     check_lengths(cfg, text_model.is_seq2seq, text_model.max_positions)
     tokenized, reports = data.tokenize(raw, text_model, cfg.data)
     for report in reports:
@@ -66,7 +72,7 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     rl_batch = cfg.reinforce.batch_size or cfg.xent.batch_size
     rl_loader = DataLoader(tokenized[cfg.data.train_split], batch_size=rl_batch, shuffle=True, collate_fn=collate)
     learned = LearnedBaseline(text_model.model.config.hidden_size) if cfg.reinforce.baseline == "learned" else None
-    groups = [{"params": text_model.model.parameters()}]
+    groups = [{"params": [p for p in text_model.model.parameters() if p.requires_grad]}]
     if learned is not None:  # its own constant rate (MIXER's fraction of the network's is ~0 under Adam)
         groups.append({"params": learned.parameters(), "lr": cfg.reinforce.baseline_lr})
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
@@ -83,17 +89,40 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
                              rl_factor=(cfg.reinforce.lr or cfg.optim.lr) / cfg.optim.lr)
     lr_scheduler = LambdaLR(optimizer, [network_factor] + [_constant] * (len(groups) - 1))
     accelerator.register_for_checkpointing(lr_scheduler)  # stepped by hand, saved with the state
-    n_params = sum(p.numel() for p in text_model.model.parameters())
-    accelerator.print(f"model: {type(text_model.model).__name__}, {n_params / 1e6:.2f}M parameters, "
-                      f"vocab {len(text_model.tokenizer)}; {total} optimizer steps on "
-                      f"{accelerator.num_processes} process(es), device {accelerator.device}")
+    accelerator.print(f"model: {describe(text_model.model, cfg.model)}, vocab {len(text_model.tokenizer)}; "
+                      f"{total} optimizer steps on {accelerator.num_processes} process(es), "
+                      f"device {accelerator.device}")
     for start, plan in schedule.boundaries():
         accelerator.print(f"  from step {start}: stage {plan.stage}, last {plan.n_rl_tokens} target tokens "
                           f"sampled, xent weight {plan.xent_weight}")
     ema = EMABaseline(cfg.reinforce.ema_decay) if cfg.reinforce.baseline == "ema" else None
+    reference = None
+    if cfg.reinforce.kl_coef > 0 and cfg.schedule.kind != "xent":
+        reference = AdaptersOff(text_model.model) if cfg.model.lora else FrozenCopy()
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
                schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir, ema,
-               rest[0] if rest else None)
+               rest[0] if rest else None, reference)
+
+
+def adapt(text_model: modeling.TextModel, cfg: ModelConfig, accelerator: Accelerator) -> modeling.TextModel:
+    """Gradient checkpointing and LoRA adapters, as the recipe asks."""
+    if cfg.gradient_checkpointing:  # (non-reentrant: works with frozen base weights and with LoRA)
+        text_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is None:
+        return text_model
+    accelerator.register_save_state_pre_hook(lora.keep_trained)  # checkpoints hold what trains
+    return dataclasses.replace(text_model, model=lora.apply(text_model.model, cfg.lora))
+
+
+def describe(model: torch.nn.Module, cfg: ModelConfig) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    name = type(model.get_base_model() if cfg.lora else model).__name__
+    text = f"{name}, {total / 1e6:.2f}M parameters"
+    if cfg.lora:
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        targets = model.peft_config["default"].target_modules
+        text += f" ({trained / 1e6:.2f}M trained: LoRA rank {cfg.lora.rank} on {', '.join(sorted(targets))})"
+    return text + (", gradient checkpointing" if cfg.gradient_checkpointing else "")
 
 
 def _constant(step: int) -> float:

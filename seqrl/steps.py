@@ -73,8 +73,7 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
     kl = None
     if run.reference is not None:
         with torch.no_grad():
-            ref_logp = masked_token_logprobs(rollout_logits(run.reference, ro, is_seq2seq=tm.is_seq2seq)[0],
-                                             labels, masks)
+            ref_logp = masked_token_logprobs(run.reference.logits(ro, tm.is_seq2seq), labels, masks)
         kl = kl_penalty(logp, ref_logp, sample_mask, _per_process(run, sample_mask.sum()))
         loss = loss + rl.kl_coef * kl
     stats = _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_loss)

@@ -24,12 +24,11 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
-from seqrl import preemption, rewards
-from seqrl.checkpoint import changed_settings, load_checkpoint, load_reference, resolve_resume, save_checkpoint
+from seqrl import lora, preemption, rewards
+from seqrl.checkpoint import changed_settings, load_checkpoint, resolve_resume, save_checkpoint
 from seqrl.config import RecipeConfig, dump_recipe
 from seqrl.errors import SeqrlError
 from seqrl.evaluate import evaluate_split
-from seqrl.modeling import frozen_copy
 from seqrl.plots import plot_run
 from seqrl.preemption import Preempted, stop_signals_caught
 from seqrl.run import Run, setup
@@ -89,10 +88,15 @@ def use_cpu(forced: bool) -> bool:
 
 def resume(run: Run, path: Path) -> dict:
     """Restore a checkpoint into the run's model, optimizer and baselines (in memory)."""
-    state = {**load_checkpoint(run.accelerator, path), "path": str(path)}
+    lora_model = run.model if run.cfg.model.lora else None
+    state = {**load_checkpoint(run.accelerator, path, lora_model), "path": str(path)}
+    if lora_model is not None and state.get("lora_base") != lora.base_fingerprint(lora_model):
+        raise SeqrlError(f"run.resume: the adapters of {path} were trained on other base weights (another "
+                         f"model.name_or_path, or run.seed for a model built from a config); use its own recipe")
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
-    run.reference = load_reference(path, run.accelerator.unwrap_model(run.model))
+    if run.reference is not None:
+        run.reference.load(path, run.accelerator.unwrap_model(run.model))
     run.accelerator.print(f"resumed from {path} at step {state['step']}")
     return state
 
@@ -191,8 +195,8 @@ def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
         loop.stage = [plan.stage, plan.n_rl_tokens]
         run.runlog.write(loop.step, {"stage_start": 1, "stage": plan.stage, "delta": plan.n_rl_tokens,
                                      "xent_weight": plan.xent_weight})
-    if not plan.is_xent and run.reference is None and cfg.reinforce.kl_coef > 0:
-        run.reference = frozen_copy(acc.unwrap_model(run.model))  # the policy as RL begins
+    if not plan.is_xent and run.reference is not None:
+        run.reference.begin(acc.unwrap_model(run.model))  # a frozen copy: the policy as RL begins
     # Dropout noise as a function of (seed, step, micro-batch, process) only: data loaders and
     # evaluation also draw from torch's RNG, differently in a resumed run.
     torch.manual_seed(step_seed(cfg.run.seed, loop.step, loop.batch_in_epoch, acc.process_index))
@@ -274,6 +278,8 @@ def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> None:
 def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> None:
     state = {**loop.state(), "ema": run.ema.state_dict() if run.ema else None,
              "pending_evaluations": list(pending_evaluations)}
+    if run.cfg.model.lora:
+        state["lora_base"] = lora.base_fingerprint(run.model)
     loop.checkpoint = save_checkpoint(run.accelerator, run.out, loop.step, state, run.cfg.run.keep_checkpoints,
                                       run.reference, dump_recipe(run.cfg))
     loop.saved_at = time.monotonic()

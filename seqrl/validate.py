@@ -19,6 +19,8 @@ def validate(cfg: RecipeConfig) -> list[str]:
         names = [r.name for r in rewards.build(cfg.rewards)]
         lines.append(f"rewards: {', '.join(names)} load")
     raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
+    carved = data.carve_note(cfg.data, raw)
+    lines += [carved] if carved else []
     for split, ds in raw.items():
         empty = sum(1 for t in list(ds[cfg.data.target_field]) if not (isinstance(t, str) and t.strip()))
         lines.append(f"data[{split}]: {len(ds)} examples, {empty} empty targets, columns {ds.column_names}")

@@ -399,3 +399,74 @@ def test_a_local_looking_data_path_fails_at_once(tmp_path, monkeypatch):
     with pytest.raises(DataError):
         load_raw(cfg(path="Helsinki-NLP/opus-100"), ["train"])
     assert tried == ["Helsinki-NLP/opus-100"]
+
+
+# -- hub dataset shapes: nested columns, no validation split -----------------------------------
+
+
+def wmt_like(directory, pairs, splits=("train", "validation", "test"), features=True):
+    """A `save_to_disk` DatasetDict shaped like the hub's WMT datasets: one `translation` column
+    (a `Translation` feature, or a plain struct as opus datasets have) holding both languages."""
+    sizes = {"train": (0, 160), "validation": (160, 180), "test": (180, 200)}
+    feats = datasets.Features({"translation": datasets.Translation(languages=["en", "es"])}) if features else None
+    parts = {s: datasets.Dataset.from_dict(
+        {"translation": [{"en": p["en"], "es": p["es"]} for p in pairs[slice(*sizes[s])]]}, features=feats)
+        for s in splits}
+    datasets.DatasetDict(parts).save_to_disk(str(directory))
+    return directory
+
+
+@pytest.mark.parametrize("features", [True, False], ids=["Translation-feature", "struct"])
+def test_dotted_fields_read_nested_columns(tmp_path, toy_pairs, features):
+    path = wmt_like(tmp_path / "wmt", toy_pairs, features=features)
+    raw = load_raw(DataConfig(path=str(path), source_field="translation.en", target_field="translation.es"), SPLITS)
+    assert {s: len(raw[s]) for s in SPLITS} == SIZES
+    assert list(raw["validation"]["translation.en"]) == [p["en"] for p in toy_pairs[160:180]]
+    assert list(raw["test"]["translation.es"]) == [p["es"] for p in toy_pairs[180:200]]
+
+
+def test_a_missing_nested_field_names_what_is_there(tmp_path, toy_pairs):
+    path = wmt_like(tmp_path / "wmt", toy_pairs)
+    with pytest.raises(DataError, match=r"data.target_field 'translation.fr' is not a column of split 'train'; "
+                                        r"'translation' has en, es"):
+        load_raw(DataConfig(path=str(path), source_field="translation.en", target_field="translation.fr"), ["train"])
+
+
+@pytest.mark.parametrize("share,count", [(0.1, 16), (25, 25)])
+def test_validation_carved_from_train(tmp_path, toy_pairs, share, count):
+    """A fraction or a count of training rows, drawn with data.split_seed, removed from train,
+    kept in their order; the same rows every time, others with another seed; the test split is
+    untouched."""
+    path = wmt_like(tmp_path / "wmt", toy_pairs, splits=("train", "test"))
+    cfg = DataConfig(path=str(path), source_field="translation.en", target_field="translation.es",
+                     validation_from_train=share)
+    raw = load_raw(cfg, SPLITS)
+    train, held = list(raw["train"]["translation.en"]), list(raw["validation"]["translation.en"])
+    original = [p["en"] for p in toy_pairs[:160]]
+    assert len(held) == count and len(train) == 160 - count
+    assert sorted(train + held) == sorted(original)
+    index = {text: i for i, text in enumerate(original)}  # (the toy sources are distinct)
+    assert [index[t] for t in held] == sorted(index[t] for t in held)
+    assert list(load_raw(cfg, SPLITS)["validation"]["translation.en"]) == held
+    other = load_raw(dataclasses.replace(cfg, split_seed=1), SPLITS)
+    assert list(other["validation"]["translation.en"]) != held
+    assert len(raw["test"]) == 20
+    alone = load_raw(cfg, ["validation"])  # `seqrl evaluate --split validation` carves the same rows
+    assert list(alone["validation"]["translation.en"]) == held
+
+
+def test_carving_over_an_existing_validation_split_is_refused(tmp_path, toy_pairs, toy_data_dir):
+    for path in (wmt_like(tmp_path / "wmt", toy_pairs), toy_data_dir):
+        fields = {"source_field": "translation.en", "target_field": "translation.es"} if path != toy_data_dir else \
+            {"source_field": "en", "target_field": "es"}
+        with pytest.raises(DataError, match=r"data.validation_from_train is set, but the data has a 'validation' "
+                                            r"split already"):
+            load_raw(DataConfig(path=str(path), validation_from_train=0.1, **fields), SPLITS)
+
+
+def test_carving_more_than_train_holds_is_refused(tmp_path, toy_pairs):
+    path = wmt_like(tmp_path / "wmt", toy_pairs, splits=("train",))
+    with pytest.raises(DataError, match=r"data.validation_from_train 160 of 160 training examples leaves no "
+                                        r"training example"):
+        load_raw(DataConfig(path=str(path), source_field="translation.en", target_field="translation.es",
+                            validation_from_train=160, test_split=None), ["train", "validation"])

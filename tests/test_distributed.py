@@ -103,6 +103,22 @@ def test_two_processes_equal_one_process_decoder_only(toy_data_dir, tmp_path):
     assert worst < TOLERANCE, f"2-process parameters differ from 1-process by {worst:.3g}"
 
 
+def test_two_processes_equal_one_process_with_lora(toy_data_dir, tmp_path):
+    """LoRA adapters (and the KL penalty against the adapters-off model): 2 processes make the
+    same updates as 1, merged into the same `final/` weights."""
+    finals = {}
+    for processes, batch, rl_batch in ((1, 8, 4), (2, 4, 2)):
+        recipe = _recipe(toy_data_dir, tmp_path / str(processes), "loo", batch, rl_batch)
+        recipe["model"]["lora"] = {"rank": 4, "dropout": 0.0}
+        recipe["reinforce"]["kl_coef"] = 0.1
+        recipe["optim"]["lr"] = 3e-2
+        finals[processes] = launch(recipe, tmp_path, str(processes), processes)
+        assert '"kl"' in (tmp_path / str(processes) / "metrics.jsonl").read_text()
+    worst = max_diff(finals[1], finals[2])
+    print(f"marian LoRA loo: max |1-process - 2-process| = {worst:.2g}")
+    assert worst < TOLERANCE, f"2-process parameters differ from 1-process by {worst:.3g}"
+
+
 FAILING_REWARD = '''
 import os
 

@@ -21,9 +21,10 @@ from seqrl.checkpoint import list_checkpoints
 XENT_STEPS, TOTAL = 12, 24  # mixer: 12 XENT steps, then stages of 3 steps with delta 2 up to 8 tokens
 
 
-def _recipe(data_dir: Path, out: Path) -> dict:
+def _recipe(data_dir: Path, out: Path, lora: bool = False) -> dict:
     return {
-        "model": {"architecture": "marian", "config": dict(TINY_CONFIGS["marian"])},  # dropout on: RNG must resume
+        "model": {"architecture": "marian", "config": dict(TINY_CONFIGS["marian"]),  # dropout on: RNG must resume
+                  **({"lora": {"rank": 4}} if lora else {})},
         "tokenizer": {"vocab_size": 120},
         "data": {"path": str(data_dir), "source_field": "en", "target_field": "es",
                  "max_source_tokens": 16, "max_target_tokens": 8, "test_split": None},
@@ -104,3 +105,23 @@ def test_checkpoints_are_pruned_and_complete(reference_run):
     assert [p.name for p in kept] == [f"step-{s:08d}" for s in range(TOTAL - 2, TOTAL + 1)]
     root = reference_run["tmp"] / "reference" / "checkpoints"
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp")], "a temporary directory was left"
+
+
+def test_lora_sigkill_in_a_mixer_stage_then_resume_is_bitwise_equal(reference_run):
+    """With LoRA the checkpoints hold the adapters only; the resumed run still ends bitwise equal
+    (its base weights come from the recipe's seeded initialization, as in the uninterrupted run)."""
+    tmp = reference_run["tmp"]
+    reference_recipe = tmp / "lora-reference.yaml"
+    reference_recipe.write_text(yaml.safe_dump(_recipe(reference_run["data"], tmp / "lora-reference", lora=True)))
+    _wait(_finetune(reference_recipe))
+    out = tmp / "lora-killed"
+    recipe = tmp / "lora-killed.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(reference_run["data"], out, lora=True)))
+    killed_at = _kill_after_checkpoint(_finetune(recipe), out, XENT_STEPS + 4)
+    assert killed_at < TOTAL and not (out / "final").exists()
+    _wait(_finetune(recipe, "run.resume=auto"))
+    resumed = load_file(str(out / "final" / "model.safetensors"))
+    reference = load_file(str(tmp / "lora-reference" / "final" / "model.safetensors"))
+    different = [k for k in reference if not (resumed[k] == reference[k]).all()]
+    assert resumed.keys() == reference.keys() and not different
+    assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()

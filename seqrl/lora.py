@@ -1,0 +1,120 @@
+"""LoRA through `peft`: only the adapters train (and a learned baseline, which is not part of the
+model), for users who cannot fit the optimizer state of every weight.
+
+- `apply` wraps the model with `peft.get_peft_model(model, LoraConfig(...))`. Target modules are
+  the recipe's, else peft's default for the model type, else the attention projections of the
+  families peft has no default for (Marian, mBART, NLLB/M2M100, Pegasus, bert2bert).
+- `merged_state_dict` gives plain transformers weights: each adapted layer's base weight plus
+  peft's own `get_delta_weight`, computed into new tensors, so `final/` and `best/` can be written
+  mid-run without touching the live model (merging and unmerging in place would change the base
+  weights by rounding, and with them the rest of the run).
+- Checkpoints hold the trained tensors only (`keep_trained`, an accelerate save hook); a resume
+  checks that the checkpoint holds exactly this model's adapters (`check_trained`), trained on
+  these base weights (`base_fingerprint`, saved with the checkpoint).
+- The KL reference is the same model with its adapters disabled (`seqrl.reference`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+from seqrl.config import LoraSettings
+from seqrl.errors import SeqrlError
+
+OWN_DEFAULTS = {"marian": ["q_proj", "v_proj"], "mbart": ["q_proj", "v_proj"], "m2m_100": ["q_proj", "v_proj"],
+                "pegasus": ["q_proj", "v_proj"], "encoder-decoder": ["query", "value"]}
+ADAPTER_DIR = "adapter"
+
+
+def default_targets(model_type: str) -> list[str] | None:
+    targets = PEFT_DEFAULTS.get(model_type) or OWN_DEFAULTS.get(model_type)
+    return list(targets) if targets else None
+
+
+def apply(model: torch.nn.Module, settings: LoraSettings) -> PeftModel:
+    """The model with LoRA adapters; only they require gradients."""
+    model_type = model.config.model_type
+    targets = list(settings.target_modules) if settings.target_modules else default_targets(model_type)
+    if not targets:
+        raise SeqrlError(f"model.lora.target_modules: no default for model type '{model_type}'; name the "
+                         f"linear layers to adapt (e.g. [q_proj, v_proj]; the model has {_linear_names(model)})")
+    task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets, task_type=task)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+        raise SeqrlError(f"model.lora.target_modules {targets} match no layer of the model "
+                         f"({str(err).splitlines()[0][:60]}...); it has {_linear_names(model)}") from None
+
+
+def _linear_names(model: torch.nn.Module) -> str:
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"})
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    return isinstance(extract_model_from_parallel(model), PeftModel)
+
+
+@torch.no_grad()
+def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The base model's state dict with every adapter merged in, under the base model's own names
+    (what `merge_and_unload().state_dict()` gives), on the CPU; the model is not changed."""
+    base = model.get_base_model()
+    deltas = {name: module.get_delta_weight(adapter)
+              for name, module in base.named_modules() if isinstance(module, LoraLayer)
+              for adapter in module.active_adapters if adapter in module.lora_A}
+    merged = {}
+    for key, tensor in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        name = key.replace(".base_layer.", ".")
+        module = key.rsplit(".base_layer.", 1)[0] if ".base_layer." in key else None
+        if module in deltas and key.endswith(".base_layer.weight"):
+            tensor = tensor + deltas[module].to(tensor.dtype)
+        merged[name] = tensor.detach().to("cpu", copy=True)
+    return merged
+
+
+def save_merged(model: PeftModel, directory: Path) -> None:
+    """`directory`: merged weights that plain transformers loads; the adapter in `adapter/` for peft."""
+    base = model.get_base_model()
+    base.save_pretrained(directory, state_dict=merged_state_dict(model))
+    model.save_pretrained(directory / ADAPTER_DIR)
+
+
+@torch.no_grad()
+def base_fingerprint(model: torch.nn.Module) -> float:
+    """A number that changes with the frozen base weights (their sum of squares, in float64):
+    a LoRA checkpoint's adapters are only meaningful on the base they were trained on."""
+    return float(sum(p.double().square().sum() for p in model.parameters() if not p.requires_grad))
+
+
+def trained_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def keep_trained(models: list, weights: list, output_dir: str) -> None:
+    """accelerate save hook: the LoRA model's checkpoint holds its trained tensors only."""
+    for i, model in enumerate(models):
+        if is_lora(model):
+            keep = set(trained_names(model))
+            weights[i] = {k: v for k, v in weights[i].items() if k in keep}
+
+
+def check_trained(model: torch.nn.Module, saved: list[str]) -> None:
+    """A LoRA checkpoint must hold exactly the model's trained tensors (else it is another run's)."""
+    expected = set(trained_names(model))
+    if set(saved) != expected:
+        extra, missing = sorted(set(saved) - expected), sorted(expected - set(saved))
+        what = f"holds {len(extra)} tensors this model does not train (e.g. {extra[0]})" if extra else \
+            f"lacks {len(missing)} of its adapter tensors (e.g. {missing[0]})"
+        raise ValueError(f"it {what}")

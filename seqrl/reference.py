@@ -1,0 +1,75 @@
+"""The KL penalty's reference policy, built once in set-up (when `reinforce.kl_coef` > 0).
+
+- `FrozenCopy` (full fine-tuning): a frozen copy of the policy as sequence-level training
+  begins, saved with each checkpoint so that a resumed run penalizes against the same one.
+- `AdaptersOff` (LoRA): the same model with its adapters disabled, which is the pretrained base;
+  no copy, nothing to save. With LoRA the reference is therefore the model before fine-tuning,
+  not the model after the XENT stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from seqrl.modeling import frozen_copy
+from seqrl.rollout import Rollout, rollout_logits
+
+REFERENCE_FILE = "reference_model.pt"
+
+
+class Reference(Protocol):
+    def begin(self, policy: torch.nn.Module) -> None: ...
+    def logits(self, ro: Rollout, is_seq2seq: bool) -> torch.Tensor: ...
+    def save(self, directory: Path) -> None: ...
+    def load(self, directory: Path, policy: torch.nn.Module) -> None: ...
+
+
+class FrozenCopy:
+    def __init__(self):
+        self.model: torch.nn.Module | None = None
+
+    def begin(self, policy: torch.nn.Module) -> None:
+        """Take the copy, once: the policy as sequence-level training begins."""
+        if self.model is None:
+            self.model = frozen_copy(policy)
+
+    @torch.no_grad()
+    def logits(self, ro: Rollout, is_seq2seq: bool) -> torch.Tensor:
+        return rollout_logits(self.model, ro, is_seq2seq=is_seq2seq)[0]
+
+    def save(self, directory: Path) -> None:
+        if self.model is not None:
+            torch.save(self.model.state_dict(), directory / REFERENCE_FILE)
+
+    def load(self, directory: Path, policy: torch.nn.Module) -> None:
+        file = directory / REFERENCE_FILE
+        if file.is_file():
+            self.model = frozen_copy(policy)
+            self.model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+
+
+class AdaptersOff:
+    def __init__(self, policy: torch.nn.Module):
+        self.policy = policy  # the unwrapped peft model
+
+    def begin(self, policy: torch.nn.Module) -> None:
+        pass
+
+    @torch.no_grad()
+    def logits(self, ro: Rollout, is_seq2seq: bool) -> torch.Tensor:
+        was_training = self.policy.training
+        self.policy.eval()  # no dropout in the reference, as in a frozen copy
+        try:
+            with self.policy.disable_adapter():
+                return rollout_logits(self.policy, ro, is_seq2seq=is_seq2seq)[0]
+        finally:
+            self.policy.train(was_training)
+
+    def save(self, directory: Path) -> None:
+        pass
+
+    def load(self, directory: Path, policy: torch.nn.Module) -> None:
+        pass
