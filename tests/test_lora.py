@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,7 +163,11 @@ def test_bf16_autocast_runs_on_the_cpu(toy_data_dir, tmp_path):
     r = recipe(toy_data_dir, tmp_path / "run", model, tokenizer={"vocab_size": 120})
     r["run"].update(mixed_precision="bf16", cpu=True)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
-    assert main(["finetune", str(tmp_path / "r.yaml")]) == 0
+    # its own process: accelerate's state, made once per process, is fp32 in this one
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, "-m", "seqrl", "finetune", str(tmp_path / "r.yaml")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["train/loss"] for m in rows if "train/loss" in m]
     assert len(losses) == 7 and all(isinstance(x, float) for x in losses)
