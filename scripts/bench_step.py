@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seqrl.config import TokenizerConfig, from_dict  # noqa: E402
-from seqrl.modeling import pad_rows, train_tokenizer  # noqa: E402
+from seqrl.modeling import pad_rows  # noqa: E402
+from seqrl.tokenizer import train_tokenizer  # noqa: E402
 from seqrl.rewards import fast  # noqa: E402
 
 # 2 layers (encoder-decoder: 2 + 2), 128 wide, 4 heads. No dropout: TRL samples with the model in
@@ -159,7 +160,8 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
 
     from seqrl import rewards
     from seqrl.run import setup
-    from seqrl.train import _Loop, micro_step, teardown
+    from seqrl.session import teardown
+    from seqrl.train import _Loop, micro_step
 
     data = work / "seqrl_data"
     data.mkdir()

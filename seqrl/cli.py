@@ -102,7 +102,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, args.overrides)  # fail here, once, before starting N processes
     if args.num_processes is not None or args.accelerate_config is not None:
         return _relaunch(args, Path(cfg.run.output_dir))
-    from seqrl.train import finetune  # the heavy imports, after the recipe has loaded
+    from seqrl.session import finetune  # the heavy imports, after the recipe has loaded
     final = finetune(cfg)
     if final is not None:
         print(f"done: model in {final}")

@@ -123,6 +123,10 @@ def nested_fields(ds: datasets.Dataset, cfg: DataConfig, split: str) -> datasets
 def _load_source(cfg: DataConfig, splits: list[str]) -> tuple[DatasetDict, dict[str, str]]:
     """The splits from data.files, a directory or the hub; also the split -> file map."""
     files: dict[str, str] = {}  # split -> the file it was read from, for error messages
+    local = bool(cfg.files) or Path(cfg.path).exists() or looks_local(cfg.path)
+    if cfg.hub_config is not None and local:
+        raise DataError(f"data.hub_config '{cfg.hub_config}' names a configuration of a hub dataset, and the data "
+                        f"is local ({cfg.path or 'data.files'}); remove data.hub_config")
     if cfg.files:
         files = {s: cfg.files[s] for s in splits if s in cfg.files}
         raw = _load_files(files, "data.files")

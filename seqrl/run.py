@@ -25,6 +25,7 @@ from seqrl.rewards import Reward
 from seqrl.rundir import NEW_TOKENIZER
 from seqrl.runlog import RunLog
 from seqrl.schedule import Schedule, lr_factor
+from seqrl.tokenizer import train_tokenizer
 
 @dataclass
 class Run:
@@ -156,7 +157,7 @@ def build_text_model(cfg: RecipeConfig, accelerator: Accelerator, raw: DatasetDi
                 train = raw[cfg.data.train_split]
                 texts = [cfg.data.source_prefix + s for s in list(train[cfg.data.source_field]) if isinstance(s, str)]
                 texts += [t for t in list(train[cfg.data.target_field]) if isinstance(t, str)]
-                modeling.train_tokenizer(texts, cfg.tokenizer).save_pretrained(tokenizer_dir)
+                train_tokenizer(texts, cfg.tokenizer).save_pretrained(tokenizer_dir)
         tok_cfg = type(cfg.tokenizer)(**{**vars(cfg.tokenizer), "name_or_path": str(tokenizer_dir)})
         text_model = modeling.build(cfg.model, tok_cfg, cfg.data)
     text_model.max_new_tokens = cfg.eval.max_new_tokens  # saved with the model: `seqrl generate`'s default

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from seqrl import data, modeling, rewards
+from seqrl import data, lora, modeling, rewards
 from seqrl.config import RecipeConfig
-from seqrl.run import check_lengths
+from seqrl.run import check_lengths, describe
 from seqrl.runlog import check_trackers
+from seqrl.tokenizer import load_tokenizer
 
 
 def validate(cfg: RecipeConfig) -> list[str]:
@@ -28,11 +29,13 @@ def validate(cfg: RecipeConfig) -> list[str]:
         text_model = modeling.build(cfg.model, cfg.tokenizer, cfg.data)
         is_seq2seq, positions = text_model.is_seq2seq, text_model.max_positions
         lines.append(f"model: {cfg.model.name_or_path} loads (vocab {len(text_model.tokenizer)})")
+        if cfg.model.lora:
+            lines.append(f"model: {describe(lora.apply(text_model.model, cfg.model.lora), cfg.model)}")
     else:
         config = modeling.architecture_config(cfg.model)
         is_seq2seq, positions = config.is_encoder_decoder, getattr(config, "max_position_embeddings", None)
         if cfg.tokenizer.name_or_path is not None:
-            tokenizer = modeling.load_tokenizer(cfg.tokenizer.name_or_path)
+            tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
             lines.append(f"tokenizer: {cfg.tokenizer.name_or_path} loads (vocab {len(tokenizer)})")
         lines.append(f"model: {cfg.model.architecture} config builds; "
                      f"{'tokenizer given' if cfg.tokenizer.name_or_path else 'tokenizer trained at run start'}")

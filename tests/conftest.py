@@ -136,3 +136,19 @@ def make_tiny_recipe(data_dir: Path, output_dir: Path) -> dict:
 def tiny_recipe(toy_data_dir, tmp_path) -> dict:
     """`make_tiny_recipe` on the toy data, writing under tmp_path/run."""
     return make_tiny_recipe(toy_data_dir, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def stand_in_dir(tmp_path_factory):
+    """`stand_in_dir(family)`: a tiny local stand-in of a pretrained family (`stand_ins.py`),
+    saved once per session."""
+    from stand_ins import build_stand_in
+
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            made[family] = build_stand_in(family, tmp_path_factory.mktemp(family) / "model")
+        return made[family]
+
+    return get

@@ -276,6 +276,31 @@ def misspelled_local_data(recipe: dict, ctx: Ctx) -> None:
     recipe["data"]["path"] = "data2/tarin"
 
 
+def stand_in_model(family: str, **fields: Any) -> Mutate:
+    """model.name_or_path -> a tiny local stand-in of a pretrained family (tests/stand_ins.py)."""
+
+    def mutate(recipe: dict, ctx: Ctx) -> None:
+        from stand_ins import build_stand_in
+
+        recipe["model"] = {"name_or_path": str(build_stand_in(family, ctx.tmp / family))}
+        recipe.pop("tokenizer", None)
+        for dotted, value in fields.items():
+            put(dotted, value)(recipe, ctx)
+
+    return mutate
+
+
+def nested_data(recipe: dict, ctx: Ctx) -> None:
+    """data.path -> a save_to_disk DatasetDict shaped like the hub's WMT data ({translation: {en, es}})."""
+    import datasets
+
+    pairs = make_pairs()
+    parts = {s: datasets.Dataset.from_list([{"translation": {"en": p["en"], "es": p["es"]}} for p in rows])
+             for s, rows in (("train", pairs[:160]), ("validation", pairs[160:180]), ("test", pairs[180:]))}
+    datasets.DatasetDict(parts).save_to_disk(str(ctx.tmp / "wmt"))
+    recipe["data"].update(path=str(ctx.tmp / "wmt"), source_field="translation.en", target_field="translation.es")
+
+
 def output_dir_at(make: Callable[[Ctx], Path]) -> Mutate:
     def mutate(recipe: dict, ctx: Ctx) -> None:
         recipe["run"]["output_dir"] = str(make(ctx))
@@ -445,6 +470,25 @@ CASES = [
     Case("output-dir-cannot-be-created", output_dir_at(lambda ctx: Path("/sys/seqrl-test-run")),
          ("run.output_dir", "cannot be created", "writable")),
     Case("output-dir-not-writable", output_dir_at(lambda ctx: Path("/sys")), ("run.output_dir '/sys' is not writable",)),
+    # pretrained models: languages, generation settings, LoRA, hub dataset shapes
+    Case("unknown-target-language", stand_in_model("mbart50", **{"tokenizer.tgt_lang": "es_ES"}),
+         ("tokenizer.tgt_lang", "no language code 'es_ES'", "did you mean 'es_XX'")),
+    Case("language-for-a-tokenizer-without-languages", put("tokenizer.src_lang", "en_XX"),
+         ("tokenizer.src_lang", "has no language codes")),
+    Case("generation-setting-typo", put("model.generation", {"no_repeat_ngram": 3}),
+         ("model.generation.no_repeat_ngram", "did you mean 'model.generation.no_repeat_ngram_size'")),
+    Case("generation-setting-rollouts-cannot-honour", put("model.generation", {"repetition_penalty": 1.2}),
+         ("repetition_penalty=1.2", "cannot be applied to training rollouts", "model.generation.repetition_penalty: 1.0")),
+    Case("lora-target-modules-missing", put("model.lora", {"target_modules": ["query_proj"]}),
+         ("model.lora.target_modules ['query_proj'] match no layer", "q_proj")),
+    Case("lora-rank-0", put("model.lora", {"rank": 0}), ("model.lora.rank and model.lora.alpha must be > 0",)),
+    Case("lora-unknown-key", put("model.lora", {"rnak": 8}), ("model.lora.rnak", "did you mean 'model.lora.rank'")),
+    Case("nested-field-missing", both(nested_data, put("data.target_field", "translation.fr")),
+         ("data.target_field 'translation.fr'", "'translation' has en, es")),
+    Case("hub-config-with-local-data", put("data.hub_config", "en-es"), ("data.hub_config 'en-es'", "local")),
+    Case("validation-carved-over-an-existing-one", put("data.validation_from_train", 0.1),
+         ("data.validation_from_train is set", "'validation' split already")),
+    Case("validation-carve-not-whole", put("data.validation_from_train", 2.5), ("data.validation_from_train", "whole number")),
     # a reward that ends the process
     Case("reward-calls-sys-exit", custom_reward("exits"), (f"{REWARD_MODULE}:exits", "sys.exit(3)")),
     # trackers

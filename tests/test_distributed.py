@@ -177,7 +177,7 @@ def test_ctrl_c_stops_a_two_process_run(toy_data_dir, tmp_path):
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     from seqrl.errors import SeqrlError
-    from seqrl.train import use_cpu
+    from seqrl.session import use_cpu
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -21,22 +21,9 @@ from seqrl.estimators import IGNORE_INDEX, token_logprobs
 from seqrl.generation import masked_token_logprobs
 from seqrl.modeling import build
 from seqrl.rollout import Sampling, rollout, rollout_logits
-from stand_ins import FAMILIES, build_stand_in
+from stand_ins import FAMILIES
 
 LANGUAGES = {"mbart50": ("en_XX", "es_XX"), "nllb": ("eng_Latn", "spa_Latn")}
-
-
-@pytest.fixture(scope="session")
-def stand_in_dir(tmp_path_factory):
-    """`stand_in_dir(family)`: the saved stand-in's directory (built once per session)."""
-    made = {}
-
-    def get(family: str):
-        if family not in made:
-            made[family] = build_stand_in(family, tmp_path_factory.mktemp(family) / "model")
-        return made[family]
-
-    return get
 
 
 def load(stand_in_dir, family: str, **generation) -> object:

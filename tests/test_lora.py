@@ -25,7 +25,7 @@ from seqrl.config import LoraSettings
 from seqrl.errors import SeqrlError
 from seqrl.lora import apply, merged_state_dict
 from test_cli import assert_one_line_error
-from test_generation import load, stand_in_dir  # noqa: F401 (a fixture)
+from test_generation import load
 
 FAMILIES = ["marian", "mbart50", "nllb", "t5", "bart", "gpt2"]
 

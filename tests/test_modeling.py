@@ -18,7 +18,8 @@ from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
 from seqrl.errors import SeqrlError
 from seqrl.estimators import masked_xent
 from seqrl.estimators import IGNORE_INDEX
-from seqrl.modeling import TextModel, build, load_saved, train_tokenizer
+from seqrl.modeling import TextModel, build, load_saved
+from seqrl.tokenizer import train_tokenizer
 
 from conftest import TINY_CONFIGS, build_tiny, make_pairs
 

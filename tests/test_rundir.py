@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from seqrl.cli import main
 from seqrl.errors import SeqrlError
 from seqrl.rundir import LOCK_FILE, RunDirLock
 
-from conftest import make_tiny_recipe, write_toy_splits
 from test_cli import assert_one_line_error
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")

@@ -1,0 +1,119 @@
+"""One run of a recipe, start to end: claim the output directory, set up, restore a checkpoint,
+make the run's first writes, train, finish (`final/`), and let everything go again, whatever
+happens on the way (`seqrl.rundir` for the directory, `seqrl.train` for the loop)."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+
+from seqrl import lora, rewards
+from seqrl.checkpoint import changed_settings, load_checkpoint, resolve_resume
+from seqrl.config import RecipeConfig, dump_recipe
+from seqrl.errors import SeqrlError
+from seqrl.preemption import Preempted, stop_signals_caught
+from seqrl.run import Run, setup
+from seqrl.rundir import claim, commit, is_inside
+from seqrl.runlog import check_trackers
+from seqrl.train import finish, train
+
+
+def finetune(cfg: RecipeConfig) -> Path | None:
+    """Run the recipe; return the `final/` model directory (None on processes other than rank 0).
+    Raises `Preempted` once the checkpoint is written when SIGTERM or SIGUSR1 stopped the run."""
+    out = Path(cfg.run.output_dir)
+    resume_from = resolve_resume(out, cfg.run.resume)
+    check_trackers(cfg.log.trackers)
+    reward_fns = rewards.build(cfg.rewards) if cfg.schedule.kind != "xent" else []
+    # Seedable sampler: the data order is a function of (seed, epoch), so resumes and runs on any
+    # number of processes see the same global batches.
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum_steps,
+                              mixed_precision=cfg.run.mixed_precision, cpu=use_cpu(cfg.run.cpu),
+                              log_with=cfg.log.trackers or None, project_dir=str(out),
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    lock = claim(out, cfg.run.overwrite, resume_from, accelerator)  # held until the run ends
+    run = None
+    try:
+        with stop_signals_caught():
+            run = setup(cfg, accelerator, out, reward_fns, resume_from)
+            state = resume(run, resume_from) if resume_from else None
+            start(run, resume_from, state)
+            loop = train(run, state)
+            if loop.preempted:
+                raise Preempted(f"stopped by {loop.preempted} after step {loop.step}, checkpoint written to "
+                                f"{loop.checkpoint}; to continue, run the same command with --set run.resume=auto")
+            final = finish(run, loop)
+    except Preempted:  # every process stopped at the same step: a clean end
+        teardown(accelerator, run, clean=True)
+        raise
+    except BaseException:
+        teardown(accelerator, run, clean=False)
+        raise
+    finally:
+        lock.release()
+    teardown(accelerator, run, clean=True)
+    return final
+
+
+def use_cpu(forced: bool) -> bool:
+    """CPU when asked, and for a multi-process launch on a machine without GPUs: accelerate only
+    forms a (gloo) process group on the CPU when told `cpu=True`; otherwise each launched
+    process would silently train alone."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    local, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if not forced and launched and 0 < gpus < local:  # else torch fails with "invalid device ordinal"
+        raise SeqrlError(f"{local} processes on this machine but {gpus} GPU(s): launch at most {gpus} per "
+                         f"machine, or run on the CPU (run.cpu: true, or CUDA_VISIBLE_DEVICES= to hide the GPUs)")
+    return forced or (launched and not torch.cuda.is_available())
+
+
+def resume(run: Run, path: Path) -> dict:
+    """Restore a checkpoint into the run's model, optimizer and baselines (in memory)."""
+    lora_model = run.model if run.cfg.model.lora else None
+    state = {**load_checkpoint(run.accelerator, path, lora_model), "path": str(path)}
+    if lora_model is not None and state.get("lora_base") != lora.base_fingerprint(lora_model):
+        raise SeqrlError(f"run.resume: the adapters of {path} were trained on other base weights (another "
+                         f"model.name_or_path, or run.seed for a model built from a config); use its own recipe")
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    if run.reference is not None:
+        run.reference.load(path, run.accelerator.unwrap_model(run.model))
+    run.accelerator.print(f"resumed from {path} at step {state['step']}")
+    return state
+
+
+def start(run: Run, resume_from: Path | None, state: dict | None) -> None:
+    """The run's first writes, once set-up and any checkpoint have loaded: clear an old run
+    (unless this one continues it), tokenizer and resolved recipe in place, metrics opened."""
+    acc = run.accelerator
+    if acc.is_main_process:
+        recipe = dump_recipe(run.cfg)
+        if resume_from is not None:
+            changed = changed_settings(resume_from, recipe)
+            if changed:
+                acc.print(f"resuming with settings changed since the checkpoint: {changed}")
+        commit(run.out, resume_from is None or not is_inside(resume_from, run.out), recipe, run.tokenizer_dir)
+    acc.wait_for_everyone()
+    run.runlog.open(after_step=state["step"] if state else None)
+
+
+def teardown(accelerator: Accelerator, run: Run | None, clean: bool) -> None:
+    """Drop every reference to the wrapped model before the process group goes: a DDP model
+    still alive while gloo is torn down was seen to hang the interpreter on exit. After an error
+    or Ctrl-C (`clean=False`) there is no barrier: the other processes may be gone."""
+    if run is not None:
+        run.runlog.close()
+        run.model = run.optimizer = run.text_model = run.reference = run.learned_baseline = None
+    del run
+    accelerator.free_memory()
+    gc.collect()
+    if clean:
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
