@@ -10,6 +10,9 @@ sizes (32,128 and 50,265), with a BPE tokenizer trained here on synthetic text. 
 `seqrl.train.micro_step`, the code `seqrl finetune` runs: the MIXER step samples whole targets
 (16 sources x 4 samples, up to 64 tokens, leave-one-out, token-BLEU) and runs the teacher-forced
 pass; the XENT step is 64 examples of 64 target tokens (the same rows). Sources are 64 tokens.
+Arms: full fine-tuning, LoRA (rank 16, the family's default targets), LoRA + gradient
+checkpointing, and for the MIXER step the same with the teacher-forced pass in chunks of 4
+sources (`reinforce.chunk_sources: 4`, the same update).
 
 Memory on the CPU is the process's peak resident set (VmHWM) in a process of its own per arm,
 and the same minus the resident set just before the model is built (imports and data: the same
@@ -43,8 +46,10 @@ MODELS = {  # published sizes; dropout as published
                            "encoder_attention_heads": 12, "decoder_attention_heads": 12, "encoder_ffn_dim": 3072,
                            "decoder_ffn_dim": 3072, "max_position_embeddings": 1024}),
 }
-MODES = {"full": {}, "lora": {"lora": {"rank": 16}},
-         "lora+gc": {"lora": {"rank": 16}, "gradient_checkpointing": True}}
+# arm -> (model fields, reinforce fields); the chunked arm runs the MIXER step only
+MODES = {"full": ({}, {}), "lora": ({"lora": {"rank": 16}}, {}),
+         "lora+gc": ({"lora": {"rank": 16}, "gradient_checkpointing": True}, {}),
+         "lora+gc+chunks": ({"lora": {"rank": 16}, "gradient_checkpointing": True}, {"chunk_sources": 4})}
 STEPS = ("xent", "mixer")
 LENGTH = 64  # source and target tokens
 
@@ -126,12 +131,12 @@ def run_arm(args) -> dict:
     schedule = ({"kind": "xent", "xent_steps": n} if kind == "xent" else
                 {"kind": "mixer", "xent_steps": 0, "stage_steps": n, "delta": LENGTH})
     cfg = from_dict({
-        "model": {"architecture": arch, "config": dict(config), **MODES[mode]},
+        "model": {"architecture": arch, "config": dict(config), **MODES[mode][0]},
         "tokenizer": {"name_or_path": str(args.work / "tokenizer")},
         "data": {"path": str(args.work / "data"), "max_source_tokens": LENGTH, "max_target_tokens": LENGTH},
         "xent": {"batch_size": 64},
         "schedule": schedule,
-        "reinforce": {"batch_size": 16, "num_samples": 4, "baseline": "loo"},
+        "reinforce": {"batch_size": 16, "num_samples": 4, "baseline": "loo", **MODES[mode][1]},
         "rewards": [{"name": "token_bleu"}],
         "optim": {"lr": 1e-4, "warmup_steps": 0, "decay": "constant"},
         "eval": {"every": 0, "max_new_tokens": LENGTH},
@@ -219,7 +224,7 @@ def main(argv=None) -> None:
         make_data(work)
         for name in args.models:
             for kind in args.kinds:
-                for mode in MODES:
+                for mode in [m for m in MODES if kind == "mixer" or not MODES[m][1]]:
                     arm = f"{name}:{mode}:{kind}"
                     cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work), "--device", args.device,
                            "--steps", str(args.steps), "--threads", str(args.threads)]

@@ -22,7 +22,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
                   "run.save_every", "run.save_every_minutes", "data.split_seed", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
                   "reinforce.kl_coef")
-    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "data.max_train_examples", "eval.max_examples", "run.max_steps",
+    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources", "data.max_train_examples", "eval.max_examples", "run.max_steps",
                       "run.max_minutes", "data.validation_from_train",
                       "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs", "schedule.final_stage_steps",
                       "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
@@ -93,6 +93,9 @@ def _check_schedule(cfg: RecipeConfig) -> None:
 
 def _check_reinforce(cfg: RecipeConfig) -> None:
     rl = cfg.reinforce
+    if rl.chunk_sources is not None and rl.baseline == "learned" and rl.normalize_advantages:
+        raise ConfigError("reinforce.chunk_sources with the learned baseline and normalize_advantages: the "
+                          "advantages' statistics need every chunk's decoder states first; drop one of the three")
     if rl.baseline == "loo" and rl.num_samples < 2:
         raise ConfigError("reinforce.baseline: loo needs reinforce.num_samples >= 2 "
                           f"(got {rl.num_samples}); use another baseline or more samples")

@@ -40,17 +40,19 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, normalizer: torch.Tens
     return (values * mask).sum() / (mask.sum().clamp(min=1) if normalizer is None else normalizer)
 
 
-def reinforce_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+def reinforce_loss(logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
+                   rows: int | None = None) -> torch.Tensor:
     """The REINFORCE surrogate: -(1/N) sum_i sum_t A_i(t) log p(y_it), over sampled positions.
 
     logprobs (N, T) of the sampled tokens, mask (N, T) true on sampled positions, advantages
     (N,) per sequence or (N, T) per position, detached: its gradient is the score-function
-    estimate of -grad E[R] (the reward itself is never differentiated).
+    estimate of -grad E[R] (the reward itself is never differentiated). `rows` is N when these
+    are one chunk of a larger batch (default: the rows given).
     """
     adv = advantages.detach()
     if adv.dim() == 1:
         adv = adv.unsqueeze(1)
-    return -(adv * logprobs * mask.to(logprobs.dtype)).sum() / logprobs.shape[0]
+    return -(adv * logprobs * mask.to(logprobs.dtype)).sum() / (rows or logprobs.shape[0])
 
 
 def normalize(advantages: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-6,

@@ -45,6 +45,20 @@ class Rollout:
     def rows(self) -> list[list[int]]:
         return [row[:n] for row, n in zip(self.sequences.tolist(), self.lengths.tolist())]
 
+    def target_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, T) masks of the gold-prefix positions and of the sampled positions (none past EOS)."""
+        position = torch.arange(self.sequences.shape[1], device=self.sequences.device)
+        valid = position < self.lengths[:, None]
+        gold = position < self.prefix_len[:, None]
+        return valid & gold, valid & ~gold
+
+    def select(self, first: int, last: int) -> Rollout:
+        """The rows of sources first..last-1 (each source's k rows are contiguous)."""
+        k = self.sequences.shape[0] // self.source.shape[0]
+        rows = slice(first * k, last * k)
+        return Rollout(self.sequences[rows], self.prefix_len[rows], self.lengths[rows], self.source[first:last],
+                       self.source_mask[first:last], self.lead[rows], self.constraints)
+
     def sample_masks(self, sampled: torch.Tensor, vocab: int) -> dict[int, torch.Tensor]:
         """The constraints' additive masks at the sampled positions (`sampled` (N, T)), for
         REINFORCE's log-probabilities (`seqrl.generation.masked_token_logprobs`)."""

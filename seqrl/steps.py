@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from seqrl import baselines
-from seqrl.estimators import IGNORE_INDEX, kl_penalty, masked_mean, normalize, reinforce_loss, xent_sum
+from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss, xent_sum
 from seqrl.generation import masked_token_logprobs
 from seqrl.rewards import score
 from seqrl.rollout import Sampling, rollout, rollout_logits
@@ -40,47 +40,81 @@ def xent_step(run: Run, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
 
 
 def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """XENT on each target's gold prefix + REINFORCE on its sampled suffix, one forward pass."""
-    rl, tm, k = run.cfg.reinforce, run.text_model, run.cfg.reinforce.num_samples
+    """XENT on each target's gold prefix + REINFORCE on its sampled suffix, one forward pass
+    (per chunk of `reinforce.chunk_sources` sources: all chunks but the last are backpropagated
+    here, the returned loss is the last chunk's, for the caller's backward)."""
+    rl, tm, k, acc = run.cfg.reinforce, run.text_model, run.cfg.reinforce.num_samples, run.accelerator
     t0 = time.perf_counter()
     # 1-2. Prefix k_i = max(L_i - Δ, 0): gold tokens before it, k samples per source after it.
     # 3.   Sequence rewards of the samples, on this rank.                R: (N,), N = B * k
     ro, R, parts, greedy_R, timing = _sample_and_score(run, batch, plan, step)
-    # 4. One teacher-forced pass over prefix + sample, with gradients.
-    with run.accelerator.autocast():
-        logits, labels, hidden = rollout_logits(run.model, ro, is_seq2seq=tm.is_seq2seq,
-                                                hidden=rl.baseline == "learned")
-    position = (labels != IGNORE_INDEX).cumsum(dim=1) - 1                  # index within the target
-    prefix_mask = (labels != IGNORE_INDEX) & (position < ro.prefix_len[:, None])
-    sample_mask = (labels != IGNORE_INDEX) & (position >= ro.prefix_len[:, None])
-    # log p of each token; at sampled ones, of the distribution sampled from (generation masks)
-    masks = ro.sample_masks(sample_mask, logits.shape[-1])
-    logp = masked_token_logprobs(logits, labels, masks)                    # (N, T)
-    # 5. Baseline and advantage A = R - b (detached; per position for the learned baseline).
-    b, baseline_loss = _baseline(run, R, k, greedy_R, hidden, sample_mask)
-    advantage = R[:, None] - b if b.dim() == 2 else R - b
-    if rl.normalize_advantages:
-        advantage = normalize(advantage, sample_mask if advantage.dim() == 2 else None,
-                              all_reduce=lambda t: run.accelerator.reduce(t, "sum"))
-    # 6. loss = w * XENT(prefix) + (1 - w) * REINFORCE(suffix) [+ beta * KL] [+ baseline MSE].
-    if plan.xent_on_gold:
-        xent_total, n_gold = xent_sum(*tm.target_logits(run.model, batch["model_inputs"])[:2])
-        xent = xent_total / _per_process(run, n_gold)
-    else:
-        xent = -masked_mean(logp, prefix_mask, _per_process(run, prefix_mask.sum()))
-    pg = reinforce_loss(logp, sample_mask, advantage)
-    loss = plan.xent_weight * xent + (1 - plan.xent_weight) * pg + baseline_loss
-    kl = None
-    if run.reference is not None:
-        with torch.no_grad():
-            ref_logp = masked_token_logprobs(run.reference.logits(ro, tm.is_seq2seq), labels, masks)
-        kl = kl_penalty(logp, ref_logp, sample_mask, _per_process(run, sample_mask.sum()))
-        loss = loss + rl.kl_coef * kl
-    stats = _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_loss)
-    stats.update({"train/xent": float(xent.detach()), "train/reinforce": float(pg.detach()),
+    prefix_mask, sample_mask = ro.target_masks()                            # (N, T) each
+    n_prefix, n_sample = _per_process(run, prefix_mask.sum()), _per_process(run, sample_mask.sum())
+    # 5a. A = R - b for a sequence-level baseline (the learned one is per position: in 5b).
+    learned = rl.baseline == "learned"
+    advantage = None if learned else R - _sequence_baseline(run, R, k, greedy_R)
+    if rl.normalize_advantages and not learned:
+        advantage = normalize(advantage, all_reduce=lambda t: acc.reduce(t, "sum"))
+    xent_gold = None
+    if plan.xent_on_gold:  # XENT on the whole gold target, apart from the samples
+        gold_total, n_gold = xent_sum(*tm.target_logits(run.model, batch["model_inputs"])[:2])
+        xent_gold = gold_total / _per_process(run, n_gold)
+    chunks = _chunks(ro.source.shape[0], rl.chunk_sources)
+    sums, advantages = {"xent": 0.0, "reinforce": 0.0, "kl": 0.0, "baseline": 0.0, "loss": 0.0}, []
+    for i, (first, last) in enumerate(chunks):
+        part, rows = ro.select(first, last), slice(first * k, last * k)
+        # 4. One teacher-forced pass over prefix + sample, with gradients.
+        with acc.autocast():
+            logits, labels, hidden = rollout_logits(run.model, part, is_seq2seq=tm.is_seq2seq, hidden=learned)
+        # log p of each token; at sampled ones, of the distribution sampled from (generation masks)
+        masks = part.sample_masks(sample_mask[rows], logits.shape[-1])
+        logp = masked_token_logprobs(logits, labels, masks)                # (n, T)
+        # 5b. MIXER's learned baseline: per position, from the detached decoder states.
+        baseline_loss = logp.new_zeros(())
+        if learned:
+            predicted = run.learned_baseline(hidden)                        # (n, T)
+            baseline_loss = baselines.learned_loss(predicted, R[rows], sample_mask[rows], n_sample)
+            chunk_advantage = R[rows, None] - predicted.detach()
+            if rl.normalize_advantages:  # (one chunk only: config_checks)
+                chunk_advantage = normalize(chunk_advantage, sample_mask[rows],
+                                            all_reduce=lambda t: acc.reduce(t, "sum"))
+        else:
+            chunk_advantage = advantage[rows]
+        # 6. loss = w * XENT(prefix) + (1 - w) * REINFORCE(suffix) [+ beta * KL] [+ baseline MSE].
+        xent = -masked_mean(logp, prefix_mask[rows], n_prefix) if xent_gold is None else logp.new_zeros(())
+        pg = reinforce_loss(logp, sample_mask[rows], chunk_advantage, rows=ro.sequences.shape[0])
+        loss = plan.xent_weight * xent + (1 - plan.xent_weight) * pg + baseline_loss
+        if run.reference is not None:
+            with torch.no_grad():
+                ref_logp = masked_token_logprobs(run.reference.logits(part, tm.is_seq2seq), labels, masks)
+            kl = kl_penalty(logp, ref_logp, sample_mask[rows], n_sample)
+            loss = loss + rl.kl_coef * kl
+            sums["kl"] += float(kl.detach())
+        if i == len(chunks) - 1 and xent_gold is not None:
+            loss = loss + plan.xent_weight * xent_gold
+        for key, value in (("xent", xent), ("reinforce", pg), ("baseline", baseline_loss), ("loss", loss)):
+            sums[key] += float(value.detach())
+        advantages.append(chunk_advantage.detach())
+        if i < len(chunks) - 1:  # free this chunk's graph now; gradients sync on the last backward
+            with acc.no_sync(run.model):
+                acc.backward(loss)
+    if xent_gold is not None:
+        sums["xent"] = float(xent_gold.detach())
+    stats = _stats(R, parts, torch.cat(advantages), sample_mask, prefix_mask, plan)
+    stats.update({"train/xent": sums["xent"], "train/reinforce": sums["reinforce"], "train/loss": sums["loss"],
                   "time/rollout_s": timing[0], "time/reward_s": timing[1], "time/forward_s": time.perf_counter() - t0
                   - sum(timing), "rl_tokens": float(sample_mask.sum()), "xent_tokens": float(prefix_mask.sum())})
+    if run.reference is not None:
+        stats["kl"] = sums["kl"]
+    if learned:
+        stats["baseline/mse"] = sums["baseline"]
     return loss, stats
+
+
+def _chunks(sources: int, size: int | None) -> list[tuple[int, int]]:
+    """(first, last) source ranges of at most `size` sources (one range when size is empty)."""
+    size = size or sources
+    return [(i, min(i + size, sources)) for i in range(0, sources, size)]
 
 
 def _per_process(run: Run, count: torch.Tensor) -> torch.Tensor:
@@ -131,24 +165,21 @@ def _reward_inputs(run: Run, batch: dict, rows: list[list[int]], k: int) -> dict
     return inputs
 
 
-def _baseline(run: Run, R: torch.Tensor, k: int, greedy_R, hidden, sample_mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """b (N,) or (N, T), and the learned baseline's regression loss (0 for the others)."""
-    kind, zero = run.cfg.reinforce.baseline, R.new_zeros(())
+def _sequence_baseline(run: Run, R: torch.Tensor, k: int, greedy_R) -> torch.Tensor:
+    """b (N,) for the sequence-level baselines (every one but `learned`)."""
+    kind = run.cfg.reinforce.baseline
     if kind == "none":
-        return torch.zeros_like(R), zero
+        return torch.zeros_like(R)
     if kind == "mean":  # over the global batch, as on one process
-        return baselines.batch_mean(run.accelerator.gather(R))[: R.numel()], zero
+        return baselines.batch_mean(run.accelerator.gather(R))[: R.numel()]
     if kind == "ema":
-        return run.ema(run.accelerator.gather(R))[: R.numel()], zero
+        return run.ema(run.accelerator.gather(R))[: R.numel()]
     if kind == "loo":
-        return baselines.leave_one_out(R, k), zero
-    if kind == "greedy":
-        return baselines.from_greedy(greedy_R, k), zero
-    predicted = run.learned_baseline(hidden)                                # (N, T)
-    return predicted.detach(), baselines.learned_loss(predicted, R, sample_mask, _per_process(run, sample_mask.sum()))
+        return baselines.leave_one_out(R, k)
+    return baselines.from_greedy(greedy_R, k)
 
 
-def _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_loss) -> dict[str, float]:
+def _stats(R, parts, advantage, sample_mask, prefix_mask, plan) -> dict[str, float]:
     stats = {"reward/total": float(R.mean()), "reward/std": float(R.std()) if R.numel() > 1 else 0.0,
              "advantage/std": float(advantage[sample_mask].std() if advantage.dim() == 2 else advantage.std())
              if R.numel() > 1 else 0.0,
@@ -160,8 +191,4 @@ def _stats(R, parts, advantage, sample_mask, prefix_mask, plan, kl, baseline_los
             mean = sum(present) / len(present)
             stats[f"reward/{name}"] = mean
             stats[f"reward_std/{name}"] = (sum((v - mean) ** 2 for v in present) / max(len(present) - 1, 1)) ** 0.5
-    if kl is not None:
-        stats["kl"] = float(kl.detach())
-    if baseline_loss.requires_grad:  # only the learned baseline has a loss of its own
-        stats["baseline/mse"] = float(baseline_loss.detach())
     return stats
