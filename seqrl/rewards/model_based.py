@@ -1,0 +1,189 @@
+"""Rewards scored by a model: BERTScore, sentence-embedding similarity, a classifier's label.
+
+Each is a class built once per process from the recipe's `kwargs` (its model loaded then, in
+eval mode, on the training device), called like any reward with its process's own rows, under
+`torch.no_grad`, `batch_size` texts at a time. Model names are local directories or hub names.
+
+- `bertscore`: BERTScore F1 (Zhang et al. 2020): contextual embeddings of candidate and
+  reference tokens from one layer of an encoder, greedy matching by cosine similarity, precision
+  and recall averaged over tokens (optionally idf-weighted, idf from the training references),
+  F1 from the two. Special tokens take part in the matching but carry no weight, as in the
+  `bert-score` package, which it matches to 1e-4 (`tests/test_model_rewards.py`).
+- `embedding_similarity`: cosine similarity of sentence embeddings (sentence-transformers: the
+  model's own pooling and normalization), scaled from [-1, 1] to [0, 1].
+- `classifier`: the probability (or logit) of one label from an
+  `AutoModelForSequenceClassification`, on the completion alone or paired with its source or
+  reference (TRL's reward-model style).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+
+from seqrl.errors import SeqrlError
+
+
+def _load(what: str, loader, name: str):
+    try:
+        return loader(name)
+    except (OSError, ValueError) as err:
+        raise SeqrlError(f"reward '{what}': model '{name}' could not be loaded (not a model directory, or a hub "
+                         f"name while offline): {str(err).splitlines()[0][:120]}") from None
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class BERTScore:
+    """BERTScore F1 of each completion against its reference."""
+
+    reads_train_references = True  # (for idf)
+
+    def __init__(self, model: str, layer: int | None = None, idf: bool = False, batch_size: int = 64,
+                 max_length: int = 512):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = _load("bertscore", AutoTokenizer.from_pretrained, model)
+        encoder = _load("bertscore", AutoModel.from_pretrained, model)
+        self.encoder = (encoder.get_encoder() if hasattr(encoder, "get_encoder") else encoder).eval()
+        layers = self.encoder.config.num_hidden_layers
+        if layer is not None and not 0 <= layer <= layers:
+            raise SeqrlError(f"reward 'bertscore': layer {layer} is not between 0 and the model's {layers} layers")
+        self.layer, self.idf, self.batch_size, self.max_length = layer, idf, batch_size, max_length
+        self.weights: dict[int, float] | None = None  # token id -> idf (with idf, from the training references)
+        self.specials = {self.tokenizer.cls_token_id, self.tokenizer.sep_token_id} - {None}
+
+    def setup(self, device: torch.device, train_references: list[str]) -> None:
+        self.encoder.to(device)
+        if self.idf:
+            self.weights = idf_weights([self._ids(r) for r in train_references], self.specials)
+
+    def _ids(self, text: str) -> list[int]:
+        text = text.strip()
+        if not text:
+            return self.tokenizer.build_inputs_with_special_tokens([])
+        return self.tokenizer.encode(text, add_special_tokens=True, max_length=self.max_length, truncation=True)
+
+    @torch.no_grad()
+    def _embed(self, ids: list[list[int]]) -> list[torch.Tensor]:
+        """Per text, its tokens' unit-length embeddings (L, D) from the chosen layer."""
+        out = []
+        device = next(self.encoder.parameters()).device
+        pad = self.tokenizer.pad_token_id or 0
+        for batch in _batches(ids, self.batch_size):
+            width = max(len(x) for x in batch)
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch], device=device)
+            result = self.encoder(input_ids=input_ids, attention_mask=mask, output_hidden_states=self.layer is not None)
+            states = result.hidden_states[self.layer] if self.layer is not None else result.last_hidden_state
+            states = states / states.norm(dim=-1, keepdim=True)
+            out += [states[i, :len(x)] for i, x in enumerate(batch)]
+        return out
+
+    def _weights(self, ids: list[int], device) -> torch.Tensor:
+        w = [0.0 if t in self.specials else (self.weights.get(t, self._default) if self.weights else 1.0) for t in ids]
+        return torch.tensor(w, device=device)
+
+    @property
+    def _default(self) -> float:  # idf of a token no training reference holds
+        return self.weights.get(-1, 0.0) if self.weights else 1.0
+
+    def __call__(self, completions: list[str], references: list[str]) -> list[float]:
+        hyp_ids, ref_ids = [self._ids(c) for c in completions], [self._ids(r) for r in references]
+        hyp, ref = self._embed(hyp_ids), self._embed(ref_ids)
+        scores = []
+        for h, r, hi, ri in zip(hyp, ref, hyp_ids, ref_ids):
+            sim = h @ r.T                                                    # (Lh, Lr) cosine similarities
+            wh, wr = self._weights(hi, sim.device), self._weights(ri, sim.device)
+            if wh.sum() == 0 or wr.sum() == 0:  # an empty candidate or reference scores 0
+                scores.append(0.0)
+                continue
+            precision = float((sim.max(dim=1).values * wh).sum() / wh.sum())
+            recall = float((sim.max(dim=0).values * wr).sum() / wr.sum())
+            scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        return scores
+
+
+def idf_weights(references: list[list[int]], specials: set[int]) -> dict[int, float]:
+    """BERTScore's idf: log((M + 1) / (df + 1)) over M references; key -1 holds an unseen token's."""
+    df = Counter(t for ids in references for t in set(ids))
+    m = len(references)
+    weights = {t: math.log((m + 1) / (c + 1)) for t, c in df.items()}
+    weights[-1] = math.log(m + 1)
+    for t in specials:
+        weights[t] = 0.0
+    return weights
+
+
+class EmbeddingSimilarity:
+    """(1 + cos(embed(completion), embed(reference))) / 2 with a sentence-transformers model."""
+
+    def __init__(self, model: str, batch_size: int = 64):
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise SeqrlError("reward 'embedding_similarity' needs sentence-transformers: "
+                             "`pip install sentence-transformers`") from None
+        self.model = _load("embedding_similarity", lambda n: SentenceTransformer(n, device="cpu"), model)
+        self.batch_size = batch_size
+
+    def setup(self, device: torch.device, train_references: list[str]) -> None:
+        self.model.to(device)
+
+    @torch.no_grad()
+    def __call__(self, completions: list[str], references: list[str]) -> list[float]:
+        encode = lambda texts: self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,  # noqa: E731
+                                                 normalize_embeddings=True, show_progress_bar=False)
+        cosine = (encode(completions) * encode(references)).sum(dim=-1)
+        return ((1 + cosine.clamp(-1, 1)) / 2).tolist()
+
+
+class Classifier:
+    """The probability (or logit) of `label` from a sequence classifier, on the completion alone
+    or as a pair with its source (`pair: source`) or reference (`pair: reference`)."""
+
+    def __init__(self, model: str, label: str | int = 1, output: str = "probability", pair: str | None = None,
+                 batch_size: int = 64, max_length: int = 512):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = _load("classifier", AutoTokenizer.from_pretrained, model)
+        self.model = _load("classifier", AutoModelForSequenceClassification.from_pretrained, model).eval()
+        labels = self.model.config.id2label
+        if isinstance(label, str) and label not in labels.values():
+            raise SeqrlError(f"reward 'classifier': label '{label}' is not one of the model's labels "
+                             f"{sorted(labels.values())}")
+        if isinstance(label, int) and label not in labels:
+            raise SeqrlError(f"reward 'classifier': label {label} is not one of the model's label indices "
+                             f"{sorted(labels)}")
+        self.index = label if isinstance(label, int) else next(i for i, name in labels.items() if name == label)
+        if output not in ("probability", "logit"):
+            raise SeqrlError(f"reward 'classifier': output must be 'probability' or 'logit', got '{output}'")
+        if pair not in (None, "source", "reference"):
+            raise SeqrlError(f"reward 'classifier': pair must be empty, 'source' or 'reference', got '{pair}'")
+        self.output, self.pair, self.batch_size, self.max_length = output, pair, batch_size, max_length
+
+    def setup(self, device: torch.device, train_references: list[str]) -> None:
+        self.model.to(device)
+
+    @torch.no_grad()
+    def __call__(self, completions: list[str], references: list[str], prompts: list[str]) -> list[float]:
+        firsts = {"source": prompts, "reference": references}.get(self.pair)
+        device = next(self.model.parameters()).device
+        scores = []
+        for start in range(0, len(completions), self.batch_size):
+            texts = completions[start:start + self.batch_size]
+            args = (firsts[start:start + self.batch_size], texts) if firsts is not None else (texts,)
+            inputs = self.tokenizer(*args, padding=True, truncation=True, max_length=self.max_length,
+                                    return_tensors="pt").to(device)
+            logits = self.model(**inputs).logits.float()
+            values = logits.softmax(dim=-1) if self.output == "probability" else logits
+            scores += values[:, self.index].tolist()
+        return scores
+
+
+MODEL_REWARDS = {"bertscore": BERTScore, "embedding_similarity": EmbeddingSimilarity, "classifier": Classifier}
