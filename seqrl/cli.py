@@ -1,4 +1,4 @@
-"""`seqrl finetune | validate | evaluate | generate | plot`.
+"""`seqrl finetune | validate | evaluate | generate | plot | push`.
 
 User errors (bad recipe, missing file, unloadable model) print one line and exit with code 2;
 `--debug` shows the traceback instead.
@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="write PNG curves of a run's metrics (RUN_DIR/plots/*.png)")
     p.add_argument("run_dir", help="a run's output_dir")
 
+    p = sub.add_parser("push", help="upload a run's final/ model (with its model card) to the Hugging Face hub")
+    p.add_argument("run_dir", help="a finished run's output_dir")
+    p.add_argument("repo_id", help="hub repository, user/name or org/name (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+
     p = sub.add_parser("generate", help="translate/summarize lines of text with a trained model")
     p.add_argument("model", help="model directory (e.g. RUN/final) or hub name")
     p.add_argument("--input", default="-", help="file with one source per line (default: stdin)")
@@ -103,7 +108,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.num_processes is not None or args.accelerate_config is not None:
         return _relaunch(args, Path(cfg.run.output_dir))
     from seqrl.session import finetune  # the heavy imports, after the recipe has loaded
-    final = finetune(cfg)
+    command = shlex.join(["seqrl", "finetune", args.recipe, *(x for item in args.overrides for x in ("--set", item))])
+    final = finetune(cfg, command=command)
     if final is not None:
         print(f"done: model in {final}")
     return 0
@@ -269,5 +275,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from seqrl.model_card import push
+
+    print(f"uploaded {Path(args.run_dir) / 'final'} to {push(Path(args.run_dir), args.repo_id, args.private)}")
+    return 0
+
+
 COMMANDS = {"plot": cmd_plot, "finetune": cmd_finetune, "validate": cmd_validate, "evaluate": cmd_evaluate,
-            "generate": cmd_generate}
+            "generate": cmd_generate, "push": cmd_push}

@@ -288,6 +288,11 @@ class LogConfig:
     """Project/run-group name given to the trackers."""
     progress_bar: bool = True
     """Show progress bars for training and decoding."""
+    samples_every: int = 100
+    """Every this many sequence-level steps, write `samples` sampled rows (source, reference,
+    sample, each reward, advantage) to samples.jsonl and the trackers (0 = never)."""
+    samples: int = 4
+    """Rows written each time (the first of the main process's batch)."""
 
 
 @dataclass
@@ -352,20 +357,26 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value (like optim.lr=1e-4), got '{item}'")
-    parts = key.strip().split(".")
+    try:
+        parsed = parse_yaml(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    except ConfigError as err:
+        raise ConfigError(f"--set {key}: {err}") from None
+    set_value(raw, key.strip(), parsed, f"--set {key}")
+
+
+def set_value(raw: dict[str, Any], key: str, value: Any, where: str = "overrides") -> None:
+    """Set dotted `key` (sections created as needed) in a raw recipe dict."""
+    parts = key.split(".")
     node = raw
     for part in parts[:-1]:
         if node.get(part) is None:  # absent, or an empty section in the YAML
             node[part] = {}
         node = node[part]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: '{part}' is not a section")
-    try:
-        node[parts[-1]] = parse_yaml(value) if value.strip() else None
-    except yaml.YAMLError:
-        node[parts[-1]] = value
-    except ConfigError as err:
-        raise ConfigError(f"--set {key}: {err}") from None
+            raise ConfigError(f"{where}: '{part}' is not a section")
+    node[parts[-1]] = value
 
 
 def read_text(path: Path, limit: int) -> str:

@@ -277,20 +277,31 @@ RESERVED_COLUMNS = ("completions", "completion_ids", "prompts", "references", "r
 
 class TrainCollator:
     """Training batches: model inputs for teacher forcing, plus what a REINFORCE step needs:
-    the ids as lists (prefix/rollout) and the raw columns under the reward contract's names
-    (`prompts` = sources, `references` = targets, every other column as it is)."""
+    the ids as lists (prefix/rollout) and the raw columns, under the reward contract's names
+    (`prompts` = sources, `references` = targets) and under their own."""
 
     def __init__(self, text_model: TextModel, cfg: DataConfig):
         self.text_model, self.cfg = text_model, cfg
 
     def __call__(self, features: list[dict]) -> dict:
-        columns = {"prompts": [f[self.cfg.source_field] for f in features],
-                   "references": [f[self.cfg.target_field] for f in features]}
-        skip = {self.cfg.source_field, self.cfg.target_field, "source_ids", "target_ids"}
-        for name in features[0]:
-            if name not in skip:
-                columns[name] = [f[name] for f in features]
         return {"model_inputs": self.text_model.collate(features),
                 "source_ids_list": [f["source_ids"] for f in features],
                 "target_ids_list": [f["target_ids"] for f in features],
-                "columns": columns}
+                "columns": reward_columns(features, self.cfg)}
+
+
+def reward_columns(features: list[dict], cfg: DataConfig) -> dict[str, list]:
+    """The rows' columns for rewards: `prompts` and `references`, and every column by its own name
+    (as TRL passes them)."""
+    columns = {"prompts": [f[cfg.source_field] for f in features],
+               "references": [f[cfg.target_field] for f in features]}
+    for name in features[0]:
+        if name not in ("source_ids", "target_ids"):
+            columns[name] = [f[name] for f in features]
+    return columns
+
+
+def probe_batch(text_model: TextModel, raw_rows: list[dict], cfg: DataConfig) -> dict:
+    """What a reward sees of these rows (loaded, not yet tokenized), for the set-up probe."""
+    return {"target_ids_list": text_model.encode_targets([r[cfg.target_field] for r in raw_rows]),
+            "columns": reward_columns(raw_rows, cfg)}

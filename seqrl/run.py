@@ -22,6 +22,7 @@ from seqrl.config import ModelConfig, RecipeConfig
 from seqrl.errors import SeqrlError
 from seqrl.reference import AdaptersOff, FrozenCopy, Reference
 from seqrl.rewards import Reward
+from seqrl.rewards.inputs import probe
 from seqrl.rundir import NEW_TOKENIZER
 from seqrl.runlog import RunLog
 from seqrl.schedule import Schedule, lr_factor
@@ -68,6 +69,12 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     for report in reports:
         accelerator.print(report.line())
     collate = data.TrainCollator(text_model, cfg.data)
+    if reward_fns:  # model-based rewards to the device; then every reward called once, before training
+        train = tokenized[cfg.data.train_split]
+        for reward in reward_fns:
+            reward.setup(accelerator.device, train[cfg.data.target_field])
+        probe(text_model, reward_fns, data.probe_batch(text_model, [train[i] for i in range(min(2, len(train)))],
+                                                       cfg.data))
     loader = DataLoader(tokenized[cfg.data.train_split], batch_size=cfg.xent.batch_size, shuffle=True,
                         collate_fn=collate)
     rl_batch = cfg.reinforce.batch_size or cfg.xent.batch_size

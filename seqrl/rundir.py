@@ -28,11 +28,11 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from seqrl.errors import SeqrlError
-from seqrl.runlog import METRICS_FILE
+from seqrl.runlog import METRICS_FILE, SAMPLES_FILE
 
 LOCK_FILE = ".seqrl.lock"
 RUN_MARKERS = ("recipe.yaml", METRICS_FILE)
-RUN_OUTPUTS = (*RUN_MARKERS, "final", "best", "checkpoints", "tokenizer", "plots")
+RUN_OUTPUTS = (*RUN_MARKERS, SAMPLES_FILE, "final", "best", "checkpoints", "tokenizer", "plots")
 NEW_TOKENIZER = ".tmp-tokenizer"  # a tokenizer trained by set-up, moved to tokenizer/ by commit
 
 
@@ -161,18 +161,19 @@ def claim(out: Path, overwrite: bool, resume_from: Path | None, accelerator: Acc
     return lock
 
 
-def clear_run(out: Path) -> None:
-    """Remove what an earlier run left (reached only with run.overwrite or a directory without a run)."""
+def clear_run(out: Path, also: tuple[str, ...] = ()) -> None:
+    """Remove what an earlier run left (reached only with run.overwrite or a directory without a
+    run); `also`: more names of its outputs (the trackers' directory)."""
     for path in out.iterdir():
-        if path.name in RUN_OUTPUTS or path.name.startswith("predictions-"):
+        if path.name in (*RUN_OUTPUTS, *also) or path.name.startswith("predictions-"):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def commit(out: Path, fresh: bool, recipe_text: str, tokenizer: Path | None) -> None:
+def commit(out: Path, fresh: bool, recipe_text: str, tokenizer: Path | None, also_clear: tuple[str, ...] = ()) -> None:
     """The run's first writes, once every check has passed (main process): clear the old run if
     this one starts afresh, put its tokenizer in place, write the resolved recipe atomically."""
     if fresh:
-        clear_run(out)
+        clear_run(out, also_clear)
     if tokenizer is not None and tokenizer != out / "tokenizer":
         if tokenizer.name == NEW_TOKENIZER:
             tokenizer.rename(out / "tokenizer")

@@ -16,6 +16,7 @@ from seqrl.config import RecipeConfig, to_dict
 from seqrl.errors import ConfigError, SeqrlError
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
 
 
 def check_trackers(names: list[str]) -> None:
@@ -25,7 +26,7 @@ def check_trackers(names: list[str]) -> None:
             guess = difflib.get_close_matches(name, list(LOGGER_TYPE_TO_CLASS), n=1)
             tip = f"; did you mean '{guess[0]}'?" if guess else f"; known: {', '.join(LOGGER_TYPE_TO_CLASS)}"
             raise ConfigError(f"log.trackers: unknown tracker '{name}'{tip}")
-        if not filter_trackers([name]):
+        if not filter_trackers([name], logging_dir="."):  # (only whether it is installed: no directory made)
             raise ConfigError(f"log.trackers: '{name}' is not installed; `pip install {name}` "
                               f"or remove it from log.trackers")
 
@@ -46,11 +47,14 @@ class RunLog:
             self.accelerator.init_trackers(self.cfg.log.project, config=flatten(to_dict(self.cfg)))
         if not self.accelerator.is_main_process:
             return
-        if after_step is not None and self.path.is_file():
-            keep = [json.dumps(line) + "\n" for line in read_metrics(self.path.parent) if line["step"] <= after_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(keep), encoding="utf-8")
-            tmp.replace(self.path)
+        if after_step is not None:
+            for path in (self.path, self.path.parent / SAMPLES_FILE):
+                if path.is_file():
+                    keep = [json.dumps(line, ensure_ascii=False) + "\n" for line in read_metrics(path.parent, path.name)
+                            if line["step"] <= after_step]
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text("".join(keep), encoding="utf-8")
+                    tmp.replace(path)
         self.file = self.path.open("a", encoding="utf-8")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -63,16 +67,29 @@ class RunLog:
         numeric = {k: v for k, v in clean.items() if isinstance(v, float)}
         self.accelerator.log(numeric, step=step)
 
+    def samples_due(self, step: int) -> bool:
+        every = self.cfg.log.samples_every
+        return bool(every) and step % every == 0 and self.accelerator.is_main_process
+
+    def write_samples(self, step: int, rows: list[dict], plan) -> None:
+        """Sampled rows to samples.jsonl and to every tracker that shows tables or text."""
+        rows = [{"step": step, "stage": plan.stage, "delta": plan.n_rl_tokens, **row} for row in rows]
+        if self.file is not None:
+            with (self.path.parent / SAMPLES_FILE).open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        if rows and self.cfg.log.trackers:
+            log_samples_to_trackers(self.accelerator, step, rows)
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
 
 
-def read_metrics(output_dir: str | Path) -> list[dict]:
-    """The lines of a run's metrics.jsonl. A last line cut short (a run killed mid-write) is
-    dropped; any other line that is not a JSON object with a `step` is an error naming it."""
-    path = Path(output_dir) / METRICS_FILE
+def read_metrics(output_dir: str | Path, name: str = METRICS_FILE) -> list[dict]:
+    """The lines of a run's metrics.jsonl (or samples.jsonl). A last line cut short (a run killed
+    mid-write) is dropped; any other line that is not a JSON object with a `step` is an error naming it."""
+    path = Path(output_dir) / name
     lines = path.read_bytes().split(b"\n")
     rows = []
     for number, line in enumerate(lines, 1):
@@ -100,3 +117,32 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
+
+
+def log_samples_to_trackers(accelerator: Accelerator, step: int, rows: list[dict]) -> None:
+    """TensorBoard: a markdown table as a text summary; wandb and trackio: a table."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    data = [[row.get(c) for c in columns] for row in rows]
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            table = "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                              + ["| " + " | ".join(cell(v) for v in row) + " |" for row in data])
+            tracker.writer.add_text("samples", table, global_step=step)
+            tracker.writer.flush()
+        elif tracker.name == "wandb":
+            tracker.log_table("samples", columns=columns, data=data, step=step)
+        elif tracker.name == "trackio":
+            import trackio
+
+            trackio.log({"samples": trackio.Table(columns=columns, data=data)}, step=step)
+
+
+def last_scores(output_dir: str | Path) -> dict[str, float]:
+    """A run's latest evaluation scores (`eval/...`, `test/...`) from its metrics.jsonl."""
+    if not (Path(output_dir) / METRICS_FILE).is_file():
+        return {}
+    scores: dict[str, float] = {}
+    for line in read_metrics(output_dir):
+        scores.update({k: v for k, v in line.items() if k.split("/")[0] in ("eval", "test") and v is not None})
+    return scores

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
 from seqrl import lora, rewards
 from seqrl.checkpoint import changed_settings, load_checkpoint, resolve_resume
@@ -23,18 +23,21 @@ from seqrl.runlog import check_trackers
 from seqrl.train import finish, train
 
 
-def finetune(cfg: RecipeConfig) -> Path | None:
+def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: str | None = None) -> Path | None:
     """Run the recipe; return the `final/` model directory (None on processes other than rank 0).
-    Raises `Preempted` once the checkpoint is written when SIGTERM or SIGUSR1 stopped the run."""
+    Raises `Preempted` once the checkpoint is written when SIGTERM or SIGUSR1 stopped the run.
+    `reward_functions`: Python callables for the recipe's rewards of those names (`seqrl.finetune`);
+    `command`: what started the run, for the model card."""
     out = Path(cfg.run.output_dir)
     resume_from = resolve_resume(out, cfg.run.resume)
     check_trackers(cfg.log.trackers)
-    reward_fns = rewards.build(cfg.rewards) if cfg.schedule.kind != "xent" else []
+    reward_fns = rewards.build(cfg.rewards, reward_functions) if cfg.schedule.kind != "xent" else []
     # Seedable sampler: the data order is a function of (seed, epoch), so resumes and runs on any
     # number of processes see the same global batches.
     accelerator = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum_steps,
                               mixed_precision=cfg.run.mixed_precision, cpu=use_cpu(cfg.run.cpu),
-                              log_with=cfg.log.trackers or None, project_dir=str(out),
+                              log_with=cfg.log.trackers or None,  # (TensorBoard writes to RUN/<log.project>)
+                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out)),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     lock = claim(out, cfg.run.overwrite, resume_from, accelerator)  # held until the run ends
     run = None
@@ -47,7 +50,7 @@ def finetune(cfg: RecipeConfig) -> Path | None:
             if loop.preempted:
                 raise Preempted(f"stopped by {loop.preempted} after step {loop.step}, checkpoint written to "
                                 f"{loop.checkpoint}; to continue, run the same command with --set run.resume=auto")
-            final = finish(run, loop)
+            final = finish(run, loop, command)
     except Preempted:  # every process stopped at the same step: a clean end
         teardown(accelerator, run, clean=True)
         raise
@@ -97,7 +100,9 @@ def start(run: Run, resume_from: Path | None, state: dict | None) -> None:
             changed = changed_settings(resume_from, recipe)
             if changed:
                 acc.print(f"resuming with settings changed since the checkpoint: {changed}")
-        commit(run.out, resume_from is None or not is_inside(resume_from, run.out), recipe, run.tokenizer_dir)
+        trackers_dir = (run.cfg.log.project,) if run.cfg.log.trackers else ()  # (accelerate's logging_dir/project)
+        commit(run.out, resume_from is None or not is_inside(resume_from, run.out), recipe, run.tokenizer_dir,
+               trackers_dir)
     acc.wait_for_everyone()
     run.runlog.open(after_step=state["step"] if state else None)
 

@@ -23,8 +23,10 @@ import torch
 from seqrl import baselines
 from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss, xent_sum
 from seqrl.generation import masked_token_logprobs
-from seqrl.rewards import score
+from seqrl.rewards import TrainerState, score
+from seqrl.rewards.inputs import RewardLog, reward_inputs
 from seqrl.rollout import Sampling, rollout, rollout_logits
+from seqrl.samples import sample_rows
 from seqrl.schedule import StagePlan
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
     t0 = time.perf_counter()
     # 1-2. Prefix k_i = max(L_i - Δ, 0): gold tokens before it, k samples per source after it.
     # 3.   Sequence rewards of the samples, on this rank.                R: (N,), N = B * k
-    ro, R, parts, greedy_R, timing = _sample_and_score(run, batch, plan, step)
+    ro, R, parts, greedy_R, timing, reward_log = _sample_and_score(run, batch, plan, step)
     prefix_mask, sample_mask = ro.target_masks()                            # (N, T) each
     n_prefix, n_sample = _per_process(run, prefix_mask.sum()), _per_process(run, sample_mask.sum())
     # 5a. A = R - b for a sequence-level baseline (the learned one is per position: in 5b).
@@ -100,7 +102,10 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
                 acc.backward(loss)
     if xent_gold is not None:
         sums["xent"] = float(xent_gold.detach())
-    stats = _stats(R, parts, torch.cat(advantages), sample_mask, prefix_mask, plan)
+    stats = {**_stats(R, parts, torch.cat(advantages), sample_mask, prefix_mask, plan), **reward_log.means()}
+    if run.runlog.samples_due(step + 1):  # (numbered like metrics.jsonl: after optimizer step `step + 1`)
+        run.runlog.write_samples(step + 1, sample_rows(tm, batch, ro.rows(), k, R, parts, torch.cat(advantages),
+                                                   sample_mask, reward_log.extra, run.cfg.log.samples), plan)
     stats.update({"train/xent": sums["xent"], "train/reinforce": sums["reinforce"], "train/loss": sums["loss"],
                   "time/rollout_s": timing[0], "time/reward_s": timing[1], "time/forward_s": time.perf_counter() - t0
                   - sum(timing), "rl_tokens": float(sample_mask.sum()), "xent_tokens": float(prefix_mask.sum())})
@@ -141,28 +146,14 @@ def _sample_and_score(run: Run, batch: dict, plan: StagePlan, step: int):
         greedy = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=1, max_len=max_len,
                          sampling=Sampling(greedy=True))
     sampled_at = time.perf_counter()
-    R, parts = score(run.rewards, **_reward_inputs(run, batch, ro.rows(), k))
+    state, log = TrainerState(step, run.total_steps, plan.stage, plan.n_rl_tokens), RewardLog()
+    R, parts = score(run.rewards, **reward_inputs(tm, run.rewards, batch, ro.rows(), k, state, log))
     greedy_R = None
     if greedy is not None:
-        greedy_R = torch.tensor(score(run.rewards, **_reward_inputs(run, batch, greedy.rows(), 1))[0],
-                                device=acc.device)
+        greedy_R = torch.tensor(score(run.rewards, **reward_inputs(tm, run.rewards, batch, greedy.rows(), 1, state,
+                                                                    RewardLog()))[0], device=acc.device)
     timing = (sampled_at - start, time.perf_counter() - sampled_at)
-    return ro, torch.tensor(R, device=acc.device), parts, greedy_R, timing
-
-
-def _reward_inputs(run: Run, batch: dict, rows: list[list[int]], k: int) -> dict:
-    """The reward contract's keyword arguments, each source's fields repeated for its k samples."""
-    tm, eos = run.text_model, run.text_model.tokenizer.eos_token_id
-    def strip_eos(seqs: list[list[int]]) -> list[list[int]]:
-        return [r[:-1] if r and r[-1] == eos else r for r in seqs]
-
-    ids = strip_eos(rows)
-    inputs = {"completion_ids": ids, "reference_ids": [r for r in strip_eos(batch["target_ids_list"]) for _ in range(k)]}
-    if any(reward.reads_text for reward in run.rewards):
-        inputs["completions"] = tm.decode(ids)
-    for name, values in batch["columns"].items():
-        inputs[name] = [v for v in values for _ in range(k)]
-    return inputs
+    return ro, torch.tensor(R, device=acc.device), parts, greedy_R, timing, log
 
 
 def _sequence_baseline(run: Run, R: torch.Tensor, k: int, greedy_R) -> torch.Tensor:

@@ -27,8 +27,10 @@ from seqrl import lora, preemption
 from seqrl.checkpoint import save_checkpoint
 from seqrl.config import dump_recipe
 from seqrl.evaluate import evaluate_split
+from seqrl.model_card import write_model_card
 from seqrl.plots import plot_run
 from seqrl.run import Run
+from seqrl.runlog import last_scores
 from seqrl.steps import mixer_step, xent_step
 
 
@@ -245,13 +247,15 @@ def _agreed(run: Run, decision: bool) -> bool:
     return bool(broadcast_object_list([decision])[0])
 
 
-def save_model_atomically(run: Run, path: Path, info: dict | None = None) -> None:
-    """Model + tokenizer to a temporary directory, then renamed over `path` (rank 0 only)."""
+def save_model_atomically(run: Run, path: Path, info: dict | None = None, card=None) -> None:
+    """Model + tokenizer (+ `card(directory)`) to a temporary directory, then renamed over `path` (rank 0 only)."""
     tmp, old = path.with_name(f".tmp-{path.name}"), path.with_name(f".old-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     run.text_model.save(tmp, run.accelerator.unwrap_model(run.model))
     if info is not None:
         (tmp / "best.json").write_text(json.dumps(info))
+    if card is not None:
+        card(tmp)
     if path.exists():
         path.rename(old)
     tmp.rename(path)
@@ -273,9 +277,10 @@ def evaluate(run: Run, step: int, split: str, max_examples: int | None, predicti
     return metrics
 
 
-def finish(run: Run, loop: _Loop) -> Path:
+def finish(run: Run, loop: _Loop, command: str | None = None) -> Path:
     """Final evaluation(s) with predictions files (the validation one may give `best/`; skipped
-    when the run stopped right after one), then `final/` (plain transformers directory)."""
+    when the run stopped right after one), then `final/` (plain transformers directory, with a
+    model card saying how it was trained and the `command` that did it)."""
     cfg, step = run.cfg, loop.step
     if loop.validated_at != step:
         validate(run, loop)
@@ -283,7 +288,8 @@ def finish(run: Run, loop: _Loop) -> Path:
         evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}.jsonl")
     final = run.out / "final"
     if run.accelerator.is_main_process:
-        save_model_atomically(run, final)
+        save_model_atomically(run, final, card=lambda d: write_model_card(
+            d, cfg, run.text_model.is_seq2seq, step, last_scores(run.out), command))
         run.runlog.close()
         for path in plot_run(run.out):
             run.accelerator.print(f"plot: {path}")

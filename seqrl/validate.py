@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import torch
+
 from seqrl import data, lora, modeling, rewards
 from seqrl.config import RecipeConfig
 from seqrl.run import check_lengths, describe
 from seqrl.runlog import check_trackers
-from seqrl.tokenizer import load_tokenizer
+from seqrl.rewards.inputs import probe
+from seqrl.tokenizer import load_tokenizer, train_tokenizer
 
 
 def validate(cfg: RecipeConfig) -> list[str]:
     """Load the data and the model's config (and a pretrained tokenizer); return report lines.
 
-    A tokenizer that the run would train is not trained here; the data it would see is loaded.
+    A tokenizer that the run would train is not trained here (only a small one on 1,000 targets,
+    for the rewards' trial call); the data it would see is loaded.
     """
     lines = ["recipe: ok"]
     check_trackers(cfg.log.trackers)
-    if cfg.schedule.kind != "xent":
-        names = [r.name for r in rewards.build(cfg.rewards)]
-        lines.append(f"rewards: {', '.join(names)} load")
+    reward_fns = rewards.build(cfg.rewards) if cfg.schedule.kind != "xent" else []
     raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
     carved = data.carve_note(cfg.data, raw)
     lines += [carved] if carved else []
@@ -37,8 +39,20 @@ def validate(cfg: RecipeConfig) -> list[str]:
         if cfg.tokenizer.name_or_path is not None:
             tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
             lines.append(f"tokenizer: {cfg.tokenizer.name_or_path} loads (vocab {len(tokenizer)})")
+        else:  # (only for the rewards' trial call below: the run trains its own on all the data)
+            texts = [t for t in list(raw[cfg.data.train_split].select(range(min(1000, len(raw[cfg.data.train_split]))))
+                                     [cfg.data.target_field]) if t]
+            tokenizer = train_tokenizer(texts, cfg.tokenizer)
+        text_model = modeling.TextModel(None, tokenizer, bool(is_seq2seq))
         lines.append(f"model: {cfg.model.architecture} config builds; "
                      f"{'tokenizer given' if cfg.tokenizer.name_or_path else 'tokenizer trained at run start'}")
+    if reward_fns:  # called once, as training's set-up does, on two training rows
+        train = raw[cfg.data.train_split]
+        rows = [train[i] for i in range(min(2, len(train)))]
+        for reward in reward_fns:
+            reward.setup(torch.device("cpu"), train[cfg.data.target_field])
+        probe(text_model, reward_fns, data.probe_batch(text_model, rows, cfg.data))
+        lines.append(f"rewards: {', '.join(r.name for r in reward_fns)} load and score two training rows")
     check_lengths(cfg, is_seq2seq, positions)
     lines.append(f"lengths: fit the model's {positions} positions "
                  f"({'encoder-decoder' if is_seq2seq else 'decoder-only'})")

@@ -107,6 +107,10 @@ def positional_only(completions, /, references):
 def exits(completions, **kwargs):
     import sys
     sys.exit(3)
+
+
+def needs_difficulty(completions, difficulty):
+    return [0.0] * len(completions)
 '''
 
 
@@ -489,6 +493,13 @@ CASES = [
     Case("validation-carved-over-an-existing-one", put("data.validation_from_train", 0.1),
          ("data.validation_from_train is set", "'validation' split already")),
     Case("validation-carve-not-whole", put("data.validation_from_train", 2.5), ("data.validation_from_train", "whole number")),
+    # rewards that cannot run: found at set-up, before any training
+    Case("reward-model-path-missing", both(MIXER, put("rewards", [{"name": "bertscore", "kwargs": {"model": "/no/such/encoder"}}])),
+         ("reward 'bertscore'", "/no/such/encoder", "could not be loaded")),
+    Case("reward-model-kwarg-missing", both(MIXER, put("rewards", [{"name": "classifier"}])),
+         ("rewards 'classifier'", "missing 'model'")),
+    Case("reward-needs-a-missing-column", custom_reward("needs_difficulty"),
+         ("needs an argument 'difficulty'", "dataset column (en, es, topic)")),
     # a reward that ends the process
     Case("reward-calls-sys-exit", custom_reward("exits"), (f"{REWARD_MODULE}:exits", "sys.exit(3)")),
     # trackers

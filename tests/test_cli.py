@@ -319,8 +319,10 @@ def check_probe_calls(log_path: Path, run_dir: Path, module: str) -> None:
     from transformers import AutoTokenizer
 
     calls = read_jsonl(log_path)
-    assert len(calls) == 1  # one RL step, no greedy decode (loo baseline)
-    call = calls[0]
+    assert len(calls) == 2  # the set-up call, then one RL step (no greedy decode: loo baseline)
+    setup_call, call = calls
+    assert setup_call["n"] == 2 and setup_call["completions"] == setup_call["references"]  # references as completions
+    assert set(setup_call["keys"]) == set(call["keys"]), "the set-up call passes what training passes"
     assert {"completions", "references", "prompts", "completion_ids", "topic",
             "log_path", "scale"} <= set(call["keys"])
     assert call["scale"] == 0.25
@@ -382,7 +384,7 @@ def wrong_length(completions, **kwargs):
 
 
 def nan_at_3(completions, **kwargs):
-    return [0.0, 0.5, 1.0] + [float("nan")] * (len(completions) - 3)
+    return ([0.0, 0.5, 1.0] + [float("nan")] * len(completions))[:len(completions)]  # (fine on 2 rows: set-up)
 
 
 def returns_string(completions, **kwargs):

@@ -36,7 +36,8 @@ def tiny_bert(directory: Path) -> Path:
 
 def test_bert2bert_is_a_seqrl_model(tmp_path, toy_data_dir):
     out = tmp_path / "b2b"
-    pm.main(["--weights", str(tiny_bert(tmp_path / "bert")), "--out", str(out)])
+    pm.main(["--weights", str(tiny_bert(tmp_path / "bert")), "--out", str(out), "--encoder-out", str(tmp_path / "enc")])
+    assert (tmp_path / "enc" / "config.json").is_file()
     text_model = load_saved(out)
     tok = text_model.tokenizer
     assert text_model.is_seq2seq and tok.eos_token == "[SEP]"

@@ -58,8 +58,16 @@ def debian_like(directory: Path) -> Path:
 
 
 def bert2bert(directory: Path) -> Path:
-    pm.main(["--weights", str(tiny_bert(directory / "bert")), "--out", str(directory / "b2b")])
+    pm.main(["--weights", str(tiny_bert(directory / "bert")), "--out", str(directory / "b2b"),
+             "--encoder-out", str(directory / "encoder")])
     return directory / "b2b"
+
+
+def local_reward_models(rewards: list[dict], model: Path) -> list[dict]:
+    """The recipe's rewards, with a model-based one's `model` pointed at the stand-in's encoder
+    (the script's --encoder-out beside it): names, weights and other options stay the recipe's."""
+    return [{**r, "kwargs": {**r["kwargs"], "model": str(model.parent / "encoder")}} if "model" in r.get("kwargs", {})
+            else r for r in rewards]
 
 
 # recipe -> (stand-in model, local data of its data's shape)
@@ -87,6 +95,8 @@ def test_pretrained_recipe_runs_against_its_stand_in(recipe, tmp_path):
     overrides = [f"model.name_or_path={model}", f"data.path={data}", f"run.output_dir={out}", *SMOKE]
     if raw["data"].get("hub_config"):
         overrides.append("data.hub_config=null")  # (a hub dataset's configuration; the stand-in data is local)
+    if any("model" in r.get("kwargs", {}) for r in raw["rewards"]):
+        overrides.append(f"rewards={json.dumps(local_reward_models(raw['rewards'], model))}")
     AcceleratorState._reset_state(reset_partial_state=True)  # the recipe's own mixed precision, in this process
     args = ["finetune", str(recipe)]
     for item in overrides:

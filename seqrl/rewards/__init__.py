@@ -1,24 +1,35 @@
-"""Sequence-level rewards: built-ins by name, the user's own by `package.module:function`.
+"""Sequence-level rewards: built-ins by name, the user's own by `package.module:function` (or,
+from Python, a callable passed to `seqrl.finetune`).
 
-The call contract is TRL's, so a TRL reward function works unchanged::
+The call contract is TRL's (`GRPOTrainer` / `RLOOTrainer`), so a TRL reward function runs
+unchanged::
 
-    fn(completions=list[str], references=list[str], prompts=list[str],
-       completion_ids=list[list[int]], reference_ids=list[list[int]],
-       **extra_dataset_columns, **recipe_kwargs) -> list[float | None]
+    fn(prompts=list[str], completions=list[str], completion_ids=list[list[int]],
+       **dataset_columns, trainer_state=..., log_extra=..., log_metric=...) -> list[float | None]
 
-completion_ids are the sampled ids and reference_ids the gold target ids, both without the
-end-of-sequence token. Built-ins on text: bleu, chrf, ter, rouge1, rouge2, rougeL
-(`seqrl.rewards.text`); on token ids: token_bleu, token_rouge_n, token_rouge_l
-(`seqrl.rewards.token`, batched in torch by `seqrl.rewards.fast`).
+Every dataset column arrives under its own name (the target column included), each source's
+values repeated for its k samples. seqrl adds `references` (the target texts) and
+`reference_ids` / `completion_ids` without the end-of-sequence token. `trainer_state` has
+`global_step`, `max_steps`, `stage` and `delta` (the sampled suffix's length);
+`log_metric(name, value)` logs a scalar as `reward_metric/<name>`; `log_extra(column, values)`
+adds a column to the logged samples. A list, tuple, NumPy array or 1-D tensor may be returned;
+`async def` rewards are awaited. The recipe's `kwargs` are passed on every call.
+
+Built-ins on text: bleu, chrf, ter, rouge1, rouge2, rougeL (`seqrl.rewards.text`); on token ids:
+token_bleu, token_rouge_n, token_rouge_l (`seqrl.rewards.token`, batched in torch by
+`seqrl.rewards.fast`); scored by a model, built once from their `kwargs`: bertscore,
+embedding_similarity, classifier (`seqrl.rewards.model_based`).
 
 None means "not applicable" to that sample: it adds nothing to the weighted sum. A function
-without `**kwargs` receives only the arguments it names. A reward that raises or returns the
-wrong length, a non-number, NaN or inf stops the run with one line naming it and the first
-bad index.
+without `**kwargs` receives only the arguments it names. A reward that raises, calls
+`sys.exit`, or returns the wrong length, a non-number, NaN or inf stops the run with one line
+naming it and the first bad index. Every reward is called once at set-up, on a few training
+rows with their references as completions, so a broken one stops the run before training.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import importlib
 import inspect
@@ -30,12 +41,24 @@ from dataclasses import dataclass
 
 from seqrl.config import RewardConfig
 from seqrl.errors import SeqrlError
+from seqrl.rewards.model_based import MODEL_REWARDS
 from seqrl.rewards.text import BUILTINS as TEXT_BUILTINS
 from seqrl.rewards.token import BUILTINS as TOKEN_BUILTINS
 
-
-CONTRACT_ARGS = {"completions", "references", "prompts", "completion_ids", "reference_ids"}
+CONTRACT_ARGS = {"completions", "references", "prompts", "completion_ids", "reference_ids", "trainer_state",
+                 "log_extra", "log_metric"}
 BUILTINS = {**TEXT_BUILTINS, **TOKEN_BUILTINS}
+
+
+@dataclass
+class TrainerState:
+    """What TRL passes as `trainer_state`, for rewards that change with training progress."""
+
+    global_step: int
+    max_steps: int
+    stage: int
+    delta: int
+    """Length of the sampled suffix (MIXER's Δ; the whole target in the last stage)."""
 
 
 class RewardError(SeqrlError):
@@ -55,12 +78,20 @@ class Reward:
         """Whether it takes `completions`: token-ID rewards spare the step a decode."""
         return self.accepts is None or "completions" in self.accepts
 
+    def setup(self, device, train_references: list[str]) -> None:
+        """A model-based reward moves its model to the training device (and may read the training
+        references, e.g. BERTScore's idf); other rewards need nothing."""
+        if hasattr(self.fn, "setup"):
+            self.fn.setup(device, train_references)
+
     def __call__(self, **inputs) -> list[float | None]:
         n = batch_size(inputs)
         if self.accepts is not None:
             inputs = {k: v for k, v in inputs.items() if k in self.accepts}
         try:
             values = self.fn(**inputs, **self.kwargs)
+            if inspect.isawaitable(values):  # an async reward (TRL runs them concurrently; one at a time here)
+                values = asyncio.run(_await(values))
         except SystemExit as err:  # the user's code ending the process is the user's error, not a finished run
             raise RewardError(f"reward '{self.name}' called sys.exit({err.code!r}); a reward must return "
                               f"its values (raise an exception to stop the run)") from None
@@ -69,12 +100,22 @@ class Reward:
         return check_values(self.name, values, n)
 
 
+async def _await(awaitable):
+    return await awaitable
+
+
 def batch_size(inputs: dict) -> int:
     return len(inputs["completions"] if "completions" in inputs else inputs["completion_ids"])
 
 
 def check_values(name: str, values, expected: int) -> list[float | None]:
-    """Floats (or None) of the right length, all finite; else a RewardError naming the first bad one."""
+    """Floats (or None) of the right length, all finite; else a RewardError naming the first bad one.
+    A NumPy array or tensor counts as a list when it is 1-D."""
+    if hasattr(values, "tolist") and hasattr(values, "ndim"):  # numpy.ndarray, torch.Tensor
+        if values.ndim != 1:
+            raise RewardError(f"reward '{name}' returned a {values.ndim}-D {type(values).__name__} of shape "
+                              f"{tuple(values.shape)}; expected {expected} values in one dimension")
+        values = values.tolist()
     if not isinstance(values, (list, tuple)):
         raise RewardError(f"reward '{name}' returned {type(values).__name__}, expected a list of {expected} floats")
     if len(values) != expected:
@@ -97,13 +138,24 @@ def check_values(name: str, values, expected: int) -> list[float | None]:
     return out
 
 
-def build(configs: list[RewardConfig]) -> list[Reward]:
-    return [_build_one(cfg) for cfg in configs]
+def build(configs: list[RewardConfig], functions: dict[str, Callable] | None = None) -> list[Reward]:
+    """The recipe's rewards; `functions` maps names to Python callables (the Python API's)."""
+    return [_build_one(cfg, functions or {}) for cfg in configs]
 
 
-def _build_one(cfg: RewardConfig) -> Reward:
-    fn = BUILTINS.get(cfg.name) or _import(cfg.name)
-    params = inspect.signature(fn).parameters.values()
+def _build_one(cfg: RewardConfig, functions: dict[str, Callable]) -> Reward:
+    kwargs = dict(cfg.kwargs)
+    if cfg.name in MODEL_REWARDS:  # an object built once from its kwargs (its model loaded now)
+        fn, kwargs = _construct(cfg.name, MODEL_REWARDS[cfg.name], kwargs), {}
+    else:
+        fn = functions.get(cfg.name) or BUILTINS.get(cfg.name) or _import(cfg.name)
+    if not callable(fn):
+        raise RewardError(f"reward '{cfg.name}' is a {type(fn).__name__}, not a function")
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        raise RewardError(f"reward '{cfg.name}': its signature cannot be read; give a plain function "
+                          f"fn(completions, **kwargs)") from None
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params)
     accepts = None if takes_all else {p.name for p in params}
     if not takes_all and not accepts & {"completions", "completion_ids"}:
@@ -113,13 +165,27 @@ def _build_one(cfg: RewardConfig) -> Reward:
         if p.kind is p.VAR_POSITIONAL or (p.default is p.empty and p.kind is p.POSITIONAL_ONLY):
             raise RewardError(f"reward '{cfg.name}' takes positional-only arguments; it is called "
                               f"with keywords (completions=..., references=..., **kwargs)")
-    unknown = sorted(set(cfg.kwargs) - (accepts or set(cfg.kwargs)))
+    _check_kwargs(cfg.name, set(kwargs), accepts)
+    return Reward(cfg.name, cfg.weight, fn, kwargs, accepts)
+
+
+def _check_kwargs(name: str, given: set[str], accepts: set[str] | None) -> None:
+    unknown = sorted(given - (accepts if accepts is not None else given))
     if unknown:
         options = sorted((accepts or set()) - CONTRACT_ARGS)
         guess = difflib.get_close_matches(unknown[0], options, n=1)
         tip = f"did you mean '{guess[0]}'?" if guess else f"its options are {options}"
-        raise RewardError(f"rewards '{cfg.name}': kwargs '{unknown[0]}' is not a parameter of the function; {tip}")
-    return Reward(cfg.name, cfg.weight, fn, dict(cfg.kwargs), accepts)
+        raise RewardError(f"rewards '{name}': kwargs '{unknown[0]}' is not a parameter of the function; {tip}")
+
+
+def _construct(name: str, cls: type, kwargs: dict):
+    """A model-based reward from its kwargs (checked against its constructor first)."""
+    params = inspect.signature(cls).parameters
+    _check_kwargs(name, set(kwargs), set(params))
+    missing = [p for p, spec in params.items() if spec.default is spec.empty and p not in kwargs]
+    if missing:
+        raise RewardError(f"rewards '{name}': kwargs: missing '{missing[0]}' (e.g. kwargs: {{{missing[0]}: ...}})")
+    return cls(**kwargs)
 
 
 def _import(path: str) -> Callable:
@@ -141,6 +207,22 @@ def _import(path: str) -> Callable:
     if not callable(fn):
         raise RewardError(f"reward '{path}': module '{module_name}' has no function '{attr}'")
     return fn
+
+
+def check_arguments(rewards: list[Reward], available: set[str]) -> None:
+    """Every argument a reward requires must be one the step passes (contract or dataset column)."""
+    for reward in rewards:
+        try:
+            params = inspect.signature(reward.fn).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        for p in params:
+            if (p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                    and p.name not in available and p.name not in reward.kwargs):
+                columns = sorted(available - CONTRACT_ARGS - {"references", "reference_ids"})
+                raise RewardError(f"reward '{reward.name}' needs an argument '{p.name}', which is neither a dataset "
+                                  f"column ({', '.join(columns) or 'none'}) nor one seqrl passes; give it a "
+                                  f"default, or add the column")
 
 
 def score(rewards: list[Reward], **inputs) -> tuple[list[float], dict[str, list[float | None]]]:

@@ -50,24 +50,24 @@ class BERTScore:
 
         self.tokenizer = _load("bertscore", AutoTokenizer.from_pretrained, model)
         encoder = _load("bertscore", AutoModel.from_pretrained, model)
-        self.encoder = (encoder.get_encoder() if hasattr(encoder, "get_encoder") else encoder).eval()
+        self.encoder = (encoder.get_encoder() if encoder.config.is_encoder_decoder else encoder).eval()
         layers = self.encoder.config.num_hidden_layers
         if layer is not None and not 0 <= layer <= layers:
             raise SeqrlError(f"reward 'bertscore': layer {layer} is not between 0 and the model's {layers} layers")
         self.layer, self.idf, self.batch_size, self.max_length = layer, idf, batch_size, max_length
         self.weights: dict[int, float] | None = None  # token id -> idf (with idf, from the training references)
+        self.unseen = 1.0  # the weight of a token the training references never hold
         self.specials = {self.tokenizer.cls_token_id, self.tokenizer.sep_token_id} - {None}
 
-    def setup(self, device: torch.device, train_references: list[str]) -> None:
+    def setup(self, device: torch.device, train_references) -> None:
         self.encoder.to(device)
         if self.idf:
-            self.weights = idf_weights([self._ids(r) for r in train_references], self.specials)
+            self.weights, self.unseen = idf_weights([self._ids(r) for r in train_references if isinstance(r, str)])
 
     def _ids(self, text: str) -> list[int]:
-        text = text.strip()
-        if not text:
-            return self.tokenizer.build_inputs_with_special_tokens([])
-        return self.tokenizer.encode(text, add_special_tokens=True, max_length=self.max_length, truncation=True)
+        """As bert-score encodes a sentence: stripped, special tokens added, cut to max_length."""
+        return self.tokenizer.encode(text.strip(), add_special_tokens=True, max_length=self.max_length,
+                                     truncation=True)
 
     @torch.no_grad()
     def _embed(self, ids: list[list[int]]) -> list[torch.Tensor]:
@@ -86,12 +86,9 @@ class BERTScore:
         return out
 
     def _weights(self, ids: list[int], device) -> torch.Tensor:
-        w = [0.0 if t in self.specials else (self.weights.get(t, self._default) if self.weights else 1.0) for t in ids]
+        """Special tokens (CLS, SEP) weigh 0, others 1 or their idf: as in the bert-score package."""
+        w = [0.0 if t in self.specials else (self.weights.get(t, self.unseen) if self.weights else 1.0) for t in ids]
         return torch.tensor(w, device=device)
-
-    @property
-    def _default(self) -> float:  # idf of a token no training reference holds
-        return self.weights.get(-1, 0.0) if self.weights else 1.0
 
     def __call__(self, completions: list[str], references: list[str]) -> list[float]:
         hyp_ids, ref_ids = [self._ids(c) for c in completions], [self._ids(r) for r in references]
@@ -109,15 +106,11 @@ class BERTScore:
         return scores
 
 
-def idf_weights(references: list[list[int]], specials: set[int]) -> dict[int, float]:
-    """BERTScore's idf: log((M + 1) / (df + 1)) over M references; key -1 holds an unseen token's."""
+def idf_weights(references: list[list[int]]) -> tuple[dict[int, float], float]:
+    """BERTScore's idf over M references, log((M + 1) / (df + 1)), and an unseen token's, log(M + 1)."""
     df = Counter(t for ids in references for t in set(ids))
     m = len(references)
-    weights = {t: math.log((m + 1) / (c + 1)) for t, c in df.items()}
-    weights[-1] = math.log(m + 1)
-    for t in specials:
-        weights[t] = 0.0
-    return weights
+    return {t: math.log((m + 1) / (c + 1)) for t, c in df.items()}, math.log(m + 1)
 
 
 class EmbeddingSimilarity:
