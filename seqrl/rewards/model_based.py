@@ -91,19 +91,20 @@ class BERTScore:
         return torch.tensor(w, device=device)
 
     def __call__(self, completions: list[str], references: list[str]) -> list[float]:
-        hyp_ids, ref_ids = [self._ids(c) for c in completions], [self._ids(r) for r in references]
-        hyp, ref = self._embed(hyp_ids), self._embed(ref_ids)
-        scores = []
-        for h, r, hi, ri in zip(hyp, ref, hyp_ids, ref_ids):
-            sim = h @ r.T                                                    # (Lh, Lr) cosine similarities
-            wh, wr = self._weights(hi, sim.device), self._weights(ri, sim.device)
-            if wh.sum() == 0 or wr.sum() == 0:  # an empty candidate or reference scores 0
-                scores.append(0.0)
-                continue
-            precision = float((sim.max(dim=1).values * wh).sum() / wh.sum())
-            recall = float((sim.max(dim=0).values * wr).sum() / wr.sum())
-            scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-        return scores
+        # each distinct text encoded once (a source's reference repeats for its k samples)
+        texts = list(dict.fromkeys(completions + references))
+        ids = {t: self._ids(t) for t in texts}
+        embedded = dict(zip(texts, self._embed([ids[t] for t in texts])))
+        pairs = []
+        for c, r in zip(completions, references):
+            sim = embedded[c] @ embedded[r].T                               # (Lc, Lr) cosine similarities
+            wc, wr = self._weights(ids[c], sim.device), self._weights(ids[r], sim.device)
+            precision = (sim.max(dim=1).values * wc).sum() / wc.sum()       # NaN for an empty text
+            recall = (sim.max(dim=0).values * wr).sum() / wr.sum()
+            pairs.append(torch.stack([precision, recall]))
+        precision, recall = torch.stack(pairs).unbind(dim=1)
+        f1 = 2 * precision * recall / (precision + recall)
+        return torch.nan_to_num(f1, nan=0.0).tolist()  # an empty candidate or reference scores 0 (as bert-score)
 
 
 def idf_weights(references: list[list[int]]) -> tuple[dict[int, float], float]:
@@ -130,9 +131,11 @@ class EmbeddingSimilarity:
 
     @torch.no_grad()
     def __call__(self, completions: list[str], references: list[str]) -> list[float]:
-        encode = lambda texts: self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,  # noqa: E731
-                                                 normalize_embeddings=True, show_progress_bar=False)
-        cosine = (encode(completions) * encode(references)).sum(dim=-1)
+        texts = list(dict.fromkeys(completions + references))  # each distinct text encoded once
+        vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
+        row = {t: i for i, t in enumerate(texts)}
+        cosine = (vectors[[row[c] for c in completions]] * vectors[[row[r] for r in references]]).sum(dim=-1)
         return ((1 + cosine.clamp(-1, 1)) / 2).tolist()
 
 
