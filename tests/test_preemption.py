@@ -142,9 +142,10 @@ def test_sigterm_in_the_xent_stage(work, uninterrupted):
 
 
 def test_sigterm_in_a_mixer_step(work, uninterrupted):
-    """The reward's 5th call is in optimizer step XENT_STEPS + 5: that step completes, then stops."""
+    """The reward's 6th call (the 1st is the set-up call) is in optimizer step XENT_STEPS + 5:
+    that step completes, then the run stops."""
     out = work["tmp"] / "mixer-stage"
-    step = assert_preempted(finish(start(work, "mixer-stage", SIGTERM_AT_CALL="5"), EXIT_PREEMPTED), out)
+    step = assert_preempted(finish(start(work, "mixer-stage", SIGTERM_AT_CALL="6"), EXIT_PREEMPTED), out)
     assert step == XENT_STEPS + 5
     finish(start(work, "mixer-stage", "--set", "run.resume=auto"))
     assert_bitwise_equal(weights(work, "mixer-stage"), uninterrupted)
@@ -155,7 +156,7 @@ def test_sigterm_to_one_of_two_processes_stops_both(work):
     checkpoint, exit 75; resumed on 2 processes, the run ends bitwise equal to an uninterrupted
     2-process run."""
     out = work["tmp"] / "two-processes"
-    err = finish(start(work, "two-processes", processes=2, SIGTERM_AT_CALL="5", SIGTERM_RANK="1"), EXIT_PREEMPTED)
+    err = finish(start(work, "two-processes", processes=2, SIGTERM_AT_CALL="6", SIGTERM_RANK="1"), EXIT_PREEMPTED)
     assert assert_preempted(err, out) == XENT_STEPS + 5
     finish(start(work, "two-processes", "--set", "run.resume=auto", processes=2))
     finish(start(work, "two-processes-uninterrupted", processes=2))
