@@ -16,9 +16,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seqrl.errors import SeqrlError
 from seqrl.preemption import EXIT_PREEMPTED, SIGNALS, Preempted
+
+if TYPE_CHECKING:
+    from seqrl.config import RecipeConfig
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -106,7 +110,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = load_recipe(args.recipe, args.overrides)  # fail here, once, before starting N processes
     if args.num_processes is not None or args.accelerate_config is not None:
-        return _relaunch(args, Path(cfg.run.output_dir))
+        return _relaunch(args, cfg)
     from seqrl.session import finetune  # the heavy imports, after the recipe has loaded
     command = shlex.join(["seqrl", "finetune", args.recipe, *(x for item in args.overrides for x in ("--set", item))])
     final = finetune(cfg, command=command)
@@ -115,15 +119,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def launch_command(args: argparse.Namespace) -> list[str]:
-    """The `accelerate launch` command equivalent to this `seqrl finetune` call."""
+def launch_command(args: argparse.Namespace, mixed_precision: str = "no") -> list[str]:
+    """The `accelerate launch` command equivalent to this `seqrl finetune` call; it names the
+    recipe's `run.mixed_precision`, which is what the processes use whatever a config file says."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if args.accelerate_config:
         if not Path(args.accelerate_config).is_file():
             raise SeqrlError(f"--accelerate-config file not found: {args.accelerate_config}")
-        cmd += ["--config_file", args.accelerate_config]
+        cmd += ["--config_file", args.accelerate_config, "--mixed_precision", mixed_precision]
     else:  # plain data parallel; on a machine without GPUs these are CPU processes over gloo
-        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
     if args.num_processes is not None:
         if args.num_processes < 1:
             raise SeqrlError(f"--num-processes must be >= 1, got {args.num_processes}")
@@ -134,12 +139,17 @@ def launch_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def _relaunch(args: argparse.Namespace, output_dir: Path) -> int:
-    """Run the `accelerate launch` command; a stop signal sent to this process is passed on.
+def _relaunch(args: argparse.Namespace, cfg: RecipeConfig) -> int:
+    """Run the `accelerate launch` command, once the set-up it asks for is known to run on this
+    machine (`seqrl.distributed.check_launch`); a stop signal sent to this process is passed on.
     accelerate's launcher exits 1 with a report of its own when its processes stop on a signal,
     so a run they ended with a checkpoint (its last metrics line says `preempted`) exits
     EXIT_PREEMPTED here."""
-    cmd = launch_command(args)
+    from seqrl.distributed import check_launch
+
+    cmd = launch_command(args, cfg.run.mixed_precision)  # (checks the arguments first)
+    for note in check_launch(args.accelerate_config, cfg.run.mixed_precision, cfg.run.cpu):
+        print(f"seqrl finetune: warning: {note}", file=sys.stderr)
     print("running: " + shlex.join(cmd), flush=True)
     started = time.time()
     child = subprocess.Popen(cmd)
@@ -149,7 +159,7 @@ def _relaunch(args: argparse.Namespace, output_dir: Path) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return EXIT_PREEMPTED if code != 0 and _ended_preempted(output_dir, started) else code
+    return EXIT_PREEMPTED if code != 0 and _ended_preempted(Path(cfg.run.output_dir), started) else code
 
 
 def _ended_preempted(output_dir: Path, since: float) -> bool:

@@ -16,7 +16,7 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqrl import data, lora, modeling
+from seqrl import data, distributed, lora, modeling
 from seqrl.baselines import EMABaseline, LearnedBaseline
 from seqrl.config import ModelConfig, RecipeConfig
 from seqrl.errors import SeqrlError
@@ -100,6 +100,7 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     accelerator.print(f"model: {describe(text_model.model, cfg.model)}, vocab {len(text_model.tokenizer)}; "
                       f"{total} optimizer steps on {accelerator.num_processes} process(es), "
                       f"device {accelerator.device}")
+    accelerator.print(distributed.describe(accelerator))
     for start, plan in schedule.boundaries():
         accelerator.print(f"  from step {start}: stage {plan.stage}, last {plan.n_rl_tokens} target tokens "
                           f"sampled, xent weight {plan.xent_weight}")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
-from seqrl import lora, rewards
+from seqrl import distributed, lora, rewards
 from seqrl.checkpoint import changed_settings, load_checkpoint, resolve_resume
 from seqrl.config import RecipeConfig, dump_recipe
 from seqrl.errors import SeqrlError
@@ -32,13 +33,23 @@ def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: s
     resume_from = resolve_resume(out, cfg.run.resume)
     check_trackers(cfg.log.trackers)
     reward_fns = rewards.build(cfg.rewards, reward_functions) if cfg.schedule.kind != "xent" else []
+    cpu = use_cpu(cfg.run.cpu)
+    distributed.check_hardware(cfg.run.mixed_precision, cpu or not torch.cuda.is_available())
     # Seedable sampler: the data order is a function of (seed, epoch), so resumes and runs on any
     # number of processes see the same global batches.
     accelerator = Accelerator(gradient_accumulation_steps=cfg.optim.grad_accum_steps,
-                              mixed_precision=cfg.run.mixed_precision, cpu=use_cpu(cfg.run.cpu),
+                              mixed_precision=cfg.run.mixed_precision, cpu=cpu,
                               log_with=cfg.log.trackers or None,  # (TensorBoard writes to RUN/<log.project>)
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out)),
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    try:  # what accelerate set up is what was asked for, or the run stops here
+        notes = distributed.check_process(accelerator, cfg.run.mixed_precision)
+    except SeqrlError:
+        teardown(accelerator, None, clean=False)
+        raise
+    if accelerator.is_main_process:
+        for note in notes:
+            print(f"seqrl finetune: warning: {note}", file=sys.stderr)
     lock = claim(out, cfg.run.overwrite, resume_from, accelerator)  # held until the run ends
     run = None
     try:

@@ -26,6 +26,8 @@ from seqrl.cli import main
 from conftest import TINY_CONFIGS, make_pairs, write_jsonl, write_toy_splits
 from test_cli import assert_one_line_error
 
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
+
 # -- helpers -------------------------------------------------------------------------------------
 
 
@@ -526,6 +528,13 @@ CASES = [
     Case("num-processes-0", noop, ("--num-processes must be >= 1",), args=recipe_arg("--num-processes", "0")),
     Case("accelerate-config-missing", noop, ("--accelerate-config", "missing.yaml"),
          args=recipe_arg("--accelerate-config", "missing.yaml")),
+    # set-ups this hardware cannot give (accelerate would quietly run DDP or fp32 instead)
+    Case("fsdp-on-the-cpu", put("run.cpu", True), ("fsdp.yaml asks for FSDP", "runs only on GPUs", "ddp.yaml"),
+         args=recipe_arg("--num-processes", "2", "--accelerate-config", str(ACCELERATE_CONFIGS / "fsdp.yaml"))),
+    Case("deepspeed-on-the-cpu", put("run.cpu", True), ("asks for DeepSpeed", "runs only on GPUs"),
+         args=recipe_arg("--accelerate-config", str(ACCELERATE_CONFIGS / "deepspeed_zero2.yaml"))),
+    Case("fp16-on-the-cpu", both(put("run.cpu", True), put("run.mixed_precision", "fp16")),
+         ("run.mixed_precision: fp16", "not applied on the CPU")),
 ]
 
 
