@@ -1,0 +1,792 @@
+"""Sharded training on one GPU: DDP, FSDP, DeepSpeed ZeRO-2 and ZeRO-3, side by side (issue 20).
+
+    python scripts/sharded_check.py --out report/            # on a machine with CUDA
+    python scripts/sharded_check.py --device-check           # only say what would run, and why not
+    python scripts/sharded_check.py --allow-cpu --configs ddp --steps 4 --out /tmp/r   # the CPU test
+
+For each accelerate config in recipes/accelerate/ (ddp.yaml, fsdp.yaml, deepspeed_zero2.yaml,
+deepspeed_zero3.yaml) this runs the same small recipe for `--steps` (20) MIXER optimizer steps,
+one process, through the command users run:
+
+    seqrl finetune RECIPE --num-processes 1 --accelerate-config recipes/accelerate/X.yaml
+
+which is `accelerate launch --config_file X.yaml --mixed_precision no --num_processes 1 -m seqrl
+finetune RECIPE`. What makes accelerate 1.15 use the config's distributed type with one process
+(read in accelerate/commands/launch.py and state.py): the config file, not a flag, selects the
+launcher, and for MULTI_GPU, FSDP and DEEPSPEED on one machine that is torchrun
+(`torch.distributed.run`) even for one process, so LOCAL_RANK is set; a process with LOCAL_RANK
+and CUDA forms a 1-process NCCL group and becomes MULTI_GPU, then FSDP under ACCELERATE_USE_FSDP
+or DEEPSPEED under ACCELERATE_USE_DEEPSPEED. (`--multi_gpu --num_processes 1`, what
+`--num-processes 1` without a config file passes, is refused by accelerate: "at least 2
+processes"; a plain `python -m seqrl finetune` has no LOCAL_RANK and is distributed type NO.)
+With one process DDP is MULTI_GPU without the DistributedDataParallel wrapper (accelerate wraps
+only when there are 2+ processes), FSDP2 shards over a 1-GPU mesh, and ZeRO partitions over one
+rank: the same code paths as N GPUs (state-dict types, flat buffers, hooks that gather), the
+collectives trivial. Each run's own header line `parallelism: ...` says what was set up.
+
+Written to --out: sharded_check.md (a table), sharded_check.json (the same, and every setting),
+sharded_check.log (each command and the end of its output). The runs themselves go to --work (a
+temporary directory, removed unless --keep; WORK in the table's error lines), so that --out holds
+only those three files.
+
+Per config, two runs:
+  1. `--steps` steps from scratch, a checkpoint at step `--steps // 2` (run.save_every), one
+     metrics line per step (log.every 1). Reported: ran (exit code; else the first error line),
+     the `parallelism:` line, steps logged, max |train/loss - DDP's train/loss| over all steps,
+     median time/step_s, and whether final/model.safetensors holds the full weights (shapes as
+     DDP's, none empty, none non-finite) and how far they are from DDP's.
+  2. resumed from that checkpoint (run.resume=.../checkpoints/step-N) into a fresh output dir;
+     its steps N+1..`--steps` against run 1's: "bitwise" when every train/loss is the same
+     float, "within tolerance" when the largest difference is within RESUME_TOLERANCE, else
+     "differs". On the CPU seqrl's resume is bitwise (tests/test_resume.py); on a GPU kernels
+     with atomic adds (embedding and scatter backward) may change the last bits, hence the
+     tolerance.
+
+The recipe (`recipe()` below): a bart (2 + 2 layers, 128 wide, 4 heads, FFN 512, no dropout, so
+that the comparison measures the sharding rather than whether each scheme draws dropout masks in
+the same order) with a BPE tokenizer of 2000 trained on the first 2000 training verses of
+data/bible_en_es (shipped), built and saved once by this script (`build_start`), so that every
+run loads the same starting weights: under ZeRO-3 a model built from a config inside the run is
+initialised in deepspeed.zero.Init (accelerate hands transformers its ZeRO-3 config whatever
+zero3_init_flag says), from other random draws than DDP's, and its loss differed from DDP's by
+0.005 at step 1, before any update (measured on the CPU, below). Then 16 sources x 4 samples per
+step, targets cut to 32 tokens, sentence-BLEU reward, leave-one-out baseline, AdamW lr 1e-3 with
+warm-up over the first quarter and linear decay, clipping at 1.0, fp32 (`--mixed-precision` no).
+MIXER from step 1: schedule.xent_steps 0, four stages of `--steps // 4` steps sampling the last
+6, 12, 18, 24 target tokens (every step keeps a teacher-forced prefix, so train/loss holds its
+cross-entropy). Evaluation only at the end, on 16 validation verses. On 2 CPU cores a run takes
+~20 s.
+
+Clipping: DeepSpeed clips at its config's `gradient_clipping` (1.0 in the shipped yamls), never
+at the recipe's optim.max_grad_norm (accelerate's clip_grad_norm_ only reads DeepSpeed's norm);
+the recipe here clips at 1.0 too, so the rows compare like with like. Its gradient norms are
+0.5-0.9 before step 20, so clipping barely acts: this check does not test it.
+
+Tolerances (train/loss falls from 3.82 at step 1 to ~3.40 at step 20):
+  LOSS_TOLERANCE = 0.01 (fp32). With one process every collective is a copy, so in fp32 a
+  sharded run does DDP's arithmetic in another order or memory layout (FSDP2's all-gathered
+  parameters, ZeRO's flat fp32 partitions and its own norm for clipping), which changes the last
+  bits. MIXER then samples: a draw that lands within rounding of a CDF boundary takes another
+  token, and the runs drift apart from there. Measured on the CPU with this recipe (torch 2.13):
+  the same fp32 run with 1 and with 2 intra-op threads (matrix products summed in another order,
+  nothing else changed) differed by at most 1.1e-4 in train/loss over 20 steps. DeepSpeed on
+  the CPU (0.19.8, DS_ACCELERATOR=cpu, seqrl's refusal bypassed for the experiment; accelerate
+  launch of this recipe with the shipped yamls, 1 process): ZeRO-2 was bitwise DDP's, ZeRO-3
+  within 1.1e-4 (its final/ held 39 empty tensors: ZeRO-3's placeholders). The bugs a
+  sharded set-up could bring differ by more: a learning rate 10% high or low (say, a schedule
+  that does not reach ZeRO's optimizer) moved train/loss by up to 0.077 and 0.053 (by more
+  than 0.01 at 14 and 12 of the 20 steps); an optimizer that does not step (lr ~0) left it 0.50
+  above DDP's at step 20. 0.01 is ~100x the rounding drift and ~5x below the 10%-lr error.
+  BF16_LOSS_TOLERANCE = 0.3 (`--mixed-precision bf16`). fp32 against bf16 autocast, same code,
+  measured: 0.14. DeepSpeed's bf16 is not autocast (bf16 weights, fp32 master copies in the
+  optimizer) and FSDP2's reduces in bf16, so against DDP's autocast they differ at least as
+  much as bf16 from fp32; 0.3 is ~2x that. In bf16 the comparison says that a run trains like
+  DDP, no more.
+  RESUME_TOLERANCE = 1e-3: a resume repeats the same scheme's arithmetic, bitwise on the CPU;
+  on a GPU atomics (embedding and scatter backward) may change the last bits: 1e-3 is ~10x the
+  rounding drift above and ~20x below the 10%-lr error over steps 11-20.
+  final/ weights: max |w - w_DDP| within 2e-3 (fp32; 0.03 in bf16). Measured as above: 2.4e-4
+  with 2 threads, 0.011-0.015 with the lr 10% off, 0.012 for bf16 against fp32. Mainly this
+  column says whether final/ holds whole weights: a sharded save can write a shard, or ZeRO-3's
+  empty placeholders.
+
+What the GPU machine needs (it has no network): CUDA torch, accelerate, sacrebleu, sentencepiece,
+tokenizers, pyyaml, matplotlib (its python3 has them), and what it lacks: datasets (with dill,
+multiprocess), rouge-score (with nltk) and, for the DeepSpeed rows, deepspeed (with hjson,
+pydantic). This checkout's .venv cannot go there (2 GB, a CPU build of torch, Python 3.11 against
+3.12 there, and 64 MiB travel). So, where the package registry is reachable, once:
+
+    echo /.whl/ >> .git/info/exclude
+    .venv/bin/python scripts/sharded_check.py --prepare-wheels .whl     # ~21 MiB, 14 wheels
+
+(pip download of wheels for CPython 3.12 x86-64, and pip wheel for deepspeed and rouge-score,
+which the registry has as sources only; deepspeed with DS_BUILD_OPS=0: no compiled ops, and
+seqrl uses none: its optimizer is torch's AdamW. transformers and peft come along at the versions
+the test suite runs here.) Then on the GPU machine, with `.whl` carried, one command:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit
+    python3 scripts/sharded_check.py --device-check
+    PYTHONUNBUFFERED=1 python3 scripts/sharded_check.py --out $OUT
+
+--device-check (seconds) prints the GPU, the versions, whether seqrl's imports and deepspeed load,
+and which configs would run. The check itself keeps to --budget (420 s) for all its runs: a run
+is not started with under 20 s left, and one still running at the end is stopped (SIGTERM, then
+SIGKILL 15 s later); --timeout (150 s) bounds each. Runs that did not happen say why in the table.
+
+Where deepspeed is installed by hand instead, it goes into the environment that runs this
+(`pip install deepspeed`, or `pip install -e '.[sharded]'`); this script cannot install it on the
+GPU machine. Without it the two DeepSpeed rows say "not run: deepspeed is not installed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data" / "bible_en_es"
+ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate"
+
+CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "zero2": "deepspeed_zero2.yaml", "zero3": "deepspeed_zero3.yaml"}
+"""Short name -> accelerate config file in recipes/accelerate/, in the order they run (DDP first:
+the others are compared with it)."""
+REFERENCE = "ddp"
+DEEPSPEED = {"zero2", "zero3"}
+
+LOSS_TOLERANCE = 0.01
+BF16_LOSS_TOLERANCE = 0.3
+RESUME_TOLERANCE = 1e-3
+WEIGHT_TOLERANCE = 2e-3
+BF16_WEIGHT_TOLERANCE = 0.03
+
+REPORT_MD, REPORT_JSON, REPORT_LOG = "sharded_check.md", "sharded_check.json", "sharded_check.log"
+LOG_TAIL_LINES = 60
+
+WHEELS_BINARY = ["datasets", "dill", "multiprocess", "nltk", "pydantic", "pydantic-core", "annotated-types",
+                 "typing-inspection", "typing-extensions", "hjson", "transformers", "peft"]
+"""Wheels from the registry for the GPU machine's Python 3.12 (pinned to this environment's
+versions where installed): what its python3 lacks, and transformers/peft at the versions the test
+suite runs here."""
+WHEELS_BUILT = {"deepspeed": "0.19.8", "rouge-score": "0.1.2"}
+"""Packages that the registry has as source only: built here into pure-Python wheels."""
+
+
+# -- the recipe ------------------------------------------------------------------------------------------
+
+
+MODEL = {"architecture": "bart",
+         "config": {"encoder_layers": 2, "decoder_layers": 2, "d_model": 128, "encoder_attention_heads": 4,
+                    "decoder_attention_heads": 4, "encoder_ffn_dim": 512, "decoder_ffn_dim": 512,
+                    "max_position_embeddings": 64, "dropout": 0.0, "attention_dropout": 0.0,
+                    "activation_dropout": 0.0}}
+"""The starting model, built once by `build_start` (2 + 2 layers, 128 wide, no dropout)."""
+TOKENIZER = {"vocab_size": 2000}
+
+
+def recipe(steps: int, mixed_precision: str = "no", start: Path | None = None, data_dir: Path = DATA) -> dict:
+    """The small MIXER recipe every config runs (see the module docstring): from the saved
+    starting model `start` (None: built from MODEL's config, as `build_start` does)."""
+    if steps < 2:
+        raise ValueError("--steps must be >= 2 (a checkpoint at steps // 2, then a resume)")
+    stage = max(1, steps // 4)
+    model, tokenizer = ({"name_or_path": str(start)}, {}) if start is not None else (MODEL, TOKENIZER)
+    return {
+        "model": model,
+        "tokenizer": tokenizer,
+        "data": {"path": str(data_dir), "source_field": "en", "target_field": "es", "max_source_tokens": 32,
+                 "max_target_tokens": 32, "max_train_examples": 2000, "test_split": None},
+        "xent": {"batch_size": 16},
+        # MIXER from the first step: four stages sample the last 6, 12, 18, 24 target tokens, so
+        # every step has a teacher-forced prefix (targets are cut to 32) and train/loss carries its
+        # cross-entropy; the schedule's last stage is long enough that run.max_steps ends the run.
+        "schedule": {"kind": "mixer", "xent_steps": 0, "stage_steps": stage, "delta": 6, "xent_weight": 0.5,
+                     "final_stage_steps": steps},
+        "reinforce": {"batch_size": 16, "num_samples": 4, "baseline": "loo"},
+        "rewards": [{"name": "bleu"}],
+        "optim": {"lr": 1e-3, "warmup_steps": stage, "decay": "linear", "max_grad_norm": 1.0},
+        "eval": {"every": 0, "max_examples": 16, "batch_size": 16, "max_new_tokens": 32, "test_after_xent": False,
+                 "metrics": ["bleu"]},
+        "run": {"seed": 0, "max_steps": steps, "save_every": steps // 2, "save_every_minutes": None,
+                "keep_checkpoints": 2, "mixed_precision": mixed_precision, "overwrite": True},
+        "log": {"every": 1, "progress_bar": False, "samples_every": 0},
+    }
+
+
+def build_start(directory: Path, data_dir: Path = DATA, seed: int = 0) -> Path:
+    """Train the tokenizer and build the starting model as `seqrl finetune` does for MODEL (in
+    this process, on the CPU), and save both to `directory` for every run to load. Every config
+    then starts from the same weights: under ZeRO-3 a model built from a config is initialised
+    inside deepspeed.zero.Init (accelerate hands transformers its ZeRO-3 config whatever
+    zero3_init_flag says), which draws other weights than DDP's from the same seed."""
+    import torch
+    import transformers
+
+    sys.path.insert(0, str(REPO))
+    from seqrl import data, modeling
+
+    transformers.utils.logging.disable_progress_bar()
+    from seqrl.config import TokenizerConfig, from_dict
+    from seqrl.tokenizer import train_tokenizer
+
+    cfg = from_dict(recipe(2, data_dir=data_dir))
+    train = data.load_raw(cfg.data, [cfg.data.train_split])[cfg.data.train_split]
+    texts = [s for s in train[cfg.data.source_field] if isinstance(s, str)]
+    texts += [t for t in train[cfg.data.target_field] if isinstance(t, str)]
+    directory = Path(directory)
+    train_tokenizer(texts, cfg.tokenizer).save_pretrained(directory / "tokenizer")
+    torch.manual_seed(seed)
+    text_model = modeling.build(cfg.model, TokenizerConfig(name_or_path=str(directory / "tokenizer")), cfg.data)
+    text_model.save(directory / "model")
+    return directory / "model"
+
+
+def checkpoint_step(steps: int) -> int:
+    return steps // 2
+
+
+# -- reading a run ---------------------------------------------------------------------------------------
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's lines ([] when there is none); a line cut short by a kill is dropped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def losses(rows: list[dict]) -> dict[int, float]:
+    """train/loss by optimizer step (the lines with one; log.every 1 gives one per step)."""
+    return {row["step"]: row["train/loss"] for row in rows if isinstance(row.get("train/loss"), (int, float))}
+
+
+def median_step_time(rows: list[dict]) -> float | None:
+    """Median time/step_s over the logged steps (the first step's warm-up does not move it)."""
+    times = [row["time/step_s"] for row in rows if isinstance(row.get("time/step_s"), (int, float))]
+    return statistics.median(times) if times else None
+
+
+def compare(reference: dict[int, float], other: dict[int, float], steps: list[int]) -> dict:
+    """Largest |other - reference| over `steps`: {max_abs_diff, bitwise, missing (steps either lacks)}."""
+    missing = [s for s in steps if s not in reference or s not in other]
+    diffs = [abs(other[s] - reference[s]) for s in steps if s in reference and s in other]
+    nan = any(math.isnan(d) for d in diffs)
+    return {"max_abs_diff": (math.nan if nan else max(diffs)) if diffs else None,
+            "bitwise": bool(diffs) and not missing and all(other[s] == reference[s] for s in steps),
+            "missing": missing}
+
+
+def loss_verdict(reference: dict[int, float], other: dict[int, float], steps: list[int], tolerance: float) -> dict:
+    """A run's train/loss against DDP's over every step: within `tolerance` or not."""
+    out = compare(reference, other, steps)
+    diff = out["max_abs_diff"]
+    out["tolerance"] = tolerance
+    out["within"] = not out["missing"] and diff is not None and diff <= tolerance  # (NaN compares False)
+    return out
+
+
+def resume_verdict(uninterrupted: dict[int, float], resumed: dict[int, float], steps: list[int],
+                   tolerance: float) -> dict:
+    """The resumed run's steps against the uninterrupted run's: `bitwise`, `within tolerance`,
+    `differs` or `missing steps`; `passed` for the first two."""
+    out = compare(uninterrupted, resumed, steps)
+    diff = out["max_abs_diff"]
+    if out["missing"]:
+        status = "missing steps"
+    elif out["bitwise"]:
+        status = "bitwise"
+    elif diff is not None and diff <= tolerance:
+        status = "within tolerance"
+    else:
+        status = "differs"
+    out.update(status=status, tolerance=tolerance, passed=status in ("bitwise", "within tolerance"))
+    return out
+
+
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
+
+
+def first_error_line(text: str) -> str | None:
+    """The line that says what went wrong: seqrl's own one-line error if there is one, else the
+    exception line of the first traceback (torchrun's `[rankN]:` prefixes removed), else the last
+    line mentioning an error."""
+    lines = [_RANK_PREFIX.sub("", line.rstrip()) for line in text.splitlines()]
+    for line in lines:
+        if line.startswith("sharded_check: timed out"):
+            return line
+    for line in lines:
+        if re.match(r"^seqrl \w+: (error|preempted|interrupted)", line):
+            return line
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            for after in lines[i + 1:]:
+                if after and not after[0].isspace() and not after.startswith(("Traceback", "During handling",
+                                                                               "The above exception")):
+                    return after
+    errors = [line for line in lines if re.search(r"error|exception|killed|timed out", line, re.IGNORECASE)]
+    return errors[-1] if errors else None
+
+
+def parallelism_line(text: str) -> str | None:
+    """The run header's `parallelism: ...` line."""
+    for line in text.splitlines():
+        line = _RANK_PREFIX.sub("", line.strip())
+        if line.startswith("parallelism:"):
+            return line
+    return None
+
+
+def compare_weights(reference_dir: Path, other_dir: Path, tolerance: float = WEIGHT_TOLERANCE) -> dict:
+    """final/model.safetensors of a run against DDP's: same names and shapes, nothing empty or
+    non-finite (a sharded save that wrote only a shard, or ZeRO-3's empty placeholders, fails
+    here), and the largest |w - w_DDP|."""
+    from safetensors.torch import load_file
+
+    ref_path, path = Path(reference_dir) / "model.safetensors", Path(other_dir) / "model.safetensors"
+    if not path.is_file():
+        return {"ok": False, "problem": f"no {path.parent.name}/{path.name}"}
+    try:
+        weights = load_file(str(path))
+        reference = load_file(str(ref_path)) if ref_path.is_file() else None
+    except Exception as err:  # noqa: BLE001  (a torn or foreign file: reported, not raised)
+        return {"ok": False, "problem": f"unreadable: {type(err).__name__}: {str(err).splitlines()[0][:120]}"}
+    empty = sorted(name for name, w in weights.items() if w.numel() == 0)
+    if empty:
+        return {"ok": False, "problem": f"{len(empty)} empty tensors ({empty[0]}, ...)"}
+    bad = sorted(name for name, w in weights.items() if w.is_floating_point() and not bool(w.float().isfinite().all()))
+    if bad:
+        return {"ok": False, "problem": f"non-finite values in {bad[0]}"}
+    if reference is None:
+        return {"ok": True, "max_abs_diff": None}
+    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    ref_shapes = {n: tuple(w.shape) for n, w in reference.items()}
+    if shapes != ref_shapes:
+        differ = sorted(set(shapes.items()) ^ set(ref_shapes.items()))
+        return {"ok": False, "problem": f"tensors differ from DDP's: {differ[0][0]} {differ[0][1]}"}
+    diff = max((float((w.float() - reference[n].float()).abs().max()) for n, w in weights.items() if w.numel()),
+               default=0.0)
+    return {"ok": diff <= tolerance, "max_abs_diff": diff, "tolerance": tolerance,
+            **({} if diff <= tolerance else {"problem": f"max |w - w_DDP| {diff:.3g} > {tolerance:g}"})}
+
+
+# -- the table ---------------------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return "0" if value == 0 else f"{value:.{digits}g}"
+
+
+def _cell(text: str | None, limit: int = 280) -> str:
+    text = "-" if text is None else " ".join(str(text).split())
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return text.replace("|", "\\|")
+
+
+def ran_cell(row: dict) -> str:
+    if row.get("skipped"):
+        return f"not run: {row['skipped']}"
+    if row["exit_code"] == 0:
+        return f"yes (exit 0, {row['steps_logged']} steps)"
+    return f"no (exit {row['exit_code']}, {row['steps_logged']} steps): {row.get('error') or 'no error line'}"
+
+
+def loss_cell(row: dict) -> str:
+    verdict = row.get("loss_vs_ddp")
+    if not verdict:
+        return "-" if row.get("skipped") or row.get("exit_code") is None or row["config"] == REFERENCE \
+            else "no DDP curve to compare"
+    diff, tol = verdict["max_abs_diff"], verdict["tolerance"]
+    if verdict["missing"]:
+        text = f"{_num(diff)}; steps missing: {_steps(verdict['missing'])}"
+    else:
+        text = f"{_num(diff)} {'<=' if verdict['within'] else '>'} {tol:g}"
+    return text + (" (bitwise)" if verdict["bitwise"] else "") + ("" if verdict["within"] else " FAIL")
+
+
+def resume_cell(row: dict) -> str:
+    resume = row.get("resume")
+    if not resume:
+        return "-"
+    if resume.get("skipped"):
+        return f"not run: {resume['skipped']}"
+    if resume["exit_code"] != 0:
+        failed = f"exit {resume['exit_code']}: {resume.get('error') or 'no error line'}"
+        if resume["status"] in ("bitwise", "within tolerance"):  # the steps came out right, the end did not
+            return f"FAIL: steps {resume['status']} ({_num(resume['max_abs_diff'])}), then {failed}"
+        return f"FAIL: {failed}"
+    if resume["status"] == "bitwise":
+        return "bitwise"
+    if resume["status"] == "missing steps":
+        return f"FAIL: steps missing: {_steps(resume['missing'])}"
+    word = "within tolerance" if resume["passed"] else "FAIL: differs"
+    return f"{word}: {_num(resume['max_abs_diff'])} {'<=' if resume['passed'] else '>'} {resume['tolerance']:g}"
+
+
+def weights_cell(row: dict) -> str:
+    weights = row.get("final_weights")
+    if not weights:
+        return "-"
+    if not weights["ok"]:
+        return f"FAIL: {weights['problem']}"
+    if weights.get("max_abs_diff") is None:
+        return "complete (no DDP weights to compare)"
+    return f"complete, max abs diff {_num(weights['max_abs_diff'])} <= {weights['tolerance']:g}"
+
+
+def _steps(steps: list[int]) -> str:
+    return ", ".join(map(str, steps[:5])) + (f" (+{len(steps) - 5})" if len(steps) > 5 else "")
+
+
+def markdown_table(rows: list[dict], settings: dict) -> str:
+    """The report: a header saying what ran where, then one row per config."""
+    n, save = settings["steps"], settings["checkpoint_step"]
+    lines = [
+        f"# Sharded training check ({settings['date']})",
+        "",
+        (f"Machine: {settings['device']}; torch {settings['versions'].get('torch')}, accelerate "
+         f"{settings['versions'].get('accelerate')}, transformers {settings['versions'].get('transformers')}, "
+         f"deepspeed {settings['versions'].get('deepspeed') or 'not installed'}."),
+        "",
+        (f"Each config: {n} MIXER steps of the recipe in scripts/sharded_check.py, 1 process "
+         f"(`seqrl finetune RECIPE --num-processes 1 --accelerate-config recipes/accelerate/X.yaml`), "
+         f"run.mixed_precision {settings['mixed_precision']}. Loss: max |train/loss - DDP's| over steps 1-{n} "
+         f"(tolerance {settings['tolerance']['loss']:g}). Resume: a checkpoint at step {save}, resumed into a "
+         f"fresh output dir; steps {save + 1}-{n} against the uninterrupted run (bitwise, or within "
+         f"{settings['tolerance']['resume']:g}). final/: the saved weights against DDP's (max abs difference, "
+         f"tolerance {settings['tolerance']['weights']:g})."),
+        "",
+        f"| config | ran | parallelism | loss vs DDP | median step (s) | resume at step {save} | final/ weights |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(c) for c in (
+            f"{row['config']} ({row['accelerate_config']})", ran_cell(row),
+            (row.get("parallelism") or "-").removeprefix("parallelism: "), loss_cell(row),
+            _num(row.get("median_step_s")), resume_cell(row), weights_cell(row))) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- running -------------------------------------------------------------------------------------------------
+
+
+def child_env(cuda: bool) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.setdefault("OMP_NUM_THREADS", "1")  # (torchrun sets it to 1 too, with a warning)
+    if cuda:
+        env.setdefault("DS_ACCELERATOR", "cuda")  # (a deepspeed wheel built without a GPU names "cpu")
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def finetune_command(recipe_path: Path, config: str, output_dir: Path, overrides: list[str] = ()) -> list[str]:
+    cmd = [sys.executable, "-m", "seqrl", "finetune", str(recipe_path), "--num-processes", "1",
+           "--accelerate-config", str(ACCELERATE_CONFIGS / CONFIGS[config]),
+           "--set", f"run.output_dir={output_dir}"]
+    for item in overrides:
+        cmd += ["--set", item]
+    return cmd
+
+
+def run_command(cmd: list[str], env: dict, timeout: float, log) -> tuple[int, str]:
+    """Run `cmd` in its own process group; on timeout end that group. Returns (exit code, output)."""
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=max(timeout, 1.0))
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        output, _ = proc.communicate(timeout=30)
+        output += f"\nsharded_check: timed out after {timeout:.0f} s, stopped\n"
+        code = 124
+    tail = output.splitlines()[-LOG_TAIL_LINES:]
+    log.write(f"# exit {code} after {time.monotonic() - started:.1f} s; last {len(tail)} lines:\n")
+    log.write("\n".join(tail) + "\n\n")
+    log.flush()
+    return code, output
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a run that ran out of time: SIGTERM to the process group started here (seqrl passes it
+    to the launcher; torchrun stops its workers, which start sessions of their own), then SIGKILL
+    to whatever of it, and of the processes it started, is left after 15 s."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        family = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=15)
+    for child in family:
+        with contextlib.suppress(psutil.Error):
+            child.kill()  # (psutil checks that the pid is still that process)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def tolerances(mixed_precision: str) -> dict:
+    """The tolerances of the module docstring, for run.mixed_precision `no` or `bf16`."""
+    fp32 = mixed_precision == "no"
+    return {"loss": LOSS_TOLERANCE if fp32 else BF16_LOSS_TOLERANCE, "resume": RESUME_TOLERANCE,
+            "weights": WEIGHT_TOLERANCE if fp32 else BF16_WEIGHT_TOLERANCE}
+
+
+class Runner:
+    """Runs `seqrl finetune` commands within the check's time budget (--budget), logging each."""
+
+    def __init__(self, recipe_path: Path, work: Path, env: dict, timeout: float, budget: float, log):
+        self.recipe_path, self.work, self.env, self.timeout, self.log = recipe_path, work, env, timeout, log
+        self.deadline = time.monotonic() + budget
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def finetune(self, config: str, output_dir: Path, overrides: list[str] = ()) -> tuple[int, str]:
+        timeout = min(self.timeout, self.time_left())
+        return run_command(finetune_command(self.recipe_path, config, output_dir, overrides), self.env, timeout,
+                           self.log)
+
+    def error(self, code: int, output: str) -> str | None:
+        """The run's first error line (None when it exited 0), the work directory written WORK."""
+        line = first_error_line(output) if code != 0 else None
+        return line.replace(str(self.work), "WORK") if line else line
+
+
+MIN_SECONDS = 20.0
+"""A run is not started with less of the budget left than this."""
+
+
+def first_run(runner: Runner, config: str, steps: int, reference: dict | None, tolerance: dict) -> dict:
+    """`steps` steps from scratch (a checkpoint half-way); the table's row, without the resume."""
+    row = {"config": config, "accelerate_config": CONFIGS[config]}
+    out = runner.work / config
+    started = time.monotonic()
+    code, output = runner.finetune(config, out)
+    rows = read_metrics(out)
+    curve = losses(rows)
+    row.update(exit_code=code, error=runner.error(code, output),
+               seconds=round(time.monotonic() - started, 1), parallelism=parallelism_line(output),
+               steps_logged=len(curve), losses=curve, median_step_s=median_step_time(rows), output_dir=str(out))
+    all_steps = list(range(1, steps + 1))
+    if reference is None and code == 0:  # DDP against itself: 0 by construction, shown as such
+        row["loss_vs_ddp"] = loss_verdict(curve, curve, all_steps, tolerance["loss"])
+    elif reference is not None and reference.get("exit_code") == 0 and curve:
+        row["loss_vs_ddp"] = loss_verdict(reference["losses"], curve, all_steps, tolerance["loss"])
+    if code == 0 or (out / "final").is_dir():
+        ref_final = Path(reference["output_dir"]) / "final" if reference else out / "final"
+        row["final_weights"] = compare_weights(ref_final, out / "final", tolerance["weights"])
+    return row
+
+
+def resume_run(runner: Runner, row: dict, steps: int, tolerance: dict) -> None:
+    """Resume the row's run from its half-way checkpoint into a fresh directory; the row's `resume`."""
+    save = checkpoint_step(steps)
+    checkpoint = Path(row["output_dir"]) / "checkpoints" / f"step-{save:08d}"
+    if not checkpoint.is_dir():
+        row["resume"] = {"skipped": f"no checkpoint at step {save}"}
+        return
+    resumed_dir = runner.work / f"{row['config']}-resumed"
+    code, output = runner.finetune(row["config"], resumed_dir, [f"run.resume={checkpoint}"])
+    resumed = losses(read_metrics(resumed_dir))
+    row["resume"] = {"exit_code": code, "error": runner.error(code, output),
+                     "losses": resumed, **resume_verdict(row["losses"], resumed, list(range(save + 1, steps + 1)),
+                                                          tolerance["resume"])}
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "accelerate", "transformers", "deepspeed", "datasets", "peft"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_description() -> tuple[bool, str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return True, f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    return False, f"no CUDA ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)"
+
+
+def skip_reason(config: str, cuda: bool) -> str | None:
+    if not cuda and config != REFERENCE:
+        return "no CUDA (FSDP and DeepSpeed run only on GPUs; seqrl refuses them on the CPU)"
+    if config in DEEPSPEED and importlib.util.find_spec("deepspeed") is None:
+        return ("deepspeed is not installed (pip install deepspeed into the environment that runs this, before; "
+                "see the docstring)")
+    return None
+
+
+def device_check(configs: list[str]) -> int:
+    """What would run here, without training: CUDA, versions, seqrl's imports, each config."""
+    sys.path.insert(0, str(REPO))  # (the runs get it through PYTHONPATH)
+    cuda, device = device_description()
+    print(f"device: {device}")
+    print("versions: " + ", ".join(f"{k} {v or 'missing'}" for k, v in versions().items()))
+    problems = 0
+    modules = ["datasets", "rouge_score", "sacrebleu", "seqrl.session"] + (
+        ["deepspeed"] if any(c in DEEPSPEED for c in configs) else [])
+    for module in modules:
+        try:
+            __import__(module)
+            print(f"import {module}: ok")
+        except Exception as err:  # noqa: BLE001
+            problems += 1
+            print(f"import {module}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    for config in configs:
+        reason = skip_reason(config, cuda)
+        print(f"{config} ({CONFIGS[config]}): {'would run' if reason is None else 'not run: ' + reason}")
+    return 0 if cuda and not problems else 1
+
+
+def prepare_wheels(directory: Path) -> int:
+    """Wheels for the GPU machine's Python 3.12 (x86-64), into `directory` (see the docstring)."""
+    from importlib import metadata
+
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def pin(name: str) -> str:
+        try:
+            return f"{name}=={metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            return name
+
+    platforms = [x for tag in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+                               "manylinux2014_x86_64", "manylinux1_x86_64") for x in ("--platform", tag)]
+    pip = [sys.executable, "-m", "pip"]
+    binary = pip + ["download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12", "--implementation",
+                    "cp", *platforms, "-d", str(directory), *map(pin, WHEELS_BINARY)]
+    built = pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(directory),
+                   *(f"{name}=={version}" for name, version in WHEELS_BUILT.items())]
+    for cmd, extra in ((binary, {}), (built, {"DS_BUILD_OPS": "0"})):
+        print("running: " + " ".join(cmd), flush=True)
+        code = subprocess.call(cmd, env=dict(os.environ, **extra))
+        if code:
+            return code
+    wheels = sorted(p.name for p in directory.glob("*.whl"))
+    size = sum(p.stat().st_size for p in directory.glob("*.whl")) / 2**20
+    print(f"{len(wheels)} wheels, {size:.1f} MiB in {directory}: " + ", ".join(wheels))
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                   help="which accelerate configs (default: all; ddp is always run first, as the reference)")
+    p.add_argument("--steps", type=int, default=20, help="MIXER optimizer steps per run (checkpoint at steps // 2)")
+    p.add_argument("--out", type=Path, help="directory for sharded_check.md/.json/.log")
+    p.add_argument("--work", type=Path, help="directory for the runs (default: a temporary one)")
+    p.add_argument("--keep", action="store_true", help="keep the runs' directories")
+    p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
+                   help="run.mixed_precision of every run (bf16: looser loss tolerance, see the docstring)")
+    p.add_argument("--timeout", type=float, default=150.0, help="seconds allowed to each run")
+    p.add_argument("--budget", type=float, default=420.0,
+                   help="seconds for all the runs together: a run is not started with under 20 s left, and is "
+                        "stopped at the budget's end (default 420: 8 runs of ~30 s on a GPU, with room)")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="run without CUDA (only DDP can run; for testing this script)")
+    p.add_argument("--device-check", action="store_true",
+                   help="only report CUDA, versions, imports and which configs would run (exit 1 if not ready)")
+    p.add_argument("--prepare-wheels", type=Path, metavar="DIR",
+                   help="(on a machine with the package registry) put the wheels the GPU machine lacks into DIR")
+    args = p.parse_args(argv)
+    if not (args.device_check or args.prepare_wheels) and args.out is None:
+        p.error("--out is required")
+    if args.steps < 2:
+        p.error("--steps must be >= 2")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configs = [c for c in CONFIGS if c in args.configs or c == REFERENCE]  # DDP first, always
+    if args.prepare_wheels:
+        return prepare_wheels(args.prepare_wheels)
+    if args.device_check:
+        return device_check(configs)
+    cuda, device = device_description()
+    if not cuda and not args.allow_cpu:
+        print(f"sharded_check: error: no CUDA device here ({device}); this check needs a GPU "
+              f"(--allow-cpu runs DDP alone on the CPU, for testing)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="sharded_check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    print("sharded_check: building the starting model ...", flush=True)
+    start = build_start(work / "start")
+    recipe_path = work / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe(args.steps, args.mixed_precision, start), sort_keys=False))
+    env = child_env(cuda)
+    tolerance = tolerances(args.mixed_precision)
+    settings = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device, "versions": versions(),
+                "steps": args.steps, "checkpoint_step": checkpoint_step(args.steps),
+                "mixed_precision": args.mixed_precision, "tolerance": tolerance,
+                "recipe": recipe(args.steps, args.mixed_precision, Path("START"), Path("data/bible_en_es")),
+                "start": {"model": MODEL, "tokenizer": TOKENIZER, "seed": 0}}
+    rows, reference = [], None
+    try:
+        with open(args.out / REPORT_LOG, "w", encoding="utf-8") as log:
+            runner = Runner(recipe_path, work, env, args.timeout, args.budget, log)
+            # Every config's first run, then the resumes: out of time, the loss comparisons come first.
+            for config in configs:
+                reason = skip_reason(config, cuda)
+                if reason is None and runner.time_left() < MIN_SECONDS:
+                    reason = f"out of time (--budget {args.budget:g} s)"
+                if reason is not None:
+                    row = {"config": config, "accelerate_config": CONFIGS[config], "skipped": reason,
+                           "exit_code": None, "steps_logged": 0}
+                else:
+                    print(f"sharded_check: {config} ...", flush=True)
+                    row = first_run(runner, config, args.steps, reference, tolerance)
+                    reference = row if config == REFERENCE else reference
+                    print(f"sharded_check: {config}: {ran_cell(row)} in {row['seconds']} s", flush=True)
+                rows.append(row)
+                write_report(args.out, rows, settings)  # after each run: a later hang loses nothing
+            for row in rows:
+                if row.get("skipped"):
+                    continue
+                if runner.time_left() < MIN_SECONDS:
+                    row["resume"] = {"skipped": f"out of time (--budget {args.budget:g} s)"}
+                else:
+                    print(f"sharded_check: {row['config']}: resuming ...", flush=True)
+                    resume_run(runner, row, args.steps, tolerance)
+                    print(f"sharded_check: {row['config']}: resume {resume_cell(row)}", flush=True)
+                write_report(args.out, rows, settings)
+    finally:
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print((args.out / REPORT_MD).read_text(), end="")
+    return 0
+
+
+def write_report(out: Path, rows: list[dict], settings: dict) -> None:
+    (out / REPORT_MD).write_text(markdown_table(rows, settings), encoding="utf-8")
+    (out / REPORT_JSON).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1, default=str),
+                                   encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
