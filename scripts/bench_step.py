@@ -71,6 +71,12 @@ def parse_args() -> argparse.Namespace:
 
 
 # -- shared set-up ----------------------------------------------------------------------------
+def bible_tokenizer(vocab: int):
+    """The tokenizer every arm uses: a `vocab`-token BPE trained on the Bible data's English and Spanish verses."""
+    rows = [json.loads(line) for line in gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt")]
+    return train_tokenizer([r["en"] for r in rows] + [r["es"] for r in rows], TokenizerConfig(vocab_size=vocab))
+
+
 def load_pairs(tok, n: int, max_tokens: int) -> list[dict]:
     """Bible verse pairs whose English prompt is 24..max_tokens tokens and whose Spanish fits too."""
     rows = [json.loads(line) for line in gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt")]
@@ -157,15 +163,8 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
 
 
 # -- seqrl ------------------------------------------------------------------------------------
-def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    from seqrl import rewards
-    from seqrl.run import setup
-    from seqrl.session import teardown
-    from seqrl.train import _Loop, micro_step
-
+def seqrl_recipe(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
+    """seqrl's recipe for this benchmark, for `from_dict` (its data files written to `work`/seqrl_data)."""
     data = work / "seqrl_data"
     data.mkdir()
     for split in ("train", "validation", "test"):
@@ -173,7 +172,7 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
             for p in pairs:
                 f.write(json.dumps({"source": p["prompt"], "target": p["reference"]}) + "\n")
     n_steps = args.warmup + args.steps
-    cfg = from_dict({
+    return {
         "model": {"architecture": args.arch, "config": ARCHS[args.arch]},
         "tokenizer": {"name_or_path": str(tok_dir)},
         "data": {"path": str(data), "max_source_tokens": 32, "max_target_tokens": args.new_tokens},
@@ -186,7 +185,20 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
         "eval": {"every": 0, "max_new_tokens": args.new_tokens},
         "run": {"output_dir": str(work / "seqrl_run"), "max_steps": n_steps, "cpu": True},
         "log": {"every": 10**6, "progress_bar": False},
-    })
+    }
+
+
+def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from seqrl import rewards
+    from seqrl.run import setup
+    from seqrl.session import teardown
+    from seqrl.train import _Loop, micro_step
+
+    n_steps = args.warmup + args.steps
+    cfg = from_dict(seqrl_recipe(args, tok_dir, pairs, work))
     acc = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     run = setup(cfg, acc, Path(cfg.run.output_dir), rewards.build(cfg.rewards))
     loop = _Loop(bar=_NoBar())
@@ -335,8 +347,7 @@ def main() -> None:
     print("command: python scripts/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows = [json.loads(line) for line in gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt")]
-        tok = train_tokenizer([r["en"] for r in rows] + [r["es"] for r in rows], TokenizerConfig(vocab_size=args.vocab))
+        tok = bible_tokenizer(args.vocab)
         tok.save_pretrained(work / "tokenizer")
         pairs = load_pairs(tok, args.prompts * (args.warmup + args.steps), 32)
         results = [seqrl_arm(args, work / "tokenizer", pairs, work)]

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 import torch
+from torch.profiler import record_function
 
 from seqrl import baselines
 from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss, xent_sum
@@ -98,7 +99,7 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
             sums[key] += float(value.detach())
         advantages.append(chunk_advantage.detach())
         if i < len(chunks) - 1:  # free this chunk's graph now; gradients sync on the last backward
-            with acc.no_sync(run.model):
+            with acc.no_sync(run.model), record_function("seqrl/backward"):
                 acc.backward(loss)
     if xent_gold is not None:
         sums["xent"] = float(xent_gold.detach())
@@ -140,18 +141,21 @@ def _sample_and_score(run: Run, batch: dict, plan: StagePlan, step: int):
     start = time.perf_counter()
     policy = acc.unwrap_model(run.model)
     max_len = run.cfg.data.max_target_tokens
-    ro = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=k, max_len=max_len, sampling=sampling)
-    greedy = None
-    if rl.baseline == "greedy":
-        greedy = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=1, max_len=max_len,
-                         sampling=Sampling(greedy=True))
+    with record_function("seqrl/rollout"):  # (regions for scripts/profile_step.py; ~free when not profiling)
+        ro = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=k, max_len=max_len,
+                     sampling=sampling)
+        greedy = None
+        if rl.baseline == "greedy":
+            greedy = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=1, max_len=max_len,
+                             sampling=Sampling(greedy=True))
     sampled_at = time.perf_counter()
-    state, log = TrainerState(step, run.total_steps, plan.stage, plan.n_rl_tokens), RewardLog()
-    R, parts = score(run.rewards, **reward_inputs(tm, run.rewards, batch, ro.rows(), k, state, log))
-    greedy_R = None
-    if greedy is not None:
-        greedy_R = torch.tensor(score(run.rewards, **reward_inputs(tm, run.rewards, batch, greedy.rows(), 1, state,
-                                                                    RewardLog()))[0], device=acc.device)
+    with record_function("seqrl/reward"):
+        state, log = TrainerState(step, run.total_steps, plan.stage, plan.n_rl_tokens), RewardLog()
+        R, parts = score(run.rewards, **reward_inputs(tm, run.rewards, batch, ro.rows(), k, state, log))
+        greedy_R = None
+        if greedy is not None:
+            greedy_R = torch.tensor(score(run.rewards, **reward_inputs(tm, run.rewards, batch, greedy.rows(), 1,
+                                                                        state, RewardLog()))[0], device=acc.device)
     timing = (sampled_at - start, time.perf_counter() - sampled_at)
     return ro, torch.tensor(R, device=acc.device), parts, greedy_R, timing, log
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from seqrl import lora, preemption
@@ -120,17 +121,22 @@ def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
     torch.manual_seed(step_seed(cfg.run.seed, loop.step, loop.batch_in_epoch, acc.process_index))
     with acc.accumulate(run.model):
         start = time.perf_counter()
-        if plan.is_xent:
-            loss, stats = xent_step(run, batch["model_inputs"])
-        else:
-            loss, stats = mixer_step(run, batch, plan, loop.step)
+        # profiler regions (scripts/profile_step.py; ~free when not profiling): a MIXER step's
+        # seqrl/rollout and seqrl/reward regions lie inside seqrl/forward
+        with record_function("seqrl/forward"):
+            if plan.is_xent:
+                loss, stats = xent_step(run, batch["model_inputs"])
+            else:
+                loss, stats = mixer_step(run, batch, plan, loop.step)
         backward_start = time.perf_counter()
-        acc.backward(loss)
-        if acc.sync_gradients and cfg.optim.max_grad_norm:
-            stats["train/grad_norm"] = float(acc.clip_grad_norm_(run.model.parameters(), cfg.optim.max_grad_norm))
+        with record_function("seqrl/backward"):
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.optim.max_grad_norm:
+                stats["train/grad_norm"] = float(acc.clip_grad_norm_(run.model.parameters(), cfg.optim.max_grad_norm))
         optimizer_start = time.perf_counter()
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        with record_function("seqrl/optimizer"):
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
         end = time.perf_counter()
         stats.update({"time/step_s": end - start, "time/backward_s": optimizer_start - backward_start,
                       "time/optimizer_s": end - optimizer_start})

@@ -1,0 +1,496 @@
+"""Profile one XENT step and one MIXER step of seqrl with torch.profiler ("measure first").
+
+    python scripts/profile_step.py --device cpu --arch bart           # the bench_step model, 1.5M
+    python scripts/profile_step.py --arch gpt2 --size t5-small --out runs/profile
+
+The step is `seqrl.train.micro_step`, built as scripts/bench_step.py builds its seqrl arm (its
+functions, imported: the same 4,000-token BPE trained on the Bible data, 16 prompts x 4 samples x
+32 new tokens, token-ID BLEU reward, leave-one-out baseline, AdamW, fp32). The XENT step's batch
+is as many rows as the MIXER step teacher-forces (prompts x samples). Each step runs `--warmup`
+times unprofiled, then once under the profiler. The MIXER step is profiled at the final stage of
+the schedule (delta = --new-tokens: the whole output is sampled), where decoding is longest.
+
+It prints (and with --out DIR writes DIR/profile.md and DIR/profile.json):
+- Time per part of each step, from the `seqrl/<part>` record_function regions in seqrl/train.py
+  and seqrl/steps.py: XENT forward, backward, optimizer; MIXER rollout (decoding), reward,
+  teacher-forced forward (with the loss and everything else `mixer_step` does outside the rollout
+  and reward), backward (with gradient clipping), optimizer step. "other" is the rest of
+  `micro_step` (logging, the step's own bookkeeping). On CUDA the host times of an asynchronous
+  step land where the host waits, so the device (kernel) time of each part is given beside them.
+- Per decoding iteration of the rollout: kernel launches and host-device syncs. A decoding
+  iteration is one call of the policy's forward inside `seqrl.rollout.rollout` (prefill + one per
+  next token: one per decoded token position), counted by a forward hook on the model the rollout
+  is given; it is checked against the positions the rollout produced, max(length) - min(prefix).
+  * CUDA: kernel launches = cudaLaunchKernel / cuLaunchKernel (and Ex) runtime calls (and
+    cudaGraphLaunch calls) inside the rollout region; device kernels = the kernels the region's
+    ops ran; syncs = host waits (cudaStreamSynchronize / cudaDeviceSynchronize /
+    cudaEventSynchronize / synchronous cudaMemcpy), with device-to-host copies and the
+    sync-forcing aten ops beside them.
+  * CPU (no kernels, no syncs): the analogues. Leaf aten ops (aten ops with no aten op inside)
+    stand for kernel launches (an over-count: views and allocations launch none on a GPU);
+    syncs are the ops that WOULD make the host wait on a GPU: aten::_local_scalar_dense /
+    item / is_nonzero (`.item()`, `bool(t)`, `int(t)`), aten::equal / allclose, the
+    data-dependent shapes (aten::nonzero, masked_select, unique) and `.tolist()` / `.numpy()`
+    (seen as a top-level aten::resolve_neg), each counted once however deeply it nests.
+  Both are split between the model's forward calls and the rest of the loop (sampling,
+  constraints, bookkeeping). All counts over the whole rollout region (encoder pass and buffers
+  included), divided by the iterations.
+- The 15 ops with the most self time inside the rollout region (`profile_step/model_call` is the
+  Python inside the model's forward between its ops; `seqrl/rollout`, the rollout's own Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+
+import bench_step  # noqa: E402
+
+# --size: the bench_step model (2 layers, 128 wide), or t5-small's shape (d_model 512, 8 heads,
+# ffn 2048; 6 + 6 layers, or 12 for the decoder-only model), no dropout as in bench_step.
+_NO_DROPOUT = {"gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+               "bart": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}}
+SIZES = {
+    "small": bench_step.ARCHS,
+    "t5-small": {
+        "gpt2": {"n_layer": 12, "n_embd": 512, "n_head": 8, "n_inner": 2048, "n_positions": 128,
+                 **_NO_DROPOUT["gpt2"]},
+        "bart": {"encoder_layers": 6, "decoder_layers": 6, "d_model": 512, "encoder_attention_heads": 8,
+                 "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048,
+                 "max_position_embeddings": 128, **_NO_DROPOUT["bart"]},
+    },
+}
+
+PARTS = {  # region -> part, in the order they run
+    "xent": {"seqrl/forward": "forward", "seqrl/backward": "backward", "seqrl/optimizer": "optimizer"},
+    "mixer": {"seqrl/rollout": "rollout (decoding)", "seqrl/reward": "reward",
+              "seqrl/forward": "teacher-forced forward", "seqrl/backward": "backward",
+              "seqrl/optimizer": "optimizer"},
+}
+MODEL_CALL = "profile_step/model_call"
+LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+            "cudaLaunchCooperativeKernel", "cudaGraphLaunch"}
+HOST_WAITS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"}
+# leaf ops that launch no kernel on a GPU (views, allocations, metadata): left out of "compute ops"
+NO_KERNEL = {"aten::view", "aten::as_strided", "aten::_reshape_alias", "aten::_unsafe_view", "aten::alias",
+             "aten::slice", "aten::select", "aten::narrow", "aten::transpose", "aten::t", "aten::permute",
+             "aten::expand", "aten::unsqueeze", "aten::squeeze", "aten::detach", "aten::lift_fresh",
+             "aten::empty", "aten::empty_strided", "aten::resize_", "aten::set_", "aten::is_same_size",
+             "aten::resolve_conj", "aten::resolve_neg", "aten::result_type", "aten::size", "aten::stride",
+             "aten::_local_scalar_dense"}
+SYNC_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::allclose",
+            "aten::nonzero", "aten::masked_select", "aten::unique", "aten::_unique", "aten::_unique2",
+            "aten::unique_dim", "aten::unique_consecutive", "aten::resolve_neg"}  # (resolve_neg: top-level only)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--arch", choices=["gpt2", "bart"], default="bart", help="decoder-only, or encoder-decoder")
+    p.add_argument("--size", choices=list(SIZES), default="small",
+                   help="small: bench_step's 2-layer, 128-wide model; t5-small: d_model 512, 6 + 6 layers "
+                        "(gpt2: 12), 8 heads, ffn 2048")
+    p.add_argument("--warmup", type=int, default=3, help="unprofiled steps of each kind before the profiled one")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=16, help="sources per MIXER step")
+    p.add_argument("--samples", type=int, default=4, help="samples per source (k)")
+    p.add_argument("--new-tokens", type=int, default=32, help="max target tokens = decoding positions")
+    p.add_argument("--vocab", type=int, default=4000)
+    p.add_argument("--out", type=Path, help="directory for profile.md and profile.json")
+    return p.parse_args(argv)
+
+
+# -- the run ------------------------------------------------------------------------------------
+def build_run(args, work: Path):
+    """seqrl's `Run` for bench_step's recipe: the XENT stage then one MIXER stage (the final one),
+    `warmup + 1` steps each."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from seqrl import rewards
+    from seqrl.config import from_dict
+    from seqrl.run import setup
+
+    tok = bench_step.bible_tokenizer(args.vocab)
+    tok.save_pretrained(work / "tokenizer")
+    per_kind = args.warmup + 1
+    pairs = bench_step.load_pairs(tok, per_kind * args.prompts * args.samples, 32)
+    bench_args = SimpleNamespace(arch=args.arch, prompts=args.prompts, samples=args.samples, new_tokens=args.new_tokens,
+                                 warmup=args.warmup, steps=1, reward="token_bleu")
+    recipe = bench_step.seqrl_recipe(bench_args, work / "tokenizer", pairs, work)
+    recipe["model"]["config"] = SIZES[args.size][args.arch]
+    # delta = new tokens (bench_step's): one MIXER stage, which is the final one (whole output sampled)
+    recipe["schedule"].update(xent_steps=per_kind, stage_steps=per_kind)
+    recipe["xent"] = {"batch_size": args.prompts * args.samples}
+    recipe["eval"]["test_after_xent"] = False  # (no evaluation inside the XENT stage's last step)
+    recipe["run"].update(max_steps=2 * per_kind, cpu=args.device == "cpu")
+    cfg = from_dict(recipe)
+    acc = Accelerator(cpu=args.device == "cpu", dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    return acc, setup(cfg, acc, Path(cfg.run.output_dir), rewards.build(cfg.rewards))
+
+
+def batches(loader):
+    """The loader's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+class RolloutProbe:
+    """While active, wraps `seqrl.steps.rollout`: counts the policy's forward calls in each rollout
+    (a `profile_step/model_call` region around each) and records what the rollout produced."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __enter__(self):
+        from seqrl import steps
+        self.steps, self.original = steps, steps.rollout
+        steps.rollout = self._rollout
+        return self
+
+    def __exit__(self, *exc):
+        self.steps.rollout = self.original
+
+    def _rollout(self, text_model, model, *args, **kwargs):
+        open_regions, calls = [], [0]
+
+        def before(module, inputs):
+            calls[0] += 1
+            region = record_function(MODEL_CALL)
+            region.__enter__()
+            open_regions.append(region)
+
+        def after(module, inputs, output):
+            open_regions.pop().__exit__(None, None, None)
+
+        hooks = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+        try:
+            ro = self.original(text_model, model, *args, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            while open_regions:
+                open_regions.pop().__exit__(None, None, None)
+        lengths, prefix = ro.lengths.cpu(), ro.prefix_len.cpu()
+        self.calls.append({"rows": int(lengths.numel()), "model_calls": calls[0],
+                           "positions": max(int(lengths.max()) - int(prefix.min()), 1),
+                           "sampled_tokens": int((lengths - prefix).clamp(min=0).sum()),
+                           "max_len": int(ro.sequences.shape[1])})
+        return ro
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# -- reading the profile ---------------------------------------------------------------------------
+def _inside(e, region) -> bool:
+    return region.time_range.start <= e.time_range.start and e.time_range.end <= region.time_range.end
+
+
+def _duration_ms(e) -> float:
+    return (e.time_range.end - e.time_range.start) / 1000
+
+
+def part_times(events, kind: str, wall_s: float, device: str) -> dict:
+    """ms per part: each region's own host time, without the seqrl/* regions nested in it (a MIXER
+    step's rollout and reward lie inside its forward); on CUDA also the device time of the kernels
+    its ops launched (by time, whatever the thread: the backward runs on autograd's own)."""
+    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
+    regions = [e for e in host if e.name.startswith("seqrl/")]
+    missing = [name for name in PARTS[kind] if name not in {r.name for r in regions}]
+    if missing:
+        raise SystemExit(f"profile_step: no {', '.join(missing)} region in the {kind} step's profile "
+                         f"(seqrl/train.py and seqrl/steps.py mark them with torch.profiler.record_function)")
+    ms, device_ms = defaultdict(float), defaultdict(float)
+    top_level = 0.0
+    for r in regions:
+        inner = [q for q in regions if q is not r and _inside(q, r)]
+        direct = [q for q in inner if not any(o is not q and _inside(q, o) for o in inner)]
+        ms[r.name] += _duration_ms(r) - sum(_duration_ms(q) for q in direct)
+        if not any(o is not r and _inside(r, o) for o in regions):
+            top_level += _duration_ms(r)
+    if device == "cuda":
+        for e in host:
+            if e.kernels and not e.name.startswith("seqrl/"):
+                around = [r for r in regions if _inside(e, r)]
+                innermost = min(around, key=_duration_ms).name if around else "other"
+                device_ms[innermost] += sum(k.duration for k in e.kernels) / 1000
+    parts = {label: {"ms": ms[name], **({"device_ms": device_ms[name]} if device == "cuda" else {})}
+             for name, label in PARTS[kind].items()}
+    parts["other"] = {"ms": max(1000 * wall_s - top_level, 0.0),
+                      **({"device_ms": device_ms["other"]} if device == "cuda" else {})}
+    return {"parts": parts, "step_ms": 1000 * wall_s}
+
+
+def rollout_counts(events, probe_calls: list[dict], device: str, top: int = 15) -> dict:
+    """Kernel launches and syncs inside the seqrl/rollout region(s), per decoding iteration, and
+    the ops with the most self time there."""
+    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
+    regions = [e for e in host if e.name == "seqrl/rollout"]
+    if not regions:
+        raise SystemExit("profile_step: no seqrl/rollout region in the MIXER step's profile")
+    inside = [e for e in host if any(_inside(e, r) for r in regions) and e.name != "seqrl/rollout"]
+    model_regions = [e for e in inside if e.name == MODEL_CALL]
+    model_calls = len(model_regions)
+    positions = sum(c["positions"] for c in probe_calls)
+    iterations = model_calls or positions  # (no hook fired: the rollout's positions)
+
+    def in_model(e) -> bool:
+        return any(_inside(e, m) for m in model_regions)
+
+    def aten_ancestor(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if p.name.startswith("aten::"):
+                return True
+            p = p.cpu_parent
+        return False
+
+    def sync_ancestor(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if p.name in SYNC_OPS:
+                return True
+            p = p.cpu_parent
+        return False
+
+    memo: dict[int, bool] = {}
+
+    def has_aten_below(e) -> bool:
+        if id(e) not in memo:
+            memo[id(e)] = any(c.name.startswith("aten::") or has_aten_below(c) for c in e.cpu_children)
+        return memo[id(e)]
+
+    counted: dict[str, list] = {
+        "leaf_aten_ops": [e for e in inside if e.name.startswith("aten::") and not has_aten_below(e)],
+        "leaf_compute_ops": [e for e in inside if e.name.startswith("aten::") and not has_aten_below(e)
+                             and e.name not in NO_KERNEL],
+        "top_level_aten_ops": [e for e in inside if e.name.startswith("aten::") and not aten_ancestor(e)],
+        # each sync-forcing call once: bool(t) is is_nonzero > item > _local_scalar_dense
+        "sync_ops": [e for e in inside if e.name in SYNC_OPS and not sync_ancestor(e)
+                     and (e.name != "aten::resolve_neg" or not aten_ancestor(e))],
+    }
+    if device == "cuda":
+        counted["kernel_launches"] = [e for e in inside if e.name in LAUNCHES]
+        counted["host_waits"] = [e for e in inside if e.name in HOST_WAITS]
+        counted["memcpy_calls"] = [e for e in inside if e.name.startswith(("cudaMemcpy", "cudaMemset"))]
+        kernels = [(e, k.name) for e in inside for k in e.kernels]
+        counted["device_kernels"] = [e for e, name in kernels if not name.startswith(("Memcpy", "Memset"))]
+        counted["d2h_copies"] = [e for e, name in kernels if "DtoH" in name]  # ("Memcpy DtoH (Device -> ...)")
+    totals = {key: len(v) for key, v in counted.items()}
+    per_iteration = {key: n / iterations for key, n in totals.items()}
+    split = {key: {"in_model": sum(map(in_model, v)) / iterations,
+                   "outside_model": sum(not in_model(e) for e in v) / iterations} for key, v in counted.items()}
+    sync_names = defaultdict(int)
+    for e in counted["sync_ops"]:
+        sync_names[e.name] += 1
+    # headline numbers: on CUDA the real launches and host waits; on CPU their analogues
+    kernels_key, syncs_key = ("kernel_launches", "host_waits") if device == "cuda" else ("leaf_aten_ops", "sync_ops")
+    rollout_ms = sum(_duration_ms(r) for r in regions)
+    ops = defaultdict(lambda: {"calls": 0, "self_ms": 0.0, "self_device_ms": 0.0})
+    for e in inside + regions:
+        row = ops[e.name]
+        row["calls"] += 1
+        row["self_ms"] += e.self_cpu_time_total / 1000
+        if device == "cuda":
+            row["self_device_ms"] += e.self_device_time_total / 1000
+    ranked = sorted(ops.items(), key=lambda kv: -kv[1]["self_ms"])[:top]
+    return {
+        "iterations": iterations, "model_calls": model_calls, "positions": positions,
+        "iterations_from": "model forward calls" if model_calls else "positions (no model call seen)",
+        "rows": sum(c["rows"] for c in probe_calls), "sampled_tokens": sum(c["sampled_tokens"] for c in probe_calls),
+        "rollouts": len(probe_calls), "rollout_ms": rollout_ms,
+        "model_ms": sum(_duration_ms(m) for m in model_regions),
+        "kernels_per_token": per_iteration[kernels_key], "syncs_per_token": per_iteration[syncs_key],
+        "kernels_measure": kernels_key, "syncs_measure": syncs_key,
+        "totals": totals, "per_iteration": per_iteration, "split_per_iteration": split,
+        "sync_ops_by_name": dict(sync_names),
+        "top_ops": [{"op": name, "calls": row["calls"], "calls_per_iteration": row["calls"] / iterations,
+                     "self_ms": row["self_ms"], "share_of_rollout": row["self_ms"] / rollout_ms,
+                     **({"self_device_ms": row["self_device_ms"]} if device == "cuda" else {})}
+                    for name, row in ranked],
+    }
+
+
+# -- the steps -----------------------------------------------------------------------------------
+def run_kind(run, loop, it, kind: str, args, probe: RolloutProbe) -> dict:
+    """`--warmup` unprofiled steps, then one under the profiler: its parts (and the rollout's counts)."""
+    from seqrl.train import micro_step
+
+    seen: list[dict] = []
+    add = loop.window.add
+    loop.window.add = lambda stats: (seen.append(stats), add(stats))
+    warm = []
+    for _ in range(args.warmup):
+        start = time.perf_counter()
+        micro_step(run, next(it), loop)
+        sync(args.device)
+        warm.append({**seen[-1], "wall_s": time.perf_counter() - start})
+    plan = run.schedule.plan(loop.step)
+    if kind == "xent":
+        assert plan.is_xent, plan
+    else:
+        assert plan.n_rl_tokens == run.cfg.data.max_target_tokens, f"not the final stage: {plan}"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    probe.calls.clear()
+    sync(args.device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        micro_step(run, next(it), loop)
+        sync(args.device)
+        wall = time.perf_counter() - start
+    loop.window.add = add
+    events = prof.events()
+    out = part_times(events, kind, wall, args.device)
+    out["unprofiled"] = unprofiled_parts(warm, kind)
+    if kind == "mixer":
+        out["stage"] = {"stage": plan.stage, "sampled_target_tokens": plan.n_rl_tokens, "final": True}
+        out["rollout"] = rollout_counts(events, probe.calls, args.device)
+        out["probe"] = list(probe.calls)
+    return out
+
+
+def unprofiled_parts(warm: list[dict], kind: str) -> dict | None:
+    """ms per part from seqrl's own timers (time/*_s), median of the warm-up steps after the first."""
+    if not warm:
+        return None
+    steps = warm[1:] or warm
+    med = {key: 1000 * statistics.median(s[key] for s in steps)
+           for key in ("time/step_s", "time/backward_s", "time/optimizer_s", "wall_s")}
+    if kind == "xent":
+        parts = {"forward": med["time/step_s"] - med["time/backward_s"] - med["time/optimizer_s"]}
+    else:
+        parts = {label: 1000 * statistics.median(s[key] for s in steps) for label, key in
+                 (("rollout (decoding)", "time/rollout_s"), ("reward", "time/reward_s"),
+                  ("teacher-forced forward", "time/forward_s"))}
+    parts.update({"backward": med["time/backward_s"], "optimizer": med["time/optimizer_s"],
+                  "other": med["wall_s"] - med["time/step_s"]})
+    return {"parts_ms": parts, "step_ms": med["wall_s"], "steps": len(steps)}
+
+
+def profile_steps(args) -> dict:
+    from seqrl.session import teardown
+    from seqrl.train import _Loop
+
+    with tempfile.TemporaryDirectory() as tmp:
+        acc, run = build_run(args, Path(tmp))
+        model = acc.unwrap_model(run.model)
+        info = {"arch": args.arch, "size": args.size, "device": args.device,
+                "parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
+                "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
+                "xent_rows": args.prompts * args.samples, "vocab": len(run.text_model.tokenizer),
+                "warmup": args.warmup, "torch": torch.__version__}
+        loop = _Loop(bar=bench_step._NoBar())
+        with RolloutProbe() as probe:
+            result = {"config": info,
+                      "xent": run_kind(run, loop, batches(run.loader), "xent", args, probe),
+                      "mixer": run_kind(run, loop, batches(run.rl_loader), "mixer", args, probe)}
+        teardown(acc, run, clean=True)
+    return result
+
+
+# -- report --------------------------------------------------------------------------------------
+def report(result: dict) -> str:
+    c = result["config"]
+    cuda = c["device"] == "cuda"
+    head = (f"{c['arch']} {c['size']} ({c['parameters'] / 1e6:.2f}M parameters, vocab {c['vocab']}), {c['device']}, "
+            f"{c['threads']} threads, torch {c['torch']}; MIXER: {c['prompts']} prompts x {c['samples']} samples x "
+            f"{c['new_tokens']} new tokens; XENT: {c['xent_rows']} rows; one profiled step of each after "
+            f"{c['warmup']} unprofiled")
+    lines = [head, ""]
+    m = result["mixer"]
+    titles = {"xent": "XENT step",
+              "mixer": f"MIXER step, final stage (all {m['stage']['sampled_target_tokens']} target tokens sampled)"}
+    for kind, title in titles.items():
+        r = result[kind]
+        un = r["unprofiled"]
+        lines += [f"**{title}**", "",
+                  "| part | ms (profiled) | share | " + ("device ms | " if cuda else "")
+                  + "ms unprofiled (seqrl's timers) |",
+                  "|---|---|---|" + ("---|" if cuda else "") + "---|"]
+        for label, v in list(r["parts"].items()) + [("step", {"ms": r["step_ms"]})]:
+            row = f"| {label} | {v['ms']:.1f} | {v['ms'] / r['step_ms']:.0%} | "
+            if cuda:
+                row += f"{v['device_ms']:.1f} | " if "device_ms" in v else "n/a | "
+            ref = un and (un["step_ms"] if label == "step" else un["parts_ms"].get(label))
+            row += f"{ref:.1f} |" if ref is not None else "n/a (--warmup 0) |"
+            lines.append(row)
+        lines.append("")
+    ro = m["rollout"]
+    summary = (f"**Rollout**: {ro['iterations']} decoding iterations ({ro['iterations_from']}; the rollout's "
+               f"positions, max length - min prefix: {ro['positions']}), {ro['rows']} rows, {ro['sampled_tokens']} "
+               f"sampled tokens; {ro['rollout_ms']:.1f} ms, of which {ro['model_ms']:.1f} in the model's forward calls")
+    lines += [summary, "", "| per decoding iteration | whole rollout | in the model's forward | outside it (sampling, loop) |",
+              "|---|---|---|---|"]
+    names = {"leaf_aten_ops": "leaf aten ops" + ("" if cuda else " (CPU analogue of kernel launches)"),
+             "leaf_compute_ops": "of which compute ops (views, allocations left out)",
+             "top_level_aten_ops": "top-level aten ops (dispatcher calls from Python)",
+             "sync_ops": "sync-forcing ops" + ("" if cuda else " (CPU analogue of host-device syncs)"),
+             "kernel_launches": "kernel launches", "device_kernels": "device kernels",
+             "host_waits": "host-device syncs (host waits)", "d2h_copies": "device-to-host copies",
+             "memcpy_calls": "cudaMemcpy/Memset calls"}
+    order = (["kernel_launches", "device_kernels", "host_waits", "d2h_copies", "memcpy_calls"] if cuda else []) + \
+        ["leaf_aten_ops", "leaf_compute_ops", "top_level_aten_ops", "sync_ops"]
+    for key in order:
+        s = ro["split_per_iteration"][key]
+        label = f"**{names[key]}**" if key in ("kernel_launches", "host_waits") or not cuda and key in (
+            "leaf_aten_ops", "sync_ops") else names[key]
+        lines.append(f"| {label} | {ro['per_iteration'][key]:.1f} | {s['in_model']:.1f} | {s['outside_model']:.1f} |")
+    by_name = ", ".join(f"{n} {k / ro['iterations']:.2f}" for n, k in sorted(ro["sync_ops_by_name"].items()))
+    lines += ["", f"sync-forcing ops per iteration by name: {by_name or 'none'}", "",
+              f"**Top {len(ro['top_ops'])} ops by self time inside the rollout region**", "",
+              "| op | calls | per iteration | self ms | share of rollout |" + (" self device ms |" if cuda else ""),
+              "|---|---|---|---|---|" + ("---|" if cuda else "")]
+    for op in ro["top_ops"]:
+        lines.append(f"| {op['op']} | {op['calls']} | {op['calls_per_iteration']:.1f} | {op['self_ms']:.1f} | "
+                     f"{op['share_of_rollout']:.0%} |" + (f" {op['self_device_ms']:.1f} |" if cuda else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("profile_step: no CUDA device; pass --device cpu")
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    command = "python scripts/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print("command: " + command.strip())
+    result = profile_steps(args)
+    result["command"] = command.strip()
+    text = report(result)
+    print("\n" + text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "profile.md").write_text(f"`{result['command']}`\n\n{text}\n")
+        (args.out / "profile.json").write_text(json.dumps(result, indent=1))
+        print(f"\nwritten: {args.out / 'profile.md'}, {args.out / 'profile.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
