@@ -192,7 +192,9 @@ class ReinforceConfig:
     compile: Literal["auto", "on", "off"] = "auto"
     """Compile the per-token decoder step with torch.compile (CUDA graphs on a GPU); needs the
     static cache. The same samples as eager; compile time is logged apart (time/compile_s).
-    `auto`: on on a GPU, off on CPU, where eager measured faster (docs/speed.md)."""
+    `auto`: on on a GPU (untimed there yet); off on CPU, where it made decoding 1.4x faster but
+    costs ~13 s of compiling per new shape and needs a C++ compiler (docs/speed.md): set `on`
+    for long CPU runs."""
     check_every: int | None = None
     """Look for "every row has ended" (a host-device sync) every this many decoded tokens; rows
     that ended are padded meanwhile, so the samples are the same for any value. Empty: 1 on CPU
