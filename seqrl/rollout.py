@@ -7,21 +7,28 @@ per source, not once per sample. Sampling is never differentiated: this runs und
 the unwrapped model in eval mode (no dropout), so samples come from the model's distribution,
 masked by the generation config's constraints exactly as evaluation's `generate` masks it
 (`seqrl.generation`: forced and suppressed tokens, banned words and n-grams, minimum lengths).
+
+The loop itself has no host sync (no `.item()`, `.tolist()` or `bool(tensor)`) except the "all
+rows ended?" check every `Decoding.check_every` tokens; a row that ended is padded until then,
+so the samples do not depend on it. The KV cache, static or dynamic, and the optional compiled
+step are `seqrl.decoders`'; the draw itself is `seqrl.sampling`'s.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers.modeling_outputs import BaseModelOutput
 
+from seqrl.decoders import CausalDecoder, Decoding, Seq2SeqDecoder, accepts, base_model
 from seqrl.estimators import IGNORE_INDEX
 from seqrl.generation import Constraints
 from seqrl.modeling import TextModel, pad_rows
+from seqrl.sampling import Sampling, Uniforms, sample
+
+__all__ = ["Decoding", "Rollout", "Sampling", "prefix_lengths", "rollout", "rollout_logits"]
 
 
 @dataclass
@@ -65,20 +72,6 @@ class Rollout:
         return self.constraints.masks(torch.cat([self.lead, self.sequences], dim=1), sampled, vocab)
 
 
-@dataclass
-class Sampling:
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    greedy: bool = False
-    seed: int | None = None
-    """With a seed, the uniform that picks global row r's token at decoding step t is a function of
-    (seed, t, r) only (drawn for all `total_rows`, sliced at `row_offset`): samples do not depend
-    on the number of processes, and a resumed run redraws the same ones."""
-    row_offset: int = 0
-    total_rows: int | None = None
-
-
 def prefix_lengths(target_lengths: torch.Tensor, n_rl_tokens: int) -> torch.Tensor:
     """k_i = max(L_i - n, 0): the last n tokens of each target are sampled, the rest gold."""
     return (target_lengths - n_rl_tokens).clamp(min=0)
@@ -86,7 +79,8 @@ def prefix_lengths(target_lengths: torch.Tensor, n_rl_tokens: int) -> torch.Tens
 
 @torch.no_grad()
 def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
-            n_rl_tokens: int, *, num_samples: int, max_len: int, sampling: Sampling) -> Rollout:
+            n_rl_tokens: int, *, num_samples: int, max_len: int, sampling: Sampling,
+            decoding: Decoding = Decoding()) -> Rollout:
     """k = `num_samples` rollouts per source, rows grouped by source (row i is source i // k)."""
     was_training = model.training
     model.eval()
@@ -106,22 +100,25 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
     history = torch.cat([lead, torch.full((n, max_len), pad, dtype=torch.long, device=device)], dim=1)
     seqs = history[:, lead.shape[1]:]  # (N, max_len), a view
     seqs[:, :gold.shape[1]] = torch.where(torch.arange(gold.shape[1], device=device) < prefix[:, None], gold, pad)
-    step = (_Seq2SeqDecoder if text_model.is_seq2seq else _CausalDecoder)(model, source, source_mask, k, lead)
-    start = int(prefix.min())
+    step = (Seq2SeqDecoder if text_model.is_seq2seq else CausalDecoder)(model, source, source_mask, k, lead,
+                                                                       max_len, decoding)
+    uniforms = Uniforms(sampling, n, max_len, device)
+    start = int(prefix.min())  # (one sync per rollout)
     logits = step.prefill(seqs[:, :start])  # (N, V): distribution of token `start`
     # A row whose whole target is gold (n_rl_tokens = 0) ends at its gold EOS.
     whole_gold = prefix >= lengths.clamp(max=max_len)
     done = whole_gold.clone()
     ended_at = torch.where(whole_gold, lengths.clamp(max=max_len), torch.full_like(lengths, max_len))
+    pads = torch.full_like(ended_at, pad)
     for t in range(start, max_len):
-        sampled = _sample(constraints(history[:, :lead.shape[1] + t], logits), sampling, t)
+        sampled = sample(constraints(history[:, :lead.shape[1] + t], logits), sampling, uniforms.at(t))
         token = torch.where(t < prefix, seqs[:, t], sampled)
-        token = torch.where(t >= ended_at, torch.full_like(token, pad), token)
+        token = torch.where(t >= ended_at, pads, token)
         seqs[:, t] = token
         newly = ~done & (token == eos)  # a gold prefix holds no EOS unless the whole target is gold
-        ended_at = torch.where(newly, torch.full_like(ended_at, t + 1), ended_at)
+        ended_at = torch.where(newly, t + 1, ended_at)
         done |= newly
-        if t + 1 == max_len or bool(done.all()):
+        if t + 1 == max_len or ((t + 1 - start) % decoding.check_every == 0 and bool(done.all())):
             break
         logits = step.next(token)
     model.train(was_training)
@@ -154,32 +151,27 @@ def rollout_logits(model, ro: Rollout, *, is_seq2seq: bool, hidden: bool = False
         return out.logits, labels, out.decoder_hidden_states[-1] if hidden else None
     # Decoder-only: the prompt once per source (with gradients, outside the wrapper like the
     # encoder above), its KV cache repeated for the k rows; then the rows' tokens but the last.
-    if inner.training and _checkpointing(_base(inner)):
+    if inner.training and _checkpointing(base_model(inner)):
         # gradient checkpointing keeps no KV cache in training: one pass over prompt + tokens
         mask = torch.cat([source_mask, valid[:, :-1].long()], 1)
         out = model(input_ids=torch.cat([ro.lead, ro.sequences[:, :-1]], 1), attention_mask=mask,
                     position_ids=(mask.cumsum(1) - 1).clamp(min=0), output_hidden_states=hidden)
         prompt = ro.lead.shape[1] - 1  # the last prompt position predicts token 0
         return out.logits[:, prompt:], labels, out.hidden_states[-1][:, prompt:] if hidden else None
-    keep = {"logits_to_keep": 1} if _accepts(type(_base(inner)), "logits_to_keep") else {}
+    keep = {"logits_to_keep": 1} if accepts(type(base_model(inner)), "logits_to_keep") else {}
     first = inner(input_ids=ro.source, attention_mask=ro.source_mask, use_cache=True,
                   position_ids=(ro.source_mask.cumsum(1) - 1).clamp(min=0), output_hidden_states=hidden, **keep)
     logits = [first.logits[:, -1:].repeat_interleave(k, 0)]  # the last prompt position predicts token 0
     states = [first.hidden_states[-1][:, -1:].repeat_interleave(k, 0)] if hidden else []
     if width > 1:
-        cache = first.past_key_values
+        cache = first.cache
         cache.batch_repeat_interleave(k)
         mask = torch.cat([source_mask, valid[:, :-1].long()], 1)
-        out = model(input_ids=ro.sequences[:, :-1], attention_mask=mask, past_key_values=cache, use_cache=True,
+        out = model(input_ids=ro.sequences[:, :-1], attention_mask=mask, cache=cache, use_cache=True,
                     position_ids=(mask.cumsum(1) - 1).clamp(min=0)[:, -(width - 1):], output_hidden_states=hidden)
         logits.append(out.logits)
         states += [out.hidden_states[-1]] if hidden else []
     return torch.cat(logits, 1), labels, torch.cat(states, 1) if hidden else None
-
-
-def _base(model):
-    """A peft model's underlying transformers model (the model itself otherwise)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _checkpointing(model) -> bool:
@@ -187,84 +179,3 @@ def _checkpointing(model) -> bool:
     if hasattr(type(model), "is_activation_checkpointing"):
         return bool(model.is_activation_checkpointing)
     return bool(getattr(model, "is_gradient_checkpointing", False))
-
-
-@lru_cache(maxsize=None)
-def _accepts(model_class: type, argument: str) -> bool:
-    return argument in inspect.signature(model_class.forward).parameters
-
-
-def _sample(logits: torch.Tensor, s: Sampling, t: int) -> torch.Tensor:
-    if s.greedy:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / s.temperature if s.temperature != 1.0 else logits.float()
-    if s.top_k:
-        kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if s.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > s.top_p  # keep the smallest set whose mass reaches top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    # Inverse CDF: the first token whose cumulative probability exceeds u ~ U(0, 1) is an exact
-    # draw, from one uniform per row (Gumbel-max needs one per row and vocabulary entry: 10x slower).
-    cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
-    u = _uniforms(s, t, logits.shape[0], logits.device)[:, None] * cdf[:, -1:]  # mass sums to 1 up to rounding
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
-
-
-def _uniforms(s: Sampling, t: int, n: int, device: torch.device) -> torch.Tensor:
-    """n draws from U(0, 1); with a seed, global row r's draw at step t depends on (seed, t, r) only."""
-    if s.seed is None:
-        return torch.rand(n, device=device)
-    g = torch.Generator(device=device).manual_seed((s.seed * 1_000_003 + t) % (2**63))
-    return torch.rand(s.total_rows or n, generator=g, device=device)[s.row_offset:s.row_offset + n]
-
-
-class _Seq2SeqDecoder:
-    """Encoder once per source (then repeated k times); decoder with a KV cache."""
-
-    def __init__(self, model, source: torch.Tensor, source_mask: torch.Tensor, k: int, lead: torch.Tensor):
-        hidden = model.get_encoder()(input_ids=source, attention_mask=source_mask).last_hidden_state
-        self.model, self.cache = model, None
-        self.encoder = BaseModelOutput(last_hidden_state=hidden.repeat_interleave(k, 0))
-        self.mask = source_mask.repeat_interleave(k, 0)
-        self.start = lead  # (N, 1) the decoder start token
-
-    def _run(self, decoder_input_ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(encoder_outputs=self.encoder, attention_mask=self.mask, decoder_input_ids=decoder_input_ids,
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
-        return out.logits[:, -1]
-
-    def prefill(self, prefix: torch.Tensor) -> torch.Tensor:
-        return self._run(torch.cat([self.start, prefix], dim=1))
-
-    def next(self, token: torch.Tensor) -> torch.Tensor:
-        return self._run(token[:, None])
-
-
-class _CausalDecoder:
-    """Left-padded prompts, so every row's continuation starts at the same column."""
-
-    def __init__(self, model, source: torch.Tensor, source_mask: torch.Tensor, k: int, lead: torch.Tensor):
-        self.prompt, self.mask = lead, source_mask.repeat_interleave(k, 0)  # lead: the prompts, repeated
-        self.model, self.cache = model, None
-        self.keep = {"logits_to_keep": 1} if _accepts(type(_base(model)), "logits_to_keep") else {}  # not the prompt's
-        self.next_position = None
-
-    def _run(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=self.mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True, **self.keep)
-        self.cache = out.past_key_values
-        self.next_position = positions[:, -1:] + 1
-        return out.logits[:, -1]
-
-    def prefill(self, prefix: torch.Tensor) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, torch.ones_like(prefix)], dim=1)
-        positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
-        return self._run(torch.cat([self.prompt, prefix], dim=1), positions)
-
-    def next(self, token: torch.Tensor) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, torch.ones_like(token[:, None])], dim=1)
-        return self._run(token[:, None], self.next_position)

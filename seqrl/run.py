@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from seqrl import data, distributed, lora, modeling
 from seqrl.baselines import EMABaseline, LearnedBaseline
 from seqrl.config import ModelConfig, RecipeConfig
+from seqrl.decoders import Decoding, resolve as resolve_decoding
 from seqrl.errors import SeqrlError
 from seqrl.reference import AdaptersOff, FrozenCopy, Reference
 from seqrl.rewards import Reward
@@ -52,6 +53,8 @@ class Run:
     learned_baseline: torch.nn.Module | None = None
     reference: Reference | None = None
     """The KL penalty's reference policy (with `reinforce.kl_coef` > 0)."""
+    decoding: Decoding = Decoding()
+    """How rollouts decode: KV cache, compiled step, end-of-rows checks (`seqrl.decoders`)."""
 
 
 def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: list,
@@ -108,9 +111,15 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     reference = None
     if cfg.reinforce.kl_coef > 0 and cfg.schedule.kind != "xent":
         reference = AdaptersOff(text_model.model) if cfg.model.lora else FrozenCopy()
+    rl = cfg.reinforce
+    decoding = resolve_decoding(rl.kv_cache, rl.compile, rl.check_every, text_model.model, accelerator.device,
+                                cfg.data.max_source_tokens)
+    if cfg.schedule.kind != "xent":
+        accelerator.print(f"rollouts: {decoding.cache} KV cache, compiled step {'on' if decoding.compile else 'off'}, "
+                          f"end-of-rows check every {decoding.check_every} token(s)")
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
                schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir, ema,
-               rest[0] if rest else None, reference)
+               rest[0] if rest else None, reference, decoding)
 
 
 def adapt(text_model: modeling.TextModel, cfg: ModelConfig, accelerator: Accelerator) -> modeling.TextModel:

@@ -108,8 +108,8 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
         run.runlog.write_samples(step + 1, sample_rows(tm, batch, ro.rows(), k, R, parts, torch.cat(advantages),
                                                    sample_mask, reward_log.extra, run.cfg.log.samples), plan)
     stats.update({"train/xent": sums["xent"], "train/reinforce": sums["reinforce"], "train/loss": sums["loss"],
-                  "time/rollout_s": timing[0], "time/reward_s": timing[1], "time/forward_s": time.perf_counter() - t0
-                  - sum(timing), "rl_tokens": float(sample_mask.sum()), "xent_tokens": float(prefix_mask.sum())})
+                  "time/rollout_s": timing[0], "time/reward_s": timing[1], "time/compile_s": timing[2],
+                  "time/forward_s": time.perf_counter() - t0 - sum(timing), "rl_tokens": float(sample_mask.sum()), "xent_tokens": float(prefix_mask.sum())})
     if run.reference is not None:
         stats["kl"] = sums["kl"]
     if learned:
@@ -137,17 +137,17 @@ def _sample_and_score(run: Run, batch: dict, plan: StagePlan, step: int):
     sources, targets, k = batch["source_ids_list"], batch["target_ids_list"], rl.num_samples
     n_local = len(sources) * k  # equal on every process (accelerate evens out the last batch)
     sampling = Sampling(rl.temperature, rl.top_k, rl.top_p, seed=run.cfg.run.seed * 1_000_003 + step,
-                        row_offset=acc.process_index * n_local, total_rows=acc.num_processes * n_local)
-    start = time.perf_counter()
+                        row_offset=acc.process_index * n_local)
+    start, compiling = time.perf_counter(), run.decoding.compile_log.seconds
     policy = acc.unwrap_model(run.model)
     max_len = run.cfg.data.max_target_tokens
     with record_function("seqrl/rollout"):  # (regions for scripts/profile_step.py; ~free when not profiling)
         ro = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=k, max_len=max_len,
-                     sampling=sampling)
+                     sampling=sampling, decoding=run.decoding)
         greedy = None
         if rl.baseline == "greedy":
             greedy = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=1, max_len=max_len,
-                             sampling=Sampling(greedy=True))
+                             sampling=Sampling(greedy=True), decoding=run.decoding)
     sampled_at = time.perf_counter()
     with record_function("seqrl/reward"):
         state, log = TrainerState(step, run.total_steps, plan.stage, plan.n_rl_tokens), RewardLog()
@@ -156,7 +156,8 @@ def _sample_and_score(run: Run, batch: dict, plan: StagePlan, step: int):
         if greedy is not None:
             greedy_R = torch.tensor(score(run.rewards, **reward_inputs(tm, run.rewards, batch, greedy.rows(), 1,
                                                                         state, RewardLog()))[0], device=acc.device)
-    timing = (sampled_at - start, time.perf_counter() - sampled_at)
+    compile_s = run.decoding.compile_log.seconds - compiling  # (first calls of a compiled step: not step time)
+    timing = (sampled_at - start - compile_s, time.perf_counter() - sampled_at, compile_s)
     return ro, torch.tensor(R, device=acc.device), parts, greedy_R, timing, log
 
 

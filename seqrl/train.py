@@ -138,7 +138,7 @@ def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         end = time.perf_counter()
-        stats.update({"time/step_s": end - start, "time/backward_s": optimizer_start - backward_start,
+        stats.update({"time/step_s": end - start - stats.get("time/compile_s", 0.0), "time/backward_s": optimizer_start - backward_start,
                       "time/optimizer_s": end - optimizer_start})
     loop.window.add({"train/loss": float(loss.detach()), **stats})  # (a chunked step's stats hold its total)
     if not acc.sync_gradients:

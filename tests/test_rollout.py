@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from seqrl.estimators import IGNORE_INDEX
-from seqrl.rollout import Rollout, Sampling, _sample, prefix_lengths, rollout, rollout_logits
+from seqrl.rollout import Rollout, Sampling, prefix_lengths, rollout, rollout_logits
+from seqrl.sampling import Uniforms, sample
 
 from conftest import make_pairs
 
@@ -305,6 +306,10 @@ def test_rollout_logits_equal_a_plain_teacher_forced_pass(tm, data, n_rl):
     tm.model.zero_grad(set_to_none=True)
 
 
+def _sample(logits, sampling, t):
+    return sample(logits, sampling, Uniforms(sampling, logits.shape[0], t + 1, logits.device).at(t))
+
+
 def test_inverse_cdf_sampling_follows_the_distribution():
     # 20,000 seeded draws from fixed logits: frequencies within 5 standard errors of softmax, and
     # top-k / top-p never draw a token they exclude
@@ -322,7 +327,7 @@ def test_seeded_rows_do_not_depend_on_how_the_batch_is_split():
     # global row r's draw at step t is a function of (seed, t, r): two halves drawn apart (as two
     # processes do) equal the whole batch drawn at once
     logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(0))
-    whole = _sample(logits, Sampling(seed=3, total_rows=8), t=5)
-    halves = [_sample(logits[i:i + 4], Sampling(seed=3, row_offset=i, total_rows=8), t=5) for i in (0, 4)]
+    whole = _sample(logits, Sampling(seed=3), t=5)
+    halves = [_sample(logits[i:i + 4], Sampling(seed=3, row_offset=i), t=5) for i in (0, 4)]
     assert torch.equal(whole, torch.cat(halves))
-    assert not torch.equal(whole, _sample(logits, Sampling(seed=3, total_rows=8), t=6))
+    assert not torch.equal(whole, _sample(logits, Sampling(seed=3), t=6))
