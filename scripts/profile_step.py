@@ -65,20 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 import bench_step  # noqa: E402
 
-# --size: the bench_step model (2 layers, 128 wide), or t5-small's shape (d_model 512, 8 heads,
-# ffn 2048; 6 + 6 layers, or 12 for the decoder-only model), no dropout as in bench_step.
-_NO_DROPOUT = {"gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
-               "bart": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}}
-SIZES = {
-    "small": bench_step.ARCHS,
-    "t5-small": {
-        "gpt2": {"n_layer": 12, "n_embd": 512, "n_head": 8, "n_inner": 2048, "n_positions": 128,
-                 **_NO_DROPOUT["gpt2"]},
-        "bart": {"encoder_layers": 6, "decoder_layers": 6, "d_model": 512, "encoder_attention_heads": 8,
-                 "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048,
-                 "max_position_embeddings": 128, **_NO_DROPOUT["bart"]},
-    },
-}
+SIZES = bench_step.SIZES
 
 PARTS = {  # region -> part, in the order they run
     "xent": {"seqrl/forward": "forward", "seqrl/backward": "backward", "seqrl/optimizer": "optimizer"},
@@ -257,7 +244,9 @@ def rollout_counts(events, probe_calls: list[dict], device: str, top: int = 15) 
     model_regions = [e for e in inside if e.name == MODEL_CALL]
     model_calls = len(model_regions)
     positions = sum(c["positions"] for c in probe_calls)
-    iterations = model_calls or positions  # (no hook fired: the rollout's positions)
+    # a compiled decode step bypasses the forward hook (only the eager prefill is seen): then the
+    # rollout's positions count the iterations, and the in-model split holds the prefill only
+    iterations = max(model_calls, positions)
 
     def in_model(e) -> bool:
         return any(_inside(e, m) for m in model_regions)

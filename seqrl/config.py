@@ -189,11 +189,11 @@ class ReinforceConfig:
     """Rollouts' KV cache: `static` is allocated once at its final size (fixed shapes, which
     `compile` needs), `dynamic` grows each token. `auto`: static where transformers marks the
     model class compilable, else dynamic. The samples are the same either way."""
-    compile: Literal["auto", "on", "off"] = "auto"
+    compile: bool | None = None
     """Compile the per-token decoder step with torch.compile (CUDA graphs on a GPU); needs the
     static cache. The same samples as eager; compile time is logged apart (time/compile_s).
-    `auto`: on on a GPU (untimed there yet); off on CPU, where it made decoding 1.4x faster but
-    costs ~13 s of compiling per new shape and needs a C++ compiler (docs/speed.md): set `on`
+    Empty: on on a GPU (untimed there yet); off on CPU, where it made decoding 1.4x faster but
+    costs ~13 s of compiling per new shape and needs a C++ compiler (docs/speed.md): set true
     for long CPU runs."""
     check_every: int | None = None
     """Look for "every row has ended" (a host-device sync) every this many decoded tokens; rows

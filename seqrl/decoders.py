@@ -55,7 +55,7 @@ class Decoding:
     compile_log: CompileLog = field(default_factory=CompileLog, compare=False)
 
 
-def resolve(kv_cache: str, compile: str, check_every: int | None, model, device: torch.device,
+def resolve(kv_cache: str, compile: bool | None, check_every: int | None, model, device: torch.device,
             source_width: int) -> Decoding:
     """The recipe's `reinforce.kv_cache` / `compile` / `check_every` for this model and device."""
     static_ok = supports_static_cache(model)
@@ -64,11 +64,11 @@ def resolve(kv_cache: str, compile: str, check_every: int | None, model, device:
         raise SeqrlError(f"reinforce.kv_cache: static: transformers does not mark {name} as compilable with a "
                          f"static cache; set reinforce.kv_cache: auto (or dynamic)")
     cache = "static" if kv_cache == "static" or (kv_cache == "auto" and static_ok) else "dynamic"
-    if compile == "on" and cache != "static":
-        raise SeqrlError(f"reinforce.compile: on needs the static KV cache, which {name} does not get here "
-                         f"(reinforce.kv_cache: {kv_cache}); set reinforce.compile: off")
+    if compile and cache != "static":
+        raise SeqrlError(f"reinforce.compile: true needs the static KV cache, which {name} does not get here "
+                         f"(reinforce.kv_cache: {kv_cache}); set reinforce.compile: false")
     gpu = device.type != "cpu"
-    return Decoding(cache, compile == "on" or (compile == "auto" and gpu and cache == "static"),
+    return Decoding(cache, compile if compile is not None else gpu and cache == "static",
                     check_every or (8 if gpu else 1), source_width if cache == "static" else None)
 
 

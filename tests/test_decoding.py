@@ -111,18 +111,18 @@ def test_resolve_picks_per_model_and_device_and_refuses_what_cannot_run():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     marked, unmarked = torch.nn.Linear(2, 2), _Unmarked(2, 2)
     marked._can_compile_fullgraph = True  # (instance attribute: resolve reads the class's)
-    assert resolve("auto", "auto", None, unmarked, cpu, 64) == Decoding("dynamic", False, 1, None)
-    assert resolve("auto", "auto", None, unmarked, gpu, 64) == Decoding("dynamic", False, 8, None)
+    assert resolve("auto", None, None, unmarked, cpu, 64) == Decoding("dynamic", False, 1, None)
+    assert resolve("auto", None, None, unmarked, gpu, 64) == Decoding("dynamic", False, 8, None)
     with pytest.raises(SeqrlError, match=r"^reinforce.kv_cache: static: .*_Unmarked.*set reinforce.kv_cache: auto"):
-        resolve("static", "auto", None, unmarked, cpu, 64)
-    with pytest.raises(SeqrlError, match=r"^reinforce.compile: on needs the static KV cache"):
-        resolve("dynamic", "on", None, unmarked, cpu, 64)
-    assert resolve("dynamic", "off", 3, unmarked, gpu, 64) == Decoding("dynamic", False, 3, None)
+        resolve("static", None, None, unmarked, cpu, 64)
+    with pytest.raises(SeqrlError, match=r"^reinforce.compile: true needs the static KV cache"):
+        resolve("dynamic", True, None, unmarked, cpu, 64)
+    assert resolve("dynamic", False, 3, unmarked, gpu, 64) == Decoding("dynamic", False, 3, None)
 
 
 def test_resolve_on_a_compilable_model(stand_in):
     tm, _, _ = stand_in("gpt2")
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert resolve("auto", "auto", None, tm.model, cpu, 64) == Decoding("static", False, 1, 64)
-    assert resolve("auto", "auto", None, tm.model, gpu, 64) == Decoding("static", True, 8, 64)
-    assert resolve("dynamic", "off", None, tm.model, gpu, 64) == Decoding("dynamic", False, 8, None)
+    assert resolve("auto", None, None, tm.model, cpu, 64) == Decoding("static", False, 1, 64)
+    assert resolve("auto", None, None, tm.model, gpu, 64) == Decoding("static", True, 8, 64)
+    assert resolve("dynamic", False, None, tm.model, gpu, 64) == Decoding("dynamic", False, 8, None)

@@ -29,7 +29,7 @@ def test_profile_step_cpu(arch, tmp_path, monkeypatch, capsys):
     # What the rollout really did, seen from outside the script: its sampling calls (one per
     # decoding iteration) and the rollout it returned, for every rollout of the run.
     seen, draws = [], [0]
-    original_rollout, original_sample = steps.rollout, rollout_module._sample
+    original_rollout, original_sample = steps.rollout, rollout_module.sample
 
     def counting_sample(*args, **kwargs):
         draws[0] += 1
@@ -41,7 +41,7 @@ def test_profile_step_cpu(arch, tmp_path, monkeypatch, capsys):
         seen.append((draws[0], ro))
         return ro
 
-    monkeypatch.setattr(rollout_module, "_sample", counting_sample)
+    monkeypatch.setattr(rollout_module, "sample", counting_sample)
     monkeypatch.setattr(steps, "rollout", spy)
     result = ps.main(["--device", "cpu", "--arch", arch, "--prompts", str(PROMPTS), "--samples", str(SAMPLES),
                       "--new-tokens", str(NEW_TOKENS), "--warmup", "1", "--threads", "1", "--out", str(tmp_path)])
