@@ -122,9 +122,8 @@ def build_run(args, work: Path):
     per_kind = args.warmup + 1
     pairs = bench_step.load_pairs(tok, per_kind * args.prompts * args.samples, 32)
     bench_args = SimpleNamespace(arch=args.arch, prompts=args.prompts, samples=args.samples, new_tokens=args.new_tokens,
-                                 warmup=args.warmup, steps=1, reward="token_bleu")
+                                 warmup=args.warmup, steps=1, reward="token_bleu", size=args.size, device=args.device)
     recipe = bench_step.seqrl_recipe(bench_args, work / "tokenizer", pairs, work)
-    recipe["model"]["config"] = SIZES[args.size][args.arch]
     # delta = new tokens (bench_step's): one MIXER stage, which is the final one (whole output sampled)
     recipe["schedule"].update(xent_steps=per_kind, stage_steps=per_kind)
     recipe["xent"] = {"batch_size": args.prompts * args.samples}
