@@ -74,6 +74,7 @@ PARTS = {  # region -> part, in the order they run
               "seqrl/optimizer": "optimizer"},
 }
 MODEL_CALL = "profile_step/model_call"
+COMPILED = "Torch-Compiled Region"  # (torch.compile's own profiler region around a compiled call)
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
             "cudaLaunchCooperativeKernel", "cudaGraphLaunch"}
 HOST_WAITS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"}
@@ -144,23 +145,42 @@ def batches(loader):
 
 
 class RolloutProbe:
-    """While active, wraps `seqrl.steps.rollout`: counts the policy's forward calls in each rollout
-    (a `profile_step/model_call` region around each) and records what the rollout produced."""
+    """While active, wraps `seqrl.steps.rollout` and records, for each rollout: its decoding
+    iterations (the loop's token draws, `seqrl.rollout.sample`: one per iteration whatever runs the
+    model), the policy's forward calls (a forward hook, which also marks each call as a
+    `profile_step/model_call` region; a compiled step bypasses it) and what the rollout produced."""
+
+    DRAWS = ("sample", "_sample")  # (the draw's name in seqrl.rollout, now and before)
 
     def __init__(self):
         self.calls: list[dict] = []
+        self.draws = 0
 
     def __enter__(self):
+        from seqrl import rollout as rollout_module
         from seqrl import steps
         self.steps, self.original = steps, steps.rollout
         steps.rollout = self._rollout
+        self.module, self.draw = rollout_module, next((n for n in self.DRAWS if hasattr(rollout_module, n)), None)
+        if self.draw:
+            original_draw = getattr(rollout_module, self.draw)
+
+            def counting_draw(*args, **kwargs):
+                self.draws += 1
+                return original_draw(*args, **kwargs)
+
+            self.original_draw = original_draw
+            setattr(rollout_module, self.draw, counting_draw)
         return self
 
     def __exit__(self, *exc):
         self.steps.rollout = self.original
+        if self.draw:
+            setattr(self.module, self.draw, self.original_draw)
 
     def _rollout(self, text_model, model, *args, **kwargs):
         open_regions, calls = [], [0]
+        self.draws = 0
 
         def before(module, inputs):
             calls[0] += 1
@@ -181,6 +201,7 @@ class RolloutProbe:
                 open_regions.pop().__exit__(None, None, None)
         lengths, prefix = ro.lengths.cpu(), ro.prefix_len.cpu()
         self.calls.append({"rows": int(lengths.numel()), "model_calls": calls[0],
+                           "draws": self.draws if self.draw else None,
                            "positions": max(int(lengths.max()) - int(prefix.min()), 1),
                            "sampled_tokens": int((lengths - prefix).clamp(min=0).sum()),
                            "max_len": int(ro.sequences.shape[1])})
@@ -240,12 +261,18 @@ def rollout_counts(events, probe_calls: list[dict], device: str, top: int = 15) 
     if not regions:
         raise SystemExit("profile_step: no seqrl/rollout region in the MIXER step's profile")
     inside = [e for e in host if any(_inside(e, r) for r in regions) and e.name != "seqrl/rollout"]
-    model_regions = [e for e in inside if e.name == MODEL_CALL]
+    # the model's forward calls: the hook's regions, and torch.compile's (a compiled step bypasses hooks)
+    marked = [e for e in inside if e.name == MODEL_CALL or e.name.startswith(COMPILED)]
+    model_regions = [e for e in marked if not any(o is not e and _inside(e, o) for o in marked)]
     model_calls = len(model_regions)
     positions = sum(c["positions"] for c in probe_calls)
-    # a compiled decode step bypasses the forward hook (only the eager prefill is seen): then the
-    # rollout's positions count the iterations, and the in-model split holds the prefill only
-    iterations = max(model_calls, positions)
+    # iterations: the loop's token draws (past the last row's end too, until its next "all ended?"
+    # check); without a draw to count, the model calls or the positions
+    draws = [c["draws"] for c in probe_calls]
+    if draws and None not in draws and sum(draws):
+        iterations, source = sum(draws), "token draws in the loop"
+    else:
+        iterations, source = max(model_calls, positions), "model calls or positions (no draw seen)"
 
     def in_model(e) -> bool:
         return any(_inside(e, m) for m in model_regions)
@@ -309,7 +336,7 @@ def rollout_counts(events, probe_calls: list[dict], device: str, top: int = 15) 
     ranked = sorted(ops.items(), key=lambda kv: -kv[1]["self_ms"])[:top]
     return {
         "iterations": iterations, "model_calls": model_calls, "positions": positions,
-        "iterations_from": "model forward calls" if model_calls else "positions (no model call seen)",
+        "iterations_from": source,
         "rows": sum(c["rows"] for c in probe_calls), "sampled_tokens": sum(c["sampled_tokens"] for c in probe_calls),
         "rollouts": len(probe_calls), "rollout_ms": rollout_ms,
         "model_ms": sum(_duration_ms(m) for m in model_regions),
