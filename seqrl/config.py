@@ -162,9 +162,10 @@ class ReinforceConfig:
     num_samples: int = 4
     """Samples per source (k); `loo` needs at least 2."""
     chunk_sources: int | None = None
-    """Run the teacher-forced pass (forward and backward) over this many sources, with their k
-    samples, at a time: the same update, with that pass's activation memory divided by
-    batch_size / chunk_sources. Empty = all at once."""
+    """Decode, and run the teacher-forced pass (forward and backward), over this many sources,
+    with their k samples, at a time: the same samples and update, with the decode's KV cache and
+    logits and that pass's activation memory divided by batch_size / chunk_sources, so that
+    `batch_size` is not capped by memory. Empty = all at once."""
     temperature: float = 1.0
     """Sampling temperature (1 = the model's distribution, which REINFORCE's gradient assumes)."""
     top_k: int = 0

@@ -16,6 +16,7 @@ step are `seqrl.decoders`'; the draw itself is `seqrl.sampling`'s.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,7 @@ from seqrl.generation import Constraints
 from seqrl.modeling import TextModel, pad_rows
 from seqrl.sampling import Sampling, Uniforms, sample
 
-__all__ = ["Decoding", "Rollout", "Sampling", "prefix_lengths", "rollout", "rollout_logits"]
+__all__ = ["Decoding", "Rollout", "Sampling", "prefix_lengths", "rollout", "rollout_in_chunks", "rollout_logits"]
 
 
 @dataclass
@@ -39,15 +40,22 @@ class Rollout:
     """(N,) k_i, the number of gold tokens at the start of each row."""
     lengths: torch.Tensor
     """(N,) tokens up to and including EOS (T where the row never ended)."""
-    source: torch.Tensor
+    source: torch.Tensor | None
     """(B, S) the B = N / k sources, padded (on the left for decoder-only prompts)."""
-    source_mask: torch.Tensor
+    source_mask: torch.Tensor | None
     """(B, S) 1 on source tokens, 0 on padding."""
-    lead: torch.Tensor
+    lead: torch.Tensor | None
     """(N, P) what precedes the target in the constraints' view: an encoder-decoder's start
     token, a decoder-only model's (left-padded) prompt."""
-    constraints: Constraints
+    constraints: Constraints | None
     """The masking logits processors the samples were drawn under."""
+    parts: tuple[Rollout, ...] = ()
+    """A rollout decoded in chunks of sources (`rollout_in_chunks`): its chunks, each with its own
+    sources, padding and constraints (the four fields above are then None: use `select`)."""
+
+    @property
+    def num_sources(self) -> int:
+        return self.source.shape[0] if self.source is not None else sum(p.num_sources for p in self.parts)
 
     def rows(self) -> list[list[int]]:
         return [row[:n] for row, n in zip(self.sequences.tolist(), self.lengths.tolist())]
@@ -60,7 +68,15 @@ class Rollout:
         return valid & gold, valid & ~gold
 
     def select(self, first: int, last: int) -> Rollout:
-        """The rows of sources first..last-1 (each source's k rows are contiguous)."""
+        """The rows of sources first..last-1 (each source's k rows are contiguous); of a rollout
+        decoded in chunks, exactly one of its chunks."""
+        if self.parts:
+            start = 0
+            for part in self.parts:
+                if (start, start + part.num_sources) == (first, last):
+                    return part
+                start += part.num_sources
+            raise ValueError(f"sources {first}..{last - 1} are not one of the rollout's decode chunks")
         k = self.sequences.shape[0] // self.source.shape[0]
         rows = slice(first * k, last * k)
         return Rollout(self.sequences[rows], self.prefix_len[rows], self.lengths[rows], self.source[first:last],
@@ -123,6 +139,24 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
         logits = step.next(token)
     model.train(was_training)
     return Rollout(seqs, prefix, ended_at, source, source_mask, lead, constraints)
+
+
+def rollout_in_chunks(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
+                      n_rl_tokens: int, *, chunk_sources: int | None, num_samples: int, sampling: Sampling,
+                      **kwargs) -> Rollout:
+    """`rollout` over at most `chunk_sources` sources at a time (the decode's memory, KV cache and
+    (N, V) logits, divided accordingly): the same rows, since each row's draws depend on its
+    global index only, and chunk i's rows keep theirs through the sampling's row offset."""
+    if not chunk_sources or chunk_sources >= len(source_ids):
+        return rollout(text_model, model, source_ids, target_ids, n_rl_tokens, num_samples=num_samples,
+                       sampling=sampling, **kwargs)
+    parts = tuple(
+        rollout(text_model, model, source_ids[first:first + chunk_sources], target_ids[first:first + chunk_sources],
+                n_rl_tokens, num_samples=num_samples, **kwargs,
+                sampling=dataclasses.replace(sampling, row_offset=sampling.row_offset + first * num_samples))
+        for first in range(0, len(source_ids), chunk_sources))
+    return Rollout(*(torch.cat([getattr(p, name) for p in parts]) for name in ("sequences", "prefix_len", "lengths")),
+                   source=None, source_mask=None, lead=None, constraints=None, parts=parts)
 
 
 def rollout_logits(model, ro: Rollout, *, is_seq2seq: bool, hidden: bool = False

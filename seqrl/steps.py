@@ -26,7 +26,7 @@ from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss,
 from seqrl.generation import masked_token_logprobs
 from seqrl.rewards import TrainerState, score
 from seqrl.rewards.inputs import RewardLog, reward_inputs
-from seqrl.rollout import Sampling, rollout, rollout_logits
+from seqrl.rollout import Sampling, rollout, rollout_in_chunks, rollout_logits
 from seqrl.samples import sample_rows
 from seqrl.schedule import StagePlan
 
@@ -62,7 +62,7 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
     if plan.xent_on_gold:  # XENT on the whole gold target, apart from the samples
         gold_total, n_gold = xent_sum(*tm.target_logits(run.model, batch["model_inputs"])[:2])
         xent_gold = gold_total / _per_process(run, n_gold)
-    chunks = _chunks(ro.source.shape[0], rl.chunk_sources)
+    chunks = _chunks(ro.num_sources, rl.chunk_sources)  # (the decode's chunks: `rollout_in_chunks`)
     sums, advantages = {"xent": 0.0, "reinforce": 0.0, "kl": 0.0, "baseline": 0.0, "loss": 0.0}, []
     for i, (first, last) in enumerate(chunks):
         part, rows = ro.select(first, last), slice(first * k, last * k)
@@ -142,8 +142,8 @@ def _sample_and_score(run: Run, batch: dict, plan: StagePlan, step: int):
     policy = acc.unwrap_model(run.model)
     max_len = run.cfg.data.max_target_tokens
     with record_function("seqrl/rollout"):  # (regions for scripts/profile_step.py; ~free when not profiling)
-        ro = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=k, max_len=max_len,
-                     sampling=sampling, decoding=run.decoding)
+        ro = rollout_in_chunks(tm, policy, sources, targets, plan.n_rl_tokens, chunk_sources=rl.chunk_sources,
+                               num_samples=k, max_len=max_len, sampling=sampling, decoding=run.decoding)
         greedy = None
         if rl.baseline == "greedy":
             greedy = rollout(tm, policy, sources, targets, plan.n_rl_tokens, num_samples=1, max_len=max_len,

@@ -1,5 +1,5 @@
-"""`reinforce.chunk_sources`: the teacher-forced pass run over a few sources (with their k
-samples) at a time, each chunk's graph freed by its own backward pass, makes the same update as
+"""`reinforce.chunk_sources`: the decode and the teacher-forced pass run over a few sources
+(with their k samples) at a time, each chunk's graph freed by its own backward pass, makes the same update as
 one pass over the whole batch (to float summation order): the losses' normalizers are the whole
 batch's, and the sequence-level baselines see every reward before any chunk."""
 

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from seqrl import decoders
 from seqrl.decoders import Decoding, resolve
 from seqrl.errors import SeqrlError
-from seqrl.rollout import Sampling, rollout
+from seqrl.rollout import Sampling, rollout, rollout_in_chunks
 from stand_ins import FAMILIES
 from test_generation import load, sources_and_targets
 
@@ -126,3 +126,17 @@ def test_resolve_on_a_compilable_model(stand_in):
     assert resolve("auto", None, None, tm.model, cpu, 64) == Decoding("static", False, 1, 64)
     assert resolve("auto", None, None, tm.model, gpu, 64) == Decoding("static", True, 8, 64)
     assert resolve("dynamic", False, None, tm.model, gpu, 64) == Decoding("dynamic", False, 8, None)
+
+
+@pytest.mark.parametrize("family", ["marian", "gpt2", "nllb"])
+def test_decoding_in_chunks_of_sources_draws_the_same_rows(stand_in, family):
+    """`reinforce.chunk_sources` also cuts the decode: chunk i keeps its rows' global draws."""
+    tm, src, tgt = stand_in(family)
+    kw = dict(num_samples=3, max_len=12, sampling=Sampling(seed=6, row_offset=30), decoding=STATIC)
+    whole = rollout(tm, tm.model, src, tgt, 10**6, **kw)
+    chunked = rollout_in_chunks(tm, tm.model, src, tgt, 10**6, chunk_sources=4, **kw)  # 6 sources: 4 + 2
+    assert chunked.rows() == whole.rows() and chunked.num_sources == 6 == whole.num_sources
+    assert [p.num_sources for p in chunked.parts] == [4, 2]
+    assert chunked.select(4, 6).rows() == whole.rows()[12:]
+    with pytest.raises(ValueError, match="not one of the rollout's decode chunks"):
+        chunked.select(0, 2)
