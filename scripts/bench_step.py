@@ -2,6 +2,11 @@
 
     python scripts/bench_step.py                    # decoder-only GPT-2: seqrl, TRL, minimal loop
     python scripts/bench_step.py --arch bart        # encoder-decoder: seqrl vs the minimal loop
+    python scripts/bench_step.py --device cuda --arch bart --size t5-small   # on a GPU, ~46M parameters
+    python scripts/bench_step.py --seqrl-set reinforce.compile=true          # + seqrl with a compiled decode
+
+seqrl's XENT step on as many rows as its MIXER step teacher-forces (prompts x samples) is timed
+beside it, and their ratio printed: the cost of sampling over teacher forcing.
 
 The same work in every arm: a small model built from a config (2 layers, 128 wide, the same
 tokenizer trained on the Bible data), the same 16 prompts per step with 4 samples each and 32
@@ -210,7 +215,10 @@ def seqrl_recipe(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
     }
 
 
-def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tuple[str, ...] = ()) -> dict:
+def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tuple[str, ...] = (),
+              xent: bool = False) -> dict:
+    """seqrl's MIXER step at the final stage (whole outputs sampled), or with `xent` its XENT step
+    on as many rows as the MIXER step teacher-forces (prompts x samples)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
@@ -230,6 +238,9 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tup
         for name in parents:
             node = node.setdefault(name, {})
         node[leaf] = yaml.safe_load(value)
+    if xent:
+        recipe["schedule"] = {"kind": "xent", "xent_steps": n_steps}
+        recipe["xent"] = {"batch_size": args.prompts * args.samples}
     cfg = from_dict(recipe)
     acc = Accelerator(cpu=args.device == "cpu", dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     run = setup(cfg, acc, Path(cfg.run.output_dir), rewards.build(cfg.rewards))
@@ -239,10 +250,13 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tup
     seen = []
     original = loop.window.add
     loop.window.add = lambda stats: (seen.append(stats), original(stats))
-    for batch in run.rl_loader:
+    for batch in run.loader if xent else run.rl_loader:
         micro_step(run, batch, loop)
         s = seen[-1]
-        if loop.step > args.warmup:
+        if loop.step > args.warmup and xent:
+            times.append(s["time/step_s"])
+            tokens.append(int(s["xent_tokens"]))
+        elif loop.step > args.warmup:
             times.append(s["time/step_s"])
             tokens.append(int(s["rl_tokens"]))
             parts["generate"].append(s["time/rollout_s"])
@@ -252,6 +266,8 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tup
         if loop.step >= n_steps:
             break
     teardown(acc, run, clean=True)
+    if xent:
+        return summarize("seqrl XENT step", times, tokens, {})
     return summarize("seqrl" + "".join(f" {o}" for o in overrides), times, tokens, parts)
 
 
@@ -345,6 +361,10 @@ def report(args, results: list[dict]) -> None:
     for r in results:
         print(f"| {r['arm']} | {r['step_s']:.3f} | {r['steps_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
               f"{r['step_s'] / ours['step_s']:.2f}x |")
+    xent = next((r for r in results if r["arm"] == "seqrl XENT step"), None)
+    if xent is not None:
+        print(f"\nseqrl's MIXER step (whole outputs sampled) / its XENT step ({args.prompts * args.samples} rows): "
+              f"{ours['step_s'] / xent['step_s']:.2f}x (tokens/s column: target tokens trained on)")
     parts = [r for r in results if "generate" in r]
     print("\n| part (ms, median) | " + " | ".join(r["arm"] for r in parts) + " |")
     print("|---|" + "---|" * len(parts))
@@ -383,13 +403,16 @@ def main() -> None:
         work = Path(tmp)
         tok = bible_tokenizer(args.vocab)
         tok.save_pretrained(work / "tokenizer")
-        pairs = load_pairs(tok, args.prompts * (args.warmup + args.steps), 32)
+        n_steps = args.warmup + args.steps
+        xent_pairs = load_pairs(tok, args.prompts * args.samples * n_steps, 32)
+        pairs = xent_pairs[:args.prompts * n_steps]
         results = [seqrl_arm(args, work / "tokenizer", pairs, work)]
         if args.seqrl_set:
             results.append(seqrl_arm(args, work / "tokenizer", pairs, work, tuple(args.seqrl_set)))
         if args.reward != "token_bleu":
             report_reward_share(args, results[0])
             return
+        results.append(seqrl_arm(args, work / "tokenizer", xent_pairs, work, xent=True))
         results.append(minimal_loop(args, tok, pairs))
         if args.arch == "gpt2" and not args.skip_trl:
             results.append(trl_arm(args, tok, pairs, work))
