@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 20's GPU checks in one command, under 8 minutes on one GPU (limits sum to 485 s); every table goes to
+# Issue 20's GPU checks in one command, under 8 minutes on one GPU (limits sum to 525 s); every table goes to
 # $OUT/gpu_checks.md, every error to $OUT/gpu_checks.log.
 #
 #   here (network):   bash scripts/gpu_wheels.sh        # -> .whl/: transformers, datasets, trl, deepspeed, ...
@@ -40,6 +40,7 @@ check() {  # check NAME SECONDS COMMAND...: its stdout into the report, its stde
   echo "$name: exit $rc, $((SECONDS - start)) s"
 }
 
+check "device: CUDA, versions, imports" 40 python3 scripts/sharded_check.py --device-check
 check "profile: bench model (encoder-decoder, 1.5M)" 50 python3 scripts/profile_step.py --device cuda --arch bart
 check "profile: t5-small size (60M, from a config)" 60 python3 scripts/profile_step.py --device cuda --arch bart --size t5-small
 check "step: bench translation recipe, encoder-decoder" 60 python3 scripts/bench_step.py --device cuda --arch bart

@@ -96,13 +96,11 @@ multiprocess), rouge-score (with nltk) and, for the DeepSpeed rows, deepspeed (w
 pydantic). This checkout's .venv cannot go there (2 GB, a CPU build of torch, Python 3.11 against
 3.12 there, and 64 MiB travel). So, where the package registry is reachable, once:
 
-    echo /.whl/ >> .git/info/exclude
-    .venv/bin/python scripts/sharded_check.py --prepare-wheels .whl     # ~21 MiB, 14 wheels
+    bash scripts/gpu_wheels.sh          # -> .whl/ (git-ignored), ~23 MiB
 
-(pip download of wheels for CPython 3.12 x86-64, and pip wheel for deepspeed and rouge-score,
-which the registry has as sources only; deepspeed with DS_BUILD_OPS=0: no compiled ops, and
-seqrl uses none: its optimizer is torch's AdamW. transformers and peft come along at the versions
-the test suite runs here.) Then on the GPU machine, with `.whl` carried, one command:
+(pip download of wheels for CPython 3.12 x86-64 at this checkout's versions, and pip wheel for
+deepspeed and rouge-score, which the registry has as sources only; deepspeed with DS_BUILD_OPS=0:
+no compiled ops, and seqrl uses none: its optimizer is torch's AdamW.) Then on the GPU machine, with `.whl` carried, one command:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit
@@ -157,13 +155,6 @@ BF16_WEIGHT_TOLERANCE = 0.03
 REPORT_MD, REPORT_JSON, REPORT_LOG = "sharded_check.md", "sharded_check.json", "sharded_check.log"
 LOG_TAIL_LINES = 60
 
-WHEELS_BINARY = ["datasets", "dill", "multiprocess", "nltk", "pydantic", "pydantic-core", "annotated-types",
-                 "typing-inspection", "typing-extensions", "hjson", "transformers", "peft"]
-"""Wheels from the registry for the GPU machine's Python 3.12 (pinned to this environment's
-versions where installed): what its python3 lacks, and transformers/peft at the versions the test
-suite runs here."""
-WHEELS_BUILT = {"deepspeed": "0.19.8", "rouge-score": "0.1.2"}
-"""Packages that the registry has as source only: built here into pure-Python wheels."""
 
 
 # -- the recipe ------------------------------------------------------------------------------------------
@@ -660,36 +651,6 @@ def device_check(configs: list[str]) -> int:
     return 0 if cuda and not problems else 1
 
 
-def prepare_wheels(directory: Path) -> int:
-    """Wheels for the GPU machine's Python 3.12 (x86-64), into `directory` (see the docstring)."""
-    from importlib import metadata
-
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def pin(name: str) -> str:
-        try:
-            return f"{name}=={metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            return name
-
-    platforms = [x for tag in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-                               "manylinux2014_x86_64", "manylinux1_x86_64") for x in ("--platform", tag)]
-    pip = [sys.executable, "-m", "pip"]
-    binary = pip + ["download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12", "--implementation",
-                    "cp", *platforms, "-d", str(directory), *map(pin, WHEELS_BINARY)]
-    built = pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(directory),
-                   *(f"{name}=={version}" for name, version in WHEELS_BUILT.items())]
-    for cmd, extra in ((binary, {}), (built, {"DS_BUILD_OPS": "0"})):
-        print("running: " + " ".join(cmd), flush=True)
-        code = subprocess.call(cmd, env=dict(os.environ, **extra))
-        if code:
-            return code
-    wheels = sorted(p.name for p in directory.glob("*.whl"))
-    size = sum(p.stat().st_size for p in directory.glob("*.whl")) / 2**20
-    print(f"{len(wheels)} wheels, {size:.1f} MiB in {directory}: " + ", ".join(wheels))
-    return 0
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
@@ -708,10 +669,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run without CUDA (only DDP can run; for testing this script)")
     p.add_argument("--device-check", action="store_true",
                    help="only report CUDA, versions, imports and which configs would run (exit 1 if not ready)")
-    p.add_argument("--prepare-wheels", type=Path, metavar="DIR",
-                   help="(on a machine with the package registry) put the wheels the GPU machine lacks into DIR")
     args = p.parse_args(argv)
-    if not (args.device_check or args.prepare_wheels) and args.out is None:
+    if not args.device_check and args.out is None:
         p.error("--out is required")
     if args.steps < 2:
         p.error("--steps must be >= 2")
@@ -721,8 +680,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configs = [c for c in CONFIGS if c in args.configs or c == REFERENCE]  # DDP first, always
-    if args.prepare_wheels:
-        return prepare_wheels(args.prepare_wheels)
     if args.device_check:
         return device_check(configs)
     cuda, device = device_description()
