@@ -1,13 +1,14 @@
 """Checkpoints: written atomically, resumed exactly.
 
 A checkpoint is accelerate's state (model, learned baseline, optimizer, learning-rate
-schedule, RNG states of every process) plus `trainer_state.json` (step, epoch and batches
-consumed of the current loader, EMA baseline), the recipe it was trained with, and, once
-sequence-level training has started with a KL penalty, the frozen reference model. With LoRA,
-"model" means the adapters: what trains is what is saved (`seqrl.lora`). Everything goes into a temporary directory that
-is renamed into place only when complete, so a crash mid-save never leaves half a checkpoint.
-With the seedable data order and seqrl's position-keyed sampling noise, a resumed run
-reproduces the uninterrupted one bit for bit.
+schedule, RNG states of every process; the model in the layout of the run's set-up, `model_entry`:
+`model.safetensors`, DeepSpeed's `pytorch_model/` or FSDP's `pytorch_model_fsdp*`) plus
+`trainer_state.json` (step, epoch and batches consumed of the current loader, EMA baseline),
+the recipe it was trained with, and, once sequence-level training has started with a KL penalty,
+the frozen reference model. With LoRA, "model" means the adapters: what trains is what is saved
+(`seqrl.lora`). Everything goes into a temporary directory that is renamed into place only when
+complete, so a crash mid-save never leaves half a checkpoint. With the seedable data order and
+seqrl's position-keyed sampling noise, a resumed run reproduces the uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils.constants import FSDP_MODEL_NAME, MODEL_NAME, SAFE_WEIGHTS_NAME
 from safetensors import safe_open
 
 from seqrl.errors import SeqrlError
@@ -29,7 +31,7 @@ from seqrl.strict_yaml import parse_yaml
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
-MODEL_FILE = "model.safetensors"  # accelerate's name for the first prepared model's weights
+MODEL_FILE = SAFE_WEIGHTS_NAME  # "model.safetensors": the first prepared model's weights, unsharded set-ups
 RECIPE_FILE = "recipe.yaml"
 # Settings a resume is expected to change: where it runs, and how far it goes.
 RESUME_SETTINGS = ("run.resume", "run.overwrite", "run.output_dir", "run.max_steps", "run.max_minutes")
@@ -96,22 +98,98 @@ def changed_settings(path: Path, recipe: str, limit: int = 6) -> str:
     return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+UNSHARDED = "no sharding (one process or DDP)"
+_SETUPS = {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP"}
+
+
+def setup_name(accelerator) -> str:
+    """`DeepSpeed`, `FSDP`, or UNSHARDED: what decides the layout of a checkpoint's model."""
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    return _SETUPS.get(kind, UNSHARDED)
+
+
+def model_entry(accelerator) -> str:
+    """The name under a checkpoint that accelerate 1.15's `load_state` reads this run's (first)
+    model from, as its `save_state` wrote it (accelerator.py, utils/fsdp_utils.py): without
+    sharding (one process, DDP) `model.safetensors`; under DeepSpeed the folder `pytorch_model`
+    (DeepSpeed's `save_checkpoint` tag: `mp_rank_00_model_states.pt` and each rank's ZeRO
+    partition); under FSDP by state-dict type the folder `pytorch_model_fsdp_0`
+    (SHARDED_STATE_DICT, torch.distributed.checkpoint's), `pytorch_model_fsdp.bin`
+    (FULL_STATE_DICT) or `pytorch_model_fsdp_rank{N}.bin` (LOCAL_STATE_DICT, one per process)."""
+    setup = setup_name(accelerator)
+    if setup == "DeepSpeed":
+        return MODEL_NAME
+    if setup == "FSDP":
+        state_dict_type = accelerator.state.fsdp_plugin.state_dict_type
+        state_dict_type = str(getattr(state_dict_type, "name", state_dict_type))
+        if state_dict_type.endswith("SHARDED_STATE_DICT"):
+            return f"{FSDP_MODEL_NAME}_0"
+        if state_dict_type.endswith("LOCAL_STATE_DICT"):
+            return f"{FSDP_MODEL_NAME}_rank{accelerator.process_index}.bin"
+        return f"{FSDP_MODEL_NAME}.bin"
+    return MODEL_FILE
+
+
+def saved_layout(path: Path) -> tuple[str, str] | None:
+    """(name, set-up) of the model weights accelerate wrote under checkpoint `path`, e.g.
+    ("pytorch_model/", "DeepSpeed"); None when it holds none of its layouts."""
+    if (path / MODEL_FILE).is_file():
+        return MODEL_FILE, UNSHARDED
+    if _deepspeed_states(path / MODEL_NAME):
+        return f"{MODEL_NAME}/", "DeepSpeed"
+    fsdp = sorted(path.glob(f"{FSDP_MODEL_NAME}*"))
+    if fsdp:
+        return fsdp[0].name + ("/" if fsdp[0].is_dir() else ""), "FSDP"
+    return None
+
+
+def _deepspeed_states(folder: Path) -> bool:
+    """A DeepSpeed checkpoint folder with its model states (from one without, DeepSpeed's
+    `load_checkpoint` loads nothing and returns None, which accelerate does not look at)."""
+    return folder.is_dir() and any(folder.glob("*model_states.pt"))
+
+
+def _has_model(path: Path, entry: str) -> bool:
+    return _deepspeed_states(path / entry) if entry == MODEL_NAME else (path / entry).exists()
+
+
+def _layout_problem(path: Path, entry: str, accelerator) -> str:
+    """The one-line error for a checkpoint without the model weights this run's set-up loads."""
+    shown = entry + ("/" if entry in (MODEL_NAME, f"{FSDP_MODEL_NAME}_0") else "")
+    found = saved_layout(path)
+    if found is None:
+        return (f"run.resume: checkpoint {path} holds no model weights in a layout accelerate writes "
+                f"({MODEL_FILE}, {MODEL_NAME}/ or {FSDP_MODEL_NAME}*; this run loads {shown}); it is damaged or "
+                f"not a seqrl checkpoint")
+    return (f"run.resume: checkpoint {path} was saved with {found[1]} ({found[0]}), and this run has "
+            f"{setup_name(accelerator)} (it loads {shown}); resume it with the accelerate config that wrote it")
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path, lora_model: torch.nn.Module | None = None) -> dict:
-    """Restore accelerate's state from `path`; return trainer_state.json's contents. A LoRA
-    model's checkpoint holds its adapters only: checked to be exactly this model's, then loaded
-    into the model over its (frozen, unchanged) base weights."""
+    """Restore accelerate's state from `path`; return trainer_state.json's contents. The model
+    weights must be in the layout this run's set-up loads (`model_entry`; else a one-line error
+    naming the checkpoint and the layout found). A LoRA model's checkpoint holds its adapters
+    only: checked to be exactly this model's, then loaded into the model over its (frozen,
+    unchanged) base weights. (Under DeepSpeed and FSDP accelerate saves and loads the whole
+    model, and DeepSpeed or torch check the names.)"""
     try:
         state = json.loads((path / STATE_FILE).read_text())
         if not isinstance(state.get("step"), int):
             raise ValueError("no integer 'step'")
-        with safe_open(str(path / MODEL_FILE), framework="pt") as saved:
-            keys = list(saved.keys())
-        if lora_model is not None:
-            check_trained(lora_model, keys)
-        elif any(".lora_" in k for k in keys):
-            raise SeqrlError(f"run.resume: checkpoint {path} holds LoRA adapters, and this recipe trains every "
-                             f"weight (no model.lora); use its own recipe")
-        accelerator.load_state(str(path), **({"strict": False} if lora_model is not None else {}))
+        entry = model_entry(accelerator)
+        if not _has_model(path, entry):
+            raise SeqrlError(_layout_problem(path, entry, accelerator))
+        kwargs = {}
+        if entry == MODEL_FILE:
+            with safe_open(str(path / MODEL_FILE), framework="pt") as saved:
+                keys = list(saved.keys())
+            if lora_model is not None:
+                check_trained(lora_model, keys)
+                kwargs["strict"] = False  # (load_state passes it to the model's load_state_dict)
+            elif any(".lora_" in k for k in keys):
+                raise SeqrlError(f"run.resume: checkpoint {path} holds LoRA adapters, and this recipe trains every "
+                                 f"weight (no model.lora); use its own recipe")
+        accelerator.load_state(str(path), **kwargs)
     except SeqrlError:
         raise
     except Exception as err:  # corrupt JSON, truncated tensors, mismatched model: all end here

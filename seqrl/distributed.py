@@ -44,6 +44,12 @@ def _type(accelerator) -> str:
     return str(getattr(kind, "value", kind))
 
 
+def is_sharded(accelerator) -> bool:
+    """FSDP or DeepSpeed: the prepared model's own parameters may not be whole (ZeRO-3's empty
+    placeholders, FSDP's shards), and accelerate saves checkpoints in their own layouts."""
+    return _type(accelerator) in SHARDED
+
+
 def _scheme(accelerator) -> str:
     kind, n, state = _type(accelerator), accelerator.num_processes, accelerator.state
     where = f"{n} process{'es' if n != 1 else ''} on {accelerator.device.type}"
@@ -182,6 +188,13 @@ def check_process(accelerator, mixed_precision: str, env: Mapping[str, str] = os
     if requested is not None and actual != requested:
         raise SeqrlError(f"the accelerate launcher asks for {SHARDED[requested]}, but accelerate set up {actual} "
                          f"on {device}; use a config this machine supports (recipes/accelerate/ddp.yaml)")
+    if actual == "DEEPSPEED":
+        zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        gathers = zero.get("stage3_gather_16bit_weights_on_model_save") not in (None, False)
+        if int(zero.get("stage", 0)) == 3 and not gathers:
+            raise SeqrlError("DeepSpeed ZeRO-3 without zero3_save_16bit_model: final/ and best/ need the whole "
+                             "weights, which ZeRO-3 gathers only with it; set zero3_save_16bit_model: true in the "
+                             "accelerate config's deepspeed_config (recipes/accelerate/deepspeed_zero3.yaml has it)")
     if mixed_precision != "no" and actual != "DEEPSPEED" and not accelerator.native_amp:
         raise SeqrlError(f"run.mixed_precision: {mixed_precision} is not applied on {device} (accelerate would "
                          f"train in fp32); set it to no")

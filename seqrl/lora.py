@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import extract_model_from_parallel
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
@@ -65,15 +66,25 @@ def is_lora(model: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: PeftModel, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The base model's state dict with every adapter merged in, under the base model's own names
-    (what `merge_and_unload().state_dict()` gives), on the CPU; the model is not changed."""
+    (what `merge_and_unload().state_dict()` gives), on the CPU; the model is not changed.
+    `state_dict`: the whole peft model's weights (its own names, `base_model.model.` first) where
+    its parameters are sharded and hold placeholders (ZeRO-3, FSDP: gathered by accelerate's
+    `get_state_dict`), merged instead of the model's own by peft's formula for its linear layers."""
     base = model.get_base_model()
-    deltas = {name: module.get_delta_weight(adapter)
-              for name, module in base.named_modules() if isinstance(module, LoraLayer)
-              for adapter in module.active_adapters if adapter in module.lora_A}
+    if state_dict is None:
+        tensors = base.state_dict()
+        deltas = {name: module.get_delta_weight(adapter)
+                  for name, module in base.named_modules() if isinstance(module, LoraLayer)
+                  for adapter in module.active_adapters if adapter in module.lora_A}
+    else:
+        tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in state_dict.items()}
+        deltas = {name: _delta_weight(module, name, adapter, tensors)
+                  for name, module in base.named_modules() if isinstance(module, LoraLayer)
+                  for adapter in module.active_adapters if adapter in module.lora_A}
     merged = {}
-    for key, tensor in base.state_dict().items():
+    for key, tensor in tensors.items():
         if ".lora_" in key:
             continue
         name = key.replace(".base_layer.", ".")
@@ -84,11 +95,32 @@ def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
     return merged
 
 
-def save_merged(model: PeftModel, directory: Path) -> None:
-    """`directory`: merged weights that plain transformers loads; the adapter in `adapter/` for peft."""
+PEFT_PREFIX = "base_model.model."
+"""What a peft model's state dict puts before the base model's names."""
+
+
+def _delta_weight(module: LoraLayer, name: str, adapter: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """peft's `Linear.get_delta_weight` (peft 0.21: transpose(B @ A, fan_in_fan_out) * scaling,
+    in fp32 for half precision on the CPU) from the tensors of `tensors` instead of the module's."""
+    if not isinstance(module, LoraLinear):
+        raise SeqrlError(f"model.lora: the adapter of {name} ({type(module).__name__}) cannot be merged from gathered "
+                         f"weights (sharded training saves merged linear layers only); adapt linear layers")
+    weight_a, weight_b = tensors[f"{name}.lora_A.{adapter}.weight"], tensors[f"{name}.lora_B.{adapter}.weight"]
+    dtype = weight_b.dtype
+    cast_to_fp32 = weight_b.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16)
+    if cast_to_fp32:
+        weight_a, weight_b = weight_a.float(), weight_b.float()
+    delta = weight_b @ weight_a
+    delta = (delta.T if module.fan_in_fan_out else delta) * module.scaling[adapter]
+    return delta.to(dtype) if cast_to_fp32 else delta
+
+
+def save_merged(model: PeftModel, directory: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """`directory`: merged weights that plain transformers loads; the adapter in `adapter/` for peft.
+    `state_dict`: the peft model's gathered weights, as for `merged_state_dict`."""
     base = model.get_base_model()
-    base.save_pretrained(directory, state_dict=merged_state_dict(model))
-    model.save_pretrained(directory / ADAPTER_DIR)
+    base.save_pretrained(directory, state_dict=merged_state_dict(model, state_dict))
+    model.save_pretrained(directory / ADAPTER_DIR, **({} if state_dict is None else {"state_dict": state_dict}))
 
 
 @torch.no_grad()

@@ -149,14 +149,19 @@ class TextModel:
     def decode(self, ids: list[list[int]]) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
-    def save(self, directory: str | Path, model: PreTrainedModel | None = None) -> None:
+    def save(self, directory: str | Path, model: PreTrainedModel | None = None,
+             state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """A directory that plain transformers `from_pretrained` loads (plus seqrl.json); a LoRA
-        model is saved merged, with its adapter in `adapter/`."""
+        model is saved merged, with its adapter in `adapter/`. `state_dict`: the model's whole
+        weights where its own parameters are sharded (ZeRO-3 and FSDP hold placeholders or
+        shards; `seqrl.train.gathered_weights`), saved instead of theirs."""
         from seqrl import lora  # (peft is imported only where it is used)
 
         directory, model = Path(directory), model or self.model
         if lora.is_lora(model):
-            lora.save_merged(model, directory)
+            lora.save_merged(model, directory, state_dict)
+        elif state_dict is not None:
+            model.save_pretrained(directory, state_dict=state_dict)
         else:
             model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)

@@ -24,7 +24,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from seqrl import lora, preemption
+from seqrl import distributed, lora, preemption
 from seqrl.checkpoint import save_checkpoint
 from seqrl.config import dump_recipe
 from seqrl.evaluate import evaluate_split
@@ -237,8 +237,10 @@ def track_best(run: Run, loop: _Loop, metrics: dict) -> None:
     if improved:
         loop.best = broadcast_object_list([value])[0] if run.accelerator.num_processes > 1 else value
         loop.evals_since_best = 0
+        weights = gathered_weights(run)  # (every process: a collective where the weights are sharded)
         if run.accelerator.is_main_process:
-            save_model_atomically(run, run.out / "best", {"step": loop.step, cfg.best_metric: value})
+            save_model_atomically(run, run.out / "best", {"step": loop.step, cfg.best_metric: value},
+                                  state_dict=weights)
         run.accelerator.wait_for_everyone()
     else:
         loop.evals_since_best += 1
@@ -253,11 +255,26 @@ def _agreed(run: Run, decision: bool) -> bool:
     return bool(broadcast_object_list([decision])[0])
 
 
-def save_model_atomically(run: Run, path: Path, info: dict | None = None, card=None) -> None:
-    """Model + tokenizer (+ `card(directory)`) to a temporary directory, then renamed over `path` (rank 0 only)."""
+def gathered_weights(run: Run) -> dict[str, torch.Tensor] | None:
+    """The model's whole weights where the prepared model's own parameters are not whole: under
+    DeepSpeed (ZeRO-3 leaves empty placeholders in the unwrapped model) and FSDP (shards, whatever
+    the state-dict type), gathered by accelerate's `get_state_dict`. A collective: every process
+    calls it, and the main process gets the weights (on the CPU; ZeRO-3 needs
+    zero3_save_16bit_model, checked at set-up). None without sharding (one process, DDP): there
+    the unwrapped model is saved as it is."""
+    if not distributed.is_sharded(run.accelerator):
+        return None
+    return run.accelerator.get_state_dict(run.model)
+
+
+def save_model_atomically(run: Run, path: Path, info: dict | None = None, card=None,
+                          state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Model + tokenizer (+ `card(directory)`) to a temporary directory, then renamed over `path`
+    (rank 0 only). `state_dict`: the whole weights from `gathered_weights`, saved instead of the
+    unwrapped model's own (None: those)."""
     tmp, old = path.with_name(f".tmp-{path.name}"), path.with_name(f".old-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    run.text_model.save(tmp, run.accelerator.unwrap_model(run.model))
+    run.text_model.save(tmp, run.accelerator.unwrap_model(run.model), state_dict)
     if info is not None:
         (tmp / "best.json").write_text(json.dumps(info))
     if card is not None:
@@ -293,9 +310,10 @@ def finish(run: Run, loop: _Loop, command: str | None = None) -> Path:
     if cfg.data.test_split:
         evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}.jsonl")
     final = run.out / "final"
+    weights = gathered_weights(run)  # (every process: a collective where the weights are sharded)
     if run.accelerator.is_main_process:
         save_model_atomically(run, final, card=lambda d: write_model_card(
-            d, cfg, run.text_model.is_seq2seq, step, last_scores(run.out), command))
+            d, cfg, run.text_model.is_seq2seq, step, last_scores(run.out), command), state_dict=weights)
         run.runlog.close()
         for path in plot_run(run.out):
             run.accelerator.print(f"plot: {path}")
