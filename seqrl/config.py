@@ -186,6 +186,12 @@ class ReinforceConfig:
     span the XENT stage only. Empty = one `optim` schedule over the whole run."""
     kl_coef: float = 0.0
     """Weight of a KL penalty to a frozen copy of the model taken when sequence-level training starts."""
+    estimator: Literal["reinforce", "risk"] = "reinforce"
+    """The sequence-level loss (`seqrl.objectives`): `reinforce`, the score-function estimator
+    with the baseline above; `risk`, expected risk over each source's k samples, q = softmax of
+    risk_alpha * log p of each sampled suffix, cost = -reward (Shen et al. 2016, Edunov et al. 2018)."""
+    risk_alpha: float = 1.0
+    """`risk`: the sharpness alpha of q over the candidates."""
     kv_cache: Literal["auto", "static", "dynamic"] = "auto"
     """Rollouts' KV cache: `static` is allocated once at its final size (fixed shapes, which
     `compile` needs), `dynamic` grows each token. `auto`: static where transformers marks the

@@ -18,7 +18,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
               "data.max_target_tokens", "xent.batch_size", "optim.lr", "optim.grad_accum_steps",
               "eval.batch_size", "eval.num_beams", "eval.max_new_tokens", "log.every",
               "run.keep_checkpoints", "schedule.delta", "reinforce.num_samples",
-              "reinforce.temperature", "reinforce.baseline_lr")
+              "reinforce.temperature", "reinforce.baseline_lr", "reinforce.risk_alpha")
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
                   "run.save_every", "run.save_every_minutes", "data.split_seed", "log.samples_every", "log.samples", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
                   "reinforce.kl_coef")
@@ -96,6 +96,14 @@ def _check_reinforce(cfg: RecipeConfig) -> None:
     if rl.chunk_sources is not None and rl.baseline == "learned" and rl.normalize_advantages:
         raise ConfigError("reinforce.chunk_sources with the learned baseline and normalize_advantages: the "
                           "advantages' statistics need every chunk's decoder states first; drop one of the three")
+    if rl.estimator == "risk":
+        if rl.num_samples < 2:
+            raise ConfigError(f"reinforce.estimator: risk needs reinforce.num_samples >= 2 candidates per source "
+                              f"(got {rl.num_samples})")
+        if rl.baseline in ("greedy", "learned") or rl.normalize_advantages:
+            what = "normalize_advantages" if rl.normalize_advantages else f"baseline: {rl.baseline}"
+            raise ConfigError(f"reinforce.{what} does nothing under reinforce.estimator: risk (its loss uses no "
+                              f"baseline); set reinforce.baseline: loo (or none) and normalize_advantages: false")
     if rl.baseline == "loo" and rl.num_samples < 2:
         raise ConfigError("reinforce.baseline: loo needs reinforce.num_samples >= 2 "
                           f"(got {rl.num_samples}); use another baseline or more samples")

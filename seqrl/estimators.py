@@ -81,3 +81,19 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.T
     exp(r) - r - 1 with r = log p_ref - log p (non-negative, unbiased, low variance; Schulman 2020)."""
     r = ref_logprobs.detach() - logprobs
     return masked_mean(torch.exp(r) - r - 1.0, mask, normalizer)
+
+
+def risk_loss(seq_logprobs: torch.Tensor, costs: torch.Tensor, k: int, alpha: float,
+              sources: int | None = None) -> torch.Tensor:
+    """Expected risk over each source's k candidates (Shen et al. 2016; Edunov et al. 2018):
+    sum_i q_i * cost_i with q = softmax over the source's candidates of alpha * log p(y_i),
+    averaged over sources.
+
+    seq_logprobs (B*k,) the candidates' log-probabilities (with gradients; under MIXER, of their
+    sampled suffixes), costs (B*k,) detached, grouped by source. The gradient flows through q only:
+    it lowers the probability of candidates costlier than their source's q-weighted mean. Adding
+    a constant to every cost changes the risk, not its gradient (q sums to 1), so 1 - reward and
+    -reward train alike. `sources` is the batch's count when these rows are one chunk of it.
+    """
+    q = torch.softmax(alpha * seq_logprobs.view(-1, k), dim=1)
+    return (q * costs.detach().view(-1, k).to(q.dtype)).sum() / (sources or q.shape[0])

@@ -20,6 +20,7 @@ from seqrl import data, distributed, lora, modeling
 from seqrl.baselines import EMABaseline, LearnedBaseline
 from seqrl.config import ModelConfig, RecipeConfig
 from seqrl.decoders import Decoding, resolve as resolve_decoding
+from seqrl.objectives import Objective, Reinforce, build as build_objective
 from seqrl.errors import SeqrlError
 from seqrl.reference import AdaptersOff, FrozenCopy, Reference
 from seqrl.rewards import Reward
@@ -54,6 +55,8 @@ class Run:
     reference: Reference | None = None
     """The KL penalty's reference policy (with `reinforce.kl_coef` > 0)."""
     decoding: Decoding = Decoding()
+    objective: Objective = Reinforce()
+    """The sequence-level loss (`reinforce.estimator`)."""
     """How rollouts decode: KV cache, compiled step, end-of-rows checks (`seqrl.decoders`)."""
 
 
@@ -119,7 +122,7 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
                           f"end-of-rows check every {decoding.check_every} token(s)")
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
                schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir, ema,
-               rest[0] if rest else None, reference, decoding)
+               rest[0] if rest else None, reference, decoding, build_objective(rl.estimator, rl.risk_alpha))
 
 
 def adapt(text_model: modeling.TextModel, cfg: ModelConfig, accelerator: Accelerator) -> modeling.TextModel:

@@ -11,6 +11,8 @@ Networks", with these departures, each a recipe field rather than a fork in the 
   `none` baselines, k samples per source, optional advantage normalization and a KL penalty.
 - REINFORCE's loss is summed over sampled tokens and averaged over samples; XENT is averaged
   over prefix tokens; loss = w * XENT + (1 - w) * REINFORCE as in the paper's code.
+- `reinforce.estimator: risk` puts expected risk over each source's k samples in REINFORCE's
+  place (`seqrl.objectives`), inside the same schedule and with the same XENT terms.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch.profiler import record_function
 
 from seqrl import baselines
-from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss, xent_sum
+from seqrl.estimators import kl_penalty, masked_mean, normalize, xent_sum
 from seqrl.generation import masked_token_logprobs
 from seqrl.rewards import TrainerState, score
 from seqrl.rewards.inputs import RewardLog, reward_inputs
@@ -85,7 +87,7 @@ def mixer_step(run: Run, batch: dict, plan: StagePlan, step: int) -> tuple[torch
             chunk_advantage = advantage[rows]
         # 6. loss = w * XENT(prefix) + (1 - w) * REINFORCE(suffix) [+ beta * KL] [+ baseline MSE].
         xent = -masked_mean(logp, prefix_mask[rows], n_prefix) if xent_gold is None else logp.new_zeros(())
-        pg = reinforce_loss(logp, sample_mask[rows], chunk_advantage, rows=ro.sequences.shape[0])
+        pg = run.objective(logp, sample_mask[rows], R[rows], chunk_advantage, k, rows=ro.sequences.shape[0])
         loss = plan.xent_weight * xent + (1 - plan.xent_weight) * pg + baseline_loss
         if run.reference is not None:
             with torch.no_grad():

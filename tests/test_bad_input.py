@@ -366,6 +366,11 @@ CASES = [
          ("schedule.stage_steps", "schedule.stage_epochs", "mixer")),
     Case("stage-steps-with-xent", put("schedule.stage_steps", 2), ("schedule.stage_steps does not apply", "xent")),
     Case("loo-with-one-sample", put("reinforce.num_samples", 1), ("reinforce.baseline: loo", "num_samples >= 2")),
+    Case("risk-with-one-candidate", put("reinforce", {"estimator": "risk", "num_samples": 1}),
+         ("reinforce.estimator: risk", "num_samples >= 2")),
+    Case("risk-with-greedy-baseline", put("reinforce", {"estimator": "risk", "baseline": "greedy"}),
+         ("reinforce.baseline: greedy does nothing under reinforce.estimator: risk",)),
+    Case("risk-alpha-0", put("reinforce", {"estimator": "risk", "risk_alpha": 0}), ("reinforce.risk_alpha must be > 0",)),
     Case("xent-steps-and-epochs", put("schedule.xent_epochs", 1.0), ("schedule.xent_steps", "schedule.xent_epochs")),
     # lengths beyond the model's 64 positions
     Case("target-tokens-beyond-positions", put("data.max_target_tokens", 64), ("data.max_target_tokens", "64 positions")),

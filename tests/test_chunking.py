@@ -19,6 +19,8 @@ CASES = {  # arch, schedule, reinforce
                       {"baseline": "loo", "kl_coef": 0.1, "normalize_advantages": True}),
     "gpt2-learned": ("gpt2", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
                      {"baseline": "learned"}),
+    "gpt2-risk": ("gpt2", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
+                  {"estimator": "risk", "risk_alpha": 0.5}),
     "marian-greedy-constant": ("marian", {"kind": "constant", "xent_steps": 2, "rl_steps": 4, "xent_weight": 0.3},
                                {"baseline": "greedy"}),
 }

@@ -1,0 +1,51 @@
+"""The sequence-level loss of a MIXER step, chosen once at set-up (`reinforce.estimator`).
+
+- `Reinforce`: the score-function estimator, -(1/N) sum_i A_i sum_t log p(y_it), with A = R - b
+  from the run's baseline (`seqrl.baselines`).
+- `ExpectedRisk`: minimum risk training (Shen et al. 2016), the sequence-level risk loss of
+  Edunov et al. (2018): sum_i q_i cost_i over each source's k candidates, q = softmax(alpha *
+  log p(y_i)), cost = -reward (equivalently 1 - reward: q sums to 1). Under MIXER the candidates
+  share the source's gold prefix, so log p(y_i) is that of the sampled suffix; the teacher-forced
+  prefix keeps its XENT term, as with REINFORCE. No baseline enters the loss (the q-weighted mean
+  plays its part); the run's baseline still gives the logged advantages.
+
+Departures from Edunov et al.: candidates are samples (not beam search), and the reference is not
+added to the candidate set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from seqrl.estimators import reinforce_loss, risk_loss
+
+
+class Objective(Protocol):
+    def __call__(self, logprobs: torch.Tensor, sample_mask: torch.Tensor, rewards: torch.Tensor,
+                 advantages: torch.Tensor, k: int, rows: int) -> torch.Tensor:
+        """The loss over one chunk of rollout rows: token log-probabilities (n, T) with gradients,
+        sampled positions (n, T), rewards (n,), advantages (n,) or (n, T); `rows`: the batch's N."""
+        ...
+
+
+@dataclass(frozen=True)
+class Reinforce:
+    def __call__(self, logprobs, sample_mask, rewards, advantages, k, rows):
+        return reinforce_loss(logprobs, sample_mask, advantages, rows=rows)
+
+
+@dataclass(frozen=True)
+class ExpectedRisk:
+    alpha: float
+    """The sharpness of q (Shen et al.'s alpha; Edunov et al. use 1 over the sequence log-probability)."""
+
+    def __call__(self, logprobs, sample_mask, rewards, advantages, k, rows):
+        suffix_logprobs = (logprobs * sample_mask.to(logprobs.dtype)).sum(dim=1)  # (n,)
+        return risk_loss(suffix_logprobs, -rewards, k, self.alpha, sources=rows // k)
+
+
+def build(estimator: str, alpha: float) -> Objective:
+    return ExpectedRisk(alpha) if estimator == "risk" else Reinforce()
