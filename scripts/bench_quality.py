@@ -75,6 +75,13 @@ ABLATIONS = {
     # or: the stages as in B, then whole-target sampling until the budget ends
     "B-final-stage-to-budget": ["schedule.final_stage_steps=1000000000"],
     "B-rl-lr-3e-5": ["reinforce.lr=3e-5"], "B-rl-lr-3e-4": ["reinforce.lr=3e-4"],
+    # issue 21: expected risk in REINFORCE's place (seqrl/objectives.py), with sampled, beam or both
+    # candidates; and risk beside token-level XENT on the whole target (Edunov et al.'s best mix)
+    "B-risk": ["reinforce.estimator=risk"],
+    "B-risk-beam": ["reinforce.estimator=risk", "reinforce.candidates=beam"],
+    "B-risk-both": ["reinforce.estimator=risk", "reinforce.candidates=both"],
+    "B-risk-constant": ["reinforce.estimator=risk", "schedule.kind=constant", "schedule.stage_steps=null",
+                        "schedule.rl_steps=1000000"],
 }
 
 PIECES = ["xent", "A", *ARMS, "ablations", *ABLATIONS, "assess", "table"]

@@ -72,7 +72,8 @@ Tolerances (train/loss falls from 3.82 at step 1 to ~3.40 at step 20):
   nothing else changed) differed by at most 1.1e-4 in train/loss over 20 steps. DeepSpeed on
   the CPU (0.19.8, DS_ACCELERATOR=cpu, seqrl's refusal bypassed for the experiment; accelerate
   launch of this recipe with the shipped yamls, 1 process): ZeRO-2 was bitwise DDP's, ZeRO-3
-  within 1.1e-4 (its final/ held 39 empty tensors: ZeRO-3's placeholders). The bugs a
+  within 1.1e-4 (and, before train.py saved gathered weights, its final/ held 39 empty
+  tensors: ZeRO-3's placeholders). The bugs a
   sharded set-up could bring differ by more: a learning rate 10% high or low (say, a schedule
   that does not reach ZeRO's optimizer) moved train/loss by up to 0.077 and 0.053 (by more
   than 0.01 at 14 and 12 of the 20 steps); an optimizer that does not step (lr ~0) left it 0.50

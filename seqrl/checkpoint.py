@@ -161,8 +161,8 @@ def _layout_problem(path: Path, entry: str, accelerator) -> str:
         return (f"run.resume: checkpoint {path} holds no model weights in a layout accelerate writes "
                 f"({MODEL_FILE}, {MODEL_NAME}/ or {FSDP_MODEL_NAME}*; this run loads {shown}); it is damaged or "
                 f"not a seqrl checkpoint")
-    return (f"run.resume: checkpoint {path} was saved with {found[1]} ({found[0]}), and this run has "
-            f"{setup_name(accelerator)} (it loads {shown}); resume it with the accelerate config that wrote it")
+    return (f"run.resume: checkpoint {path} holds {found[0]}, written by a run with {found[1]}, and this run, with "
+            f"{setup_name(accelerator)}, loads {shown}; resume it with the accelerate config that wrote it")
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, lora_model: torch.nn.Module | None = None) -> dict:

@@ -192,6 +192,10 @@ class ReinforceConfig:
     risk_alpha * log p of each sampled suffix, cost = -reward (Shen et al. 2016, Edunov et al. 2018)."""
     risk_alpha: float = 1.0
     """`risk`: the sharpness alpha of q over the candidates."""
+    candidates: Literal["sample", "beam", "both"] = "sample"
+    """Each source's candidates after its gold prefix: `num_samples` samples, `num_samples` beams
+    (`seqrl.beam`), or both (2 x num_samples). Beams are not draws from the policy, so they are
+    for `estimator: risk` only."""
     kv_cache: Literal["auto", "static", "dynamic"] = "auto"
     """Rollouts' KV cache: `static` is allocated once at its final size (fixed shapes, which
     `compile` needs), `dynamic` grows each token. `auto`: static where transformers marks the

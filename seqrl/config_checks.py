@@ -96,6 +96,9 @@ def _check_reinforce(cfg: RecipeConfig) -> None:
     if rl.chunk_sources is not None and rl.baseline == "learned" and rl.normalize_advantages:
         raise ConfigError("reinforce.chunk_sources with the learned baseline and normalize_advantages: the "
                           "advantages' statistics need every chunk's decoder states first; drop one of the three")
+    if rl.candidates != "sample" and rl.estimator != "risk":
+        raise ConfigError(f"reinforce.candidates: {rl.candidates} needs reinforce.estimator: risk (REINFORCE's "
+                          f"gradient holds for samples of the policy only, not beam-search outputs)")
     if rl.estimator == "risk":
         if rl.num_samples < 2:
             raise ConfigError(f"reinforce.estimator: risk needs reinforce.num_samples >= 2 candidates per source "

@@ -165,6 +165,11 @@ class Seq2SeqDecoder:
                                              self.mask.new_ones(states.shape[0], length), None,
                                              allow_is_causal_skip=False)
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Beam search: row i continues row rows[i] (always one of the same source's rows, so the
+        encoder states and masks stay as they are)."""
+        self.cache.reorder_cache(rows)
+
     def _causal(self, first: int, last: int) -> torch.Tensor | None:
         return self.causal[:, :, first:last] if self.static else None
 
@@ -205,6 +210,10 @@ class CausalDecoder:
             shape_only = torch.empty(*self.mask.shape, 1, dtype=next(model.parameters()).dtype, device=mask.device)
             self.full_mask = create_causal_mask(config, shape_only, self.mask, None, position_ids=self.positions,
                                                 allow_is_causal_skip=False)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Beam search: row i continues row rows[i] (one of the same prompt's rows)."""
+        self.cache.reorder_cache(rows)
 
     def _mask(self, first: int, last: int) -> torch.Tensor:
         """For the queries at positions first..last-1: static, rows of the 4-D mask over the whole

@@ -135,7 +135,11 @@ def trained_names(model: torch.nn.Module) -> list[str]:
 
 
 def keep_trained(models: list, weights: list, output_dir: str) -> None:
-    """accelerate save hook: the LoRA model's checkpoint holds its trained tensors only."""
+    """accelerate save hook: the LoRA model's checkpoint holds its trained tensors only. (Under
+    DeepSpeed and FSDP accelerate saves the models in their own layouts, whole, and hands the
+    hook no weights.)"""
+    if len(weights) != len(models):
+        return
     for i, model in enumerate(models):
         if is_lora(model):
             keep = set(trained_names(model))

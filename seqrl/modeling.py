@@ -170,6 +170,22 @@ class TextModel:
              "max_new_tokens": self.max_new_tokens}))
 
 
+def share_tied(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`state_dict` (the model's weights gathered from shards, each name its own copy) with the
+    names of each parameter the model ties (one parameter under several names: BART's shared
+    embeddings and LM head) holding one tensor again, as in the model's own state dict, so that
+    `save_pretrained` writes each once, as it does from the model's own weights."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    out = dict(state_dict)
+    for tied in names.values():
+        present = [name for name in tied if name in out]
+        for name in present[1:]:
+            out[name] = out[present[0]]
+    return out
+
+
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """An eval-mode copy with no gradients (the KL penalty's reference policy)."""
     reference = copy.deepcopy(model).eval()

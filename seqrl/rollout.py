@@ -82,6 +82,18 @@ class Rollout:
         return Rollout(self.sequences[rows], self.prefix_len[rows], self.lengths[rows], self.source[first:last],
                        self.source_mask[first:last], self.lead[rows], self.constraints)
 
+    def join(self, other: Rollout) -> Rollout:
+        """Both rollouts' rows for each source (its rows here, then its rows there), for two
+        decodes of the same sources (same padding, lead and constraints)."""
+        b = self.num_sources
+        k, j = self.sequences.shape[0] // b, other.sequences.shape[0] // b
+        order = torch.cat([torch.arange(b * k).view(b, k), b * k + torch.arange(b * j).view(b, j)], 1).view(-1)
+        order = order.to(self.sequences.device)
+        both = {name: torch.cat([getattr(self, name), getattr(other, name)])[order]
+                for name in ("sequences", "prefix_len", "lengths", "lead")}
+        return Rollout(both["sequences"], both["prefix_len"], both["lengths"], self.source, self.source_mask,
+                       both["lead"], self.constraints)
+
     def sample_masks(self, sampled: torch.Tensor, vocab: int) -> dict[int, torch.Tensor]:
         """The constraints' additive masks at the sampled positions (`sampled` (N, T)), for
         REINFORCE's log-probabilities (`seqrl.generation.masked_token_logprobs`)."""
@@ -93,15 +105,39 @@ def prefix_lengths(target_lengths: torch.Tensor, n_rl_tokens: int) -> torch.Tens
     return (target_lengths - n_rl_tokens).clamp(min=0)
 
 
-@torch.no_grad()
-def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
-            n_rl_tokens: int, *, num_samples: int, max_len: int, sampling: Sampling,
-            decoding: Decoding = Decoding()) -> Rollout:
-    """k = `num_samples` rollouts per source, rows grouped by source (row i is source i // k)."""
-    was_training = model.training
-    model.eval()
+@dataclass
+class Decode:
+    """The state a decoding loop starts from (`start_decode`), shared by sampling (`rollout`) and
+    beam search (`seqrl.beam`): rows grouped by source, gold prefixes written, encoder run."""
+    pad: int
+    eos: int
+    prefix: torch.Tensor
+    """(N,) gold tokens at the start of each row."""
+    source: torch.Tensor
+    source_mask: torch.Tensor
+    lead: torch.Tensor
+    constraints: Constraints
+    history: torch.Tensor
+    """(N, P + max_len): lead + target so far (what the constraints read)."""
+    seqs: torch.Tensor
+    """(N, max_len): the target part of `history`, a view."""
+    step: Seq2SeqDecoder | CausalDecoder
+    start: int
+    """The shortest gold prefix: decoding starts at this position."""
+    logits: torch.Tensor
+    """(N, V): the distribution of token `start`."""
+    done: torch.Tensor
+    ended_at: torch.Tensor
+
+    def result(self) -> Rollout:
+        return Rollout(self.seqs, self.prefix, self.ended_at, self.source, self.source_mask, self.lead,
+                       self.constraints)
+
+
+def start_decode(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
+                 n_rl_tokens: int, k: int, max_len: int, decoding: Decoding) -> Decode:
     device = next(model.parameters()).device
-    k, pad, eos = num_samples, text_model.tokenizer.pad_token_id, text_model.tokenizer.eos_token_id
+    pad, eos = text_model.tokenizer.pad_token_id, text_model.tokenizer.eos_token_id
     gold = pad_rows(target_ids, pad)[:, :max_len].to(device).repeat_interleave(k, 0)  # (N, L)
     lengths = torch.tensor([len(t) for t in target_ids], device=device).repeat_interleave(k)
     prefix = prefix_lengths(lengths.clamp(max=max_len), n_rl_tokens)
@@ -118,43 +154,65 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
     seqs[:, :gold.shape[1]] = torch.where(torch.arange(gold.shape[1], device=device) < prefix[:, None], gold, pad)
     step = (Seq2SeqDecoder if text_model.is_seq2seq else CausalDecoder)(model, source, source_mask, k, lead,
                                                                        max_len, decoding)
-    uniforms = Uniforms(sampling, n, max_len, device)
     start = int(prefix.min())  # (one sync per rollout)
     logits = step.prefill(seqs[:, :start])  # (N, V): distribution of token `start`
     # A row whose whole target is gold (n_rl_tokens = 0) ends at its gold EOS.
     whole_gold = prefix >= lengths.clamp(max=max_len)
-    done = whole_gold.clone()
     ended_at = torch.where(whole_gold, lengths.clamp(max=max_len), torch.full_like(lengths, max_len))
-    pads = torch.full_like(ended_at, pad)
-    for t in range(start, max_len):
-        sampled = sample(constraints(history[:, :lead.shape[1] + t], logits), sampling, uniforms.at(t))
+    return Decode(pad, eos, prefix, source, source_mask, lead, constraints, history, seqs, step, start, logits,
+                  whole_gold.clone(), ended_at)
+
+
+@torch.no_grad()
+def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
+            n_rl_tokens: int, *, num_samples: int, max_len: int, sampling: Sampling,
+            decoding: Decoding = Decoding()) -> Rollout:
+    """k = `num_samples` rollouts per source, rows grouped by source (row i is source i // k)."""
+    was_training = model.training
+    model.eval()
+    d = start_decode(text_model, model, source_ids, target_ids, n_rl_tokens, num_samples, max_len, decoding)
+    seqs, prefix, done, ended_at, logits = d.seqs, d.prefix, d.done, d.ended_at, d.logits
+    uniforms = Uniforms(sampling, seqs.shape[0], max_len, seqs.device)
+    pads = torch.full_like(ended_at, d.pad)
+    for t in range(d.start, max_len):
+        sampled = sample(d.constraints(d.history[:, :d.lead.shape[1] + t], logits), sampling, uniforms.at(t))
         token = torch.where(t < prefix, seqs[:, t], sampled)
         token = torch.where(t >= ended_at, pads, token)
         seqs[:, t] = token
-        newly = ~done & (token == eos)  # a gold prefix holds no EOS unless the whole target is gold
+        newly = ~done & (token == d.eos)  # a gold prefix holds no EOS unless the whole target is gold
         ended_at = torch.where(newly, t + 1, ended_at)
         done |= newly
-        if t + 1 == max_len or ((t + 1 - start) % decoding.check_every == 0 and bool(done.all())):
+        if t + 1 == max_len or ((t + 1 - d.start) % decoding.check_every == 0 and bool(done.all())):
             break
-        logits = step.next(token)
+        logits = d.step.next(token)
     model.train(was_training)
-    return Rollout(seqs, prefix, ended_at, source, source_mask, lead, constraints)
+    d.ended_at = ended_at
+    return d.result()
 
 
 def rollout_in_chunks(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
                       n_rl_tokens: int, *, chunk_sources: int | None, num_samples: int, sampling: Sampling,
-                      **kwargs) -> Rollout:
-    """`rollout` over at most `chunk_sources` sources at a time (the decode's memory, KV cache and
-    (N, V) logits, divided accordingly): the same rows, since each row's draws depend on its
-    global index only, and chunk i's rows keep theirs through the sampling's row offset."""
+                      candidates: str = "sample", **kwargs) -> Rollout:
+    """Each source's candidates (`num_samples` samples, beams, or both: `candidates`), over at most
+    `chunk_sources` sources at a time (the decode's memory, KV cache and (N, V) logits, divided
+    accordingly): the same rows, since each sampled row's draws depend on its global index only,
+    and chunk i's rows keep theirs through the sampling's row offset."""
+    from seqrl.beam import beam_rollout  # (seqrl.beam builds on this module)
+
+    def chunk(first: int, last: int) -> Rollout:
+        sources, targets = source_ids[first:last], target_ids[first:last]
+        if candidates == "beam":
+            return beam_rollout(text_model, model, sources, targets, n_rl_tokens, num_beams=num_samples, **kwargs)
+        sampled = rollout(text_model, model, sources, targets, n_rl_tokens, num_samples=num_samples, **kwargs,
+                          sampling=dataclasses.replace(sampling, row_offset=sampling.row_offset + first * num_samples))
+        if candidates == "sample":
+            return sampled
+        return sampled.join(beam_rollout(text_model, model, sources, targets, n_rl_tokens, num_beams=num_samples,
+                                         **kwargs))
+
     if not chunk_sources or chunk_sources >= len(source_ids):
-        return rollout(text_model, model, source_ids, target_ids, n_rl_tokens, num_samples=num_samples,
-                       sampling=sampling, **kwargs)
-    parts = tuple(
-        rollout(text_model, model, source_ids[first:first + chunk_sources], target_ids[first:first + chunk_sources],
-                n_rl_tokens, num_samples=num_samples, **kwargs,
-                sampling=dataclasses.replace(sampling, row_offset=sampling.row_offset + first * num_samples))
-        for first in range(0, len(source_ids), chunk_sources))
+        return chunk(0, len(source_ids))
+    parts = tuple(chunk(first, first + chunk_sources) for first in range(0, len(source_ids), chunk_sources))
     return Rollout(*(torch.cat([getattr(p, name) for p in parts]) for name in ("sequences", "prefix_len", "lengths")),
                    source=None, source_mask=None, lead=None, constraints=None, parts=parts)
 

@@ -16,8 +16,8 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqrl import data, distributed, lora, modeling
-from seqrl.baselines import EMABaseline, LearnedBaseline
+from seqrl import baselines, data, distributed, lora, modeling
+from seqrl.baselines import Baseline, LearnedBaseline, LeaveOneOut
 from seqrl.config import ModelConfig, RecipeConfig
 from seqrl.decoders import Decoding, resolve as resolve_decoding
 from seqrl.objectives import Objective, Reinforce, build as build_objective
@@ -50,8 +50,8 @@ class Run:
     rewards: list[Reward]
     tokenizer_dir: Path | None
     """The trained tokenizer this run uses (None: a pretrained one, named by the recipe)."""
-    ema: EMABaseline | None = None
-    learned_baseline: torch.nn.Module | None = None
+    baseline: Baseline = LeaveOneOut()
+    """REINFORCE's baseline (`reinforce.baseline`), built once here."""
     reference: Reference | None = None
     """The KL penalty's reference policy (with `reinforce.kl_coef` > 0)."""
     decoding: Decoding = Decoding()
@@ -110,7 +110,6 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     for start, plan in schedule.boundaries():
         accelerator.print(f"  from step {start}: stage {plan.stage}, last {plan.n_rl_tokens} target tokens "
                           f"sampled, xent weight {plan.xent_weight}")
-    ema = EMABaseline(cfg.reinforce.ema_decay) if cfg.reinforce.baseline == "ema" else None
     reference = None
     if cfg.reinforce.kl_coef > 0 and cfg.schedule.kind != "xent":
         reference = AdaptersOff(text_model.model) if cfg.model.lora else FrozenCopy()
@@ -121,8 +120,9 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         accelerator.print(f"rollouts: {decoding.cache} KV cache, compiled step {'on' if decoding.compile else 'off'}, "
                           f"end-of-rows check every {decoding.check_every} token(s)")
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
-               schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir, ema,
-               rest[0] if rest else None, reference, decoding, build_objective(rl.estimator, rl.risk_alpha))
+               schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir,
+               baselines.build(rl, rest[0] if rest else None), reference, decoding,
+               build_objective(rl.estimator, rl.risk_alpha))
 
 
 def adapt(text_model: modeling.TextModel, cfg: ModelConfig, accelerator: Accelerator) -> modeling.TextModel:

@@ -93,8 +93,8 @@ def resume(run: Run, path: Path) -> dict:
     if lora_model is not None and state.get("lora_base") != lora.base_fingerprint(lora_model):
         raise SeqrlError(f"run.resume: the adapters of {path} were trained on other base weights (another "
                          f"model.name_or_path, or run.seed for a model built from a config); use its own recipe")
-    if run.ema is not None:
-        run.ema.load_state_dict(state["ema"])
+    # (checkpoints before the baselines became objects hold the ema baseline's state as "ema")
+    run.baseline.load_state_dict(state["baseline"] if "baseline" in state else state.get("ema") or {})
     if run.reference is not None:
         run.reference.load(path, run.accelerator.unwrap_model(run.model))
     run.accelerator.print(f"resumed from {path} at step {state['step']}")
@@ -124,7 +124,7 @@ def teardown(accelerator: Accelerator, run: Run | None, clean: bool) -> None:
     or Ctrl-C (`clean=False`) there is no barrier: the other processes may be gone."""
     if run is not None:
         run.runlog.close()
-        run.model = run.optimizer = run.text_model = run.reference = run.learned_baseline = None
+        run.model = run.optimizer = run.text_model = run.reference = run.baseline = None
     del run
     accelerator.free_memory()
     gc.collect()

@@ -29,6 +29,7 @@ from seqrl.checkpoint import save_checkpoint
 from seqrl.config import dump_recipe
 from seqrl.evaluate import evaluate_split
 from seqrl.model_card import write_model_card
+from seqrl.modeling import share_tied
 from seqrl.plots import plot_run
 from seqrl.run import Run
 from seqrl.runlog import last_scores
@@ -125,9 +126,17 @@ def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
         # seqrl/rollout and seqrl/reward regions lie inside seqrl/forward
         with record_function("seqrl/forward"):
             if plan.is_xent:
-                loss, stats = xent_step(run, batch["model_inputs"])
+                loss, stats = xent_step(run.model, run.text_model, acc, batch["model_inputs"],
+                                        cfg.xent.label_smoothing)
             else:
-                loss, stats = mixer_step(run, batch, plan, loop.step)
+                shown = cfg.log.samples if run.runlog.samples_due(loop.step + 1) else 0  # (numbered like metrics)
+                loss, stats, rows = mixer_step(
+                    batch, plan, loop.step, model=run.model, text_model=run.text_model, accelerator=acc,
+                    rewards=run.rewards, objective=run.objective, baseline=run.baseline, reference=run.reference,
+                    rl=cfg.reinforce, decoding=run.decoding, max_len=cfg.data.max_target_tokens, seed=cfg.run.seed,
+                    total_steps=run.total_steps, samples=shown)
+                if rows:
+                    run.runlog.write_samples(loop.step + 1, rows, plan)
         backward_start = time.perf_counter()
         with record_function("seqrl/backward"):
             acc.backward(loss)
@@ -200,7 +209,7 @@ def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> None:
 
 
 def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> None:
-    state = {**loop.state(), "ema": run.ema.state_dict() if run.ema else None,
+    state = {**loop.state(), "baseline": run.baseline.state_dict(),
              "pending_evaluations": list(pending_evaluations)}
     if run.cfg.model.lora:
         state["lora_base"] = lora.base_fingerprint(run.model)
@@ -256,15 +265,16 @@ def _agreed(run: Run, decision: bool) -> bool:
 
 
 def gathered_weights(run: Run) -> dict[str, torch.Tensor] | None:
-    """The model's whole weights where the prepared model's own parameters are not whole: under
+    """The model's whole weights where the prepared model's own parameters may not be whole: under
     DeepSpeed (ZeRO-3 leaves empty placeholders in the unwrapped model) and FSDP (shards, whatever
-    the state-dict type), gathered by accelerate's `get_state_dict`. A collective: every process
-    calls it, and the main process gets the weights (on the CPU; ZeRO-3 needs
-    zero3_save_16bit_model, checked at set-up). None without sharding (one process, DDP): there
-    the unwrapped model is saved as it is."""
+    the state-dict type), gathered by accelerate's `get_state_dict`, tied names sharing one tensor
+    again (`share_tied`). A collective: every process calls it, and the main process gets the
+    weights (ZeRO-3 needs zero3_save_16bit_model, checked at set-up). None without sharding (one
+    process, DDP): there the unwrapped model is saved as it is."""
     if not distributed.is_sharded(run.accelerator):
         return None
-    return run.accelerator.get_state_dict(run.model)
+    weights = run.accelerator.get_state_dict(run.model)
+    return share_tied(weights, run.accelerator.unwrap_model(run.model)) if weights else weights
 
 
 def save_model_atomically(run: Run, path: Path, info: dict | None = None, card=None,

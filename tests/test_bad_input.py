@@ -370,6 +370,8 @@ CASES = [
          ("reinforce.estimator: risk", "num_samples >= 2")),
     Case("risk-with-greedy-baseline", put("reinforce", {"estimator": "risk", "baseline": "greedy"}),
          ("reinforce.baseline: greedy does nothing under reinforce.estimator: risk",)),
+    Case("beams-for-reinforce", put("reinforce.candidates", "beam"),
+         ("reinforce.candidates: beam needs reinforce.estimator: risk",)),
     Case("risk-alpha-0", put("reinforce", {"estimator": "risk", "risk_alpha": 0}), ("reinforce.risk_alpha must be > 0",)),
     Case("xent-steps-and-epochs", put("schedule.xent_epochs", 1.0), ("schedule.xent_steps", "schedule.xent_epochs")),
     # lengths beyond the model's 64 positions

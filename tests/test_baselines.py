@@ -162,3 +162,26 @@ def test_learned_baseline_trains_at_its_own_constant_rate(tiny_recipe):
         run.lr_scheduler.step()
     assert [n for n, _ in seen] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4, 1e-4, 1e-4, 1e-4])
     assert [r for _, r in seen] == [0.02] * 7
+
+
+def test_build_gives_one_object_per_recipe_baseline_and_its_values():
+    from seqrl.baselines import BatchMean, EMABaseline, Learned, LeaveOneOut, NoBaseline, SelfCritical, build
+    from seqrl.config import ReinforceConfig
+
+    R, k, greedy = torch.tensor([1.0, 3.0, 2.0, 6.0]), 2, torch.tensor([0.5, 4.0])
+    gather = lambda t: torch.cat([t, torch.tensor([10.0, 10.0])])  # noqa: E731  (another process's rewards)
+    expected = {"none": [0, 0, 0, 0], "mean": [16 / 3] * 4, "loo": [3, 1, 6, 2], "greedy": [0.5, 0.5, 4, 4],
+                "ema": [16 / 3] * 4}  # (ema: its first batch's global mean)
+    kinds = {"none": NoBaseline, "mean": BatchMean, "loo": LeaveOneOut, "greedy": SelfCritical, "ema": EMABaseline}
+    for name, values in expected.items():
+        b = build(ReinforceConfig(baseline=name))
+        assert isinstance(b, kinds[name]) and not b.per_position and b.needs_greedy == (name == "greedy")
+        torch.testing.assert_close(b.values(R, k, greedy, gather), torch.tensor(values, dtype=torch.float32))
+    module = LearnedBaseline(4)
+    learned = build(ReinforceConfig(baseline="learned"), module)
+    assert isinstance(learned, Learned) and learned.per_position and learned.module is module
+    ema = build(ReinforceConfig(baseline="ema"))
+    ema.values(R, k, greedy, gather)
+    restored = build(ReinforceConfig(baseline="ema"))
+    restored.load_state_dict(ema.state_dict())
+    assert restored.value == ema.value == pytest.approx(16 / 3)

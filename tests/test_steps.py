@@ -1,0 +1,99 @@
+"""The two step functions called directly, as `seqrl.train.micro_step` calls them, on a tiny
+marian model: what each computes from what it is given (no CLI, no `Run`)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from conftest import make_pairs
+from seqrl import baselines
+from seqrl.config import DataConfig, ReinforceConfig, RewardConfig
+from seqrl.data import TrainCollator
+from seqrl.decoders import Decoding
+from seqrl.estimators import IGNORE_INDEX
+from seqrl.objectives import Reinforce
+from seqrl.rewards import build as build_rewards
+from seqrl.schedule import StagePlan
+from seqrl.steps import mixer_step, xent_step
+
+K, MAX_LEN = 3, 10
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_text_model):
+    tm = tiny_text_model("marian")
+    model = copy.deepcopy(tm.model).eval()  # (no dropout: two passes compare exactly)
+    pairs = make_pairs()[:4]
+    features = [{"en": p["en"], "es": p["es"], "source_ids": s, "target_ids": t} for p, s, t in
+                zip(pairs, tm.encode_sources([p["en"] for p in pairs]), tm.encode_targets([p["es"] for p in pairs]))]
+    batch = TrainCollator(tm, DataConfig(path="unused", source_field="en", target_field="es"))(features)
+    return tm, model, batch, Accelerator(cpu=True)
+
+
+def length_reward(completion_ids, **kwargs):
+    return [float(len(ids)) for ids in completion_ids]
+
+
+class Recording:
+    """An objective that keeps what it was given and returns a known loss."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, logprobs, sample_mask, rewards, advantages, k, rows):
+        self.calls.append(dict(logprobs=logprobs, mask=sample_mask, rewards=rewards, advantages=advantages, k=k,
+                               rows=rows))
+        return Reinforce()(logprobs, sample_mask, rewards, advantages, k, rows)
+
+
+def run_mixer(parts, plan, baseline, objective, samples=0, rl=None):
+    tm, model, batch, acc = parts
+    rl = rl or ReinforceConfig(num_samples=K)
+    return mixer_step(batch, plan, 7, model=model, text_model=tm, accelerator=acc,
+                      rewards=build_rewards([RewardConfig(name="length")], {"length": length_reward}),
+                      objective=objective, baseline=baseline, reference=None, rl=rl, decoding=Decoding(),
+                      max_len=MAX_LEN, seed=1, total_steps=10, samples=samples)
+
+
+def test_xent_step_is_the_mean_cross_entropy_of_the_gold_tokens(parts):
+    tm, model, batch, acc = parts
+    loss, stats = xent_step(model, tm, acc, batch["model_inputs"], label_smoothing=0.0)
+    logits, labels, _ = tm.target_logits(model, batch["model_inputs"])
+    expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(loss, expected)
+    assert stats["xent_tokens"] == float((labels != IGNORE_INDEX).sum())
+
+
+def test_mixer_step_feeds_the_objective_rewards_and_leave_one_out_advantages(parts):
+    objective = Recording()
+    plan = StagePlan(stage=1, n_rl_tokens=3, xent_weight=0.25)
+    loss, stats, shown = run_mixer(parts, plan, baselines.LeaveOneOut(), objective, samples=2)
+    (call,) = objective.calls
+    R = call["rewards"]
+    assert call["k"] == K and call["rows"] == 4 * K == R.numel()
+    # each row samples from position max(L - 3, 0) of its gold target (L capped at max_len) on
+    gold = torch.tensor([min(len(t), MAX_LEN) for t in parts[2]["target_ids_list"]]).repeat_interleave(K)
+    first_sampled = call["mask"].float().argmax(dim=1)
+    assert torch.equal(first_sampled, (gold - 3).clamp(min=0)) and bool(call["mask"].any(1).all())
+    assert float(stats["reward/total"]) == pytest.approx(float(R.mean()))
+    grouped = R.view(-1, K)
+    torch.testing.assert_close(call["advantages"], (grouped - (grouped.sum(1, keepdim=True) - grouped) / (K - 1)).view(-1))
+    # loss = w * XENT(prefix) + (1 - w) * objective: the objective's value is train/reinforce
+    assert float(loss) == pytest.approx(0.25 * stats["train/xent"] + 0.75 * stats["train/reinforce"], rel=1e-5)
+    assert len(shown) == 2 and {"sample", "reward", "advantage"} <= set(shown[0])
+
+
+def test_mixer_step_with_a_self_critical_baseline_decodes_greedily(parts):
+    objective = Recording()
+    plan = StagePlan(stage=2, n_rl_tokens=10**6, xent_weight=0.0)  # whole outputs sampled
+    _, stats, shown = run_mixer(parts, plan, baselines.SelfCritical(), objective)
+    (call,) = objective.calls
+    R, A = call["rewards"], call["advantages"]
+    greedy = (R - A).view(-1, K)  # b = the source's greedy reward, shared by its k samples
+    assert torch.equal(greedy, greedy[:, :1].expand(-1, K)) and shown is None
+    assert stats["xent_tokens"] == 0.0 and stats["frac_sampled"] == 1.0
