@@ -9,8 +9,9 @@
   prefix keeps its XENT term, as with REINFORCE. No baseline enters the loss (the q-weighted mean
   plays its part); the run's baseline still gives the logged advantages.
 
-Departures from Edunov et al.: candidates are samples (not beam search), and the reference is not
-added to the candidate set.
+Candidates are samples, beams (`seqrl.beam`) or both (`reinforce.candidates`). Departure from
+Edunov et al.: the reference is not added to the candidate set (under MIXER its gold suffix would
+need its own teacher-forced pass; not built yet).
 """
 
 from __future__ import annotations
