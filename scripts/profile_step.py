@@ -145,7 +145,7 @@ def batches(loader):
 
 
 class RolloutProbe:
-    """While active, wraps `seqrl.steps.rollout` and records, for each rollout: its decoding
+    """While active, wraps the rollout `seqrl.steps` calls and records, for each rollout: its decoding
     iterations (the loop's token draws, `seqrl.rollout.sample`: one per iteration whatever runs the
     model), the policy's forward calls (a forward hook, which also marks each call as a
     `profile_step/model_call` region; a compiled step bypasses it) and what the rollout produced."""
@@ -159,8 +159,10 @@ class RolloutProbe:
     def __enter__(self):
         from seqrl import rollout as rollout_module
         from seqrl import steps
-        self.steps, self.original = steps, steps.rollout
-        steps.rollout = self._rollout
+        # the rollout entry point mixer_step calls (rollout_in_chunks now; rollout before)
+        self.entry = next(n for n in ("rollout_in_chunks", "rollout") if hasattr(steps, n))
+        self.steps, self.original = steps, getattr(steps, self.entry)
+        setattr(steps, self.entry, self._rollout)
         self.module, self.draw = rollout_module, next((n for n in self.DRAWS if hasattr(rollout_module, n)), None)
         if self.draw:
             original_draw = getattr(rollout_module, self.draw)
@@ -174,7 +176,7 @@ class RolloutProbe:
         return self
 
     def __exit__(self, *exc):
-        self.steps.rollout = self.original
+        setattr(self.steps, self.entry, self.original)
         if self.draw:
             setattr(self.module, self.draw, self.original_draw)
 
