@@ -36,18 +36,18 @@ def beam_rollout(text_model: TextModel, model, source_ids: list[list[int]], targ
     # (eager, dynamic cache: reordering replaces the cache's tensors, which a compiled step must not see)
     d = start_decode(text_model, model, source_ids, target_ids, n_rl_tokens, k, max_len,
                      dataclasses.replace(decoding, cache="dynamic", compile=False, source_width=None))
-    seqs, prefix, done, ended_at, logits = d.seqs, d.prefix, d.done, d.ended_at, d.logits
+    seqs, prefix, logits = d.seqs, d.prefix, d.logits
     n = seqs.shape[0]
     rows = torch.arange(n, device=seqs.device)
     first_row = rows - rows % k                  # each row's source's first row
-    whole_gold = done.clone()                    # (sources whose whole target is gold never search)
+    whole_gold = d.done.clone()                  # (sources whose whole target is gold never search)
     scores = torch.zeros(n, device=seqs.device)
     for t in range(d.start, max_len):
         logp = torch.log_softmax(d.constraints(d.history[:, :d.lead.shape[1] + t], logits).float(), dim=-1)
         # an ended row continues with padding only, keeping its score
         ended = torch.full_like(logp, float("-inf"))
         ended[:, d.pad] = 0.0
-        candidates = scores[:, None] + torch.where(done[:, None], ended, logp)           # (N, V)
+        candidates = scores[:, None] + torch.where(d.done[:, None], ended, logp)         # (N, V)
         # a row identical to its source's first row would only repeat its candidates: expand the first
         duplicate = (rows != first_row) & (d.history == d.history[first_row]).all(dim=1)
         candidates = candidates.masked_fill(duplicate[:, None], float("-inf"))
@@ -61,15 +61,10 @@ def beam_rollout(text_model: TextModel, model, source_ids: list[list[int]], targ
         token = torch.where(searching, (index % logp.shape[1]).view(-1), seqs[:, t])
         scores = torch.where(searching, best.view(-1), scores)
         d.history.copy_(d.history[origin])
-        done, ended_at = done[origin], ended_at[origin]
+        d.done, d.ended_at = d.done[origin], d.ended_at[origin]
         d.step.reorder(origin)
-        seqs[:, t] = token
-        newly = ~done & (token == d.eos)
-        ended_at = torch.where(newly, t + 1, ended_at)
-        done |= newly
-        if t + 1 == max_len or ((t + 1 - d.start) % decoding.check_every == 0 and bool(done.all())):
+        if d.advance(t, token, decoding.check_every):
             break
         logits = d.step.next(token)
     model.train(was_training)
-    d.ended_at = ended_at
     return d.result()

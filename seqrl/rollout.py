@@ -129,6 +129,16 @@ class Decode:
     done: torch.Tensor
     ended_at: torch.Tensor
 
+    def advance(self, t: int, token: torch.Tensor, check_every: int) -> bool:
+        """Write position t's tokens (N,), mark the rows they end; True when decoding can stop:
+        at the last position, or when every row has ended (looked at every `check_every` tokens:
+        the look is a host sync)."""
+        self.seqs[:, t] = token
+        newly = ~self.done & (token == self.eos)  # a gold prefix holds no EOS unless the whole target is gold
+        self.ended_at = torch.where(newly, t + 1, self.ended_at)
+        self.done |= newly
+        return t + 1 == self.seqs.shape[1] or ((t + 1 - self.start) % check_every == 0 and bool(self.done.all()))
+
     def result(self) -> Rollout:
         return Rollout(self.seqs, self.prefix, self.ended_at, self.source, self.source_mask, self.lead,
                        self.constraints)
@@ -171,22 +181,16 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
     was_training = model.training
     model.eval()
     d = start_decode(text_model, model, source_ids, target_ids, n_rl_tokens, num_samples, max_len, decoding)
-    seqs, prefix, done, ended_at, logits = d.seqs, d.prefix, d.done, d.ended_at, d.logits
-    uniforms = Uniforms(sampling, seqs.shape[0], max_len, seqs.device)
-    pads = torch.full_like(ended_at, d.pad)
+    logits, uniforms = d.logits, Uniforms(sampling, d.seqs.shape[0], max_len, d.seqs.device)
+    pads = torch.full_like(d.ended_at, d.pad)
     for t in range(d.start, max_len):
         sampled = sample(d.constraints(d.history[:, :d.lead.shape[1] + t], logits), sampling, uniforms.at(t))
-        token = torch.where(t < prefix, seqs[:, t], sampled)
-        token = torch.where(t >= ended_at, pads, token)
-        seqs[:, t] = token
-        newly = ~done & (token == d.eos)  # a gold prefix holds no EOS unless the whole target is gold
-        ended_at = torch.where(newly, t + 1, ended_at)
-        done |= newly
-        if t + 1 == max_len or ((t + 1 - d.start) % decoding.check_every == 0 and bool(done.all())):
+        token = torch.where(t < d.prefix, d.seqs[:, t], sampled)
+        token = torch.where(t >= d.ended_at, pads, token)
+        if d.advance(t, token, decoding.check_every):
             break
         logits = d.step.next(token)
     model.train(was_training)
-    d.ended_at = ended_at
     return d.result()
 
 
