@@ -90,16 +90,20 @@ def test_two_processes_equal_one_process(toy_data_dir, tmp_path):
     assert max_diff(finals["loo-1"], finals["greedy-1"]) > 100 * TOLERANCE
 
 
-def test_two_processes_equal_one_process_decoder_only(toy_data_dir, tmp_path):
+@pytest.mark.parametrize("estimator", ["reinforce", "risk-beams-and-samples"])
+def test_two_processes_equal_one_process_decoder_only(toy_data_dir, tmp_path, estimator):
     # decoder-only: the prompt pass runs once per source outside the DDP wrapper (its KV cache
-    # shared by the k samples); its gradients must still be averaged over processes
+    # shared by the k samples); its gradients must still be averaged over processes. The risk
+    # over beams and samples: each process's candidates are those of its sources on 1 process.
     finals = {}
     for processes, batch, rl_batch in ((1, 8, 4), (2, 4, 2)):
         recipe = _recipe(toy_data_dir, tmp_path / str(processes), "loo", batch, rl_batch, arch="gpt2")
         recipe["rewards"] = [{"name": "token_bleu"}]
+        if estimator != "reinforce":
+            recipe["reinforce"].update(estimator="risk", candidates="both")
         finals[processes] = launch(recipe, tmp_path, str(processes), processes)
     worst = max_diff(finals[1], finals[2])
-    print(f"gpt2 loo: max |1-process - 2-process| = {worst:.2g}")
+    print(f"gpt2 {estimator}: max |1-process - 2-process| = {worst:.2g}")
     assert worst < TOLERANCE, f"2-process parameters differ from 1-process by {worst:.3g}"
 
 
