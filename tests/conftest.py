@@ -152,3 +152,22 @@ def stand_in_dir(tmp_path_factory):
         return made[family]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def stand_in(stand_in_dir):
+    """`stand_in(family, n_sources=6)`: a stand-in's TextModel (eval mode, loaded once per test
+    module) with the first n toy sources and targets, encoded."""
+    from test_generation import load, sources_and_targets
+
+    models, made = {}, {}
+
+    def get(family: str, n_sources: int = 6):
+        if family not in models:
+            models[family] = load(stand_in_dir, family)
+            models[family].model.eval()
+        if (family, n_sources) not in made:
+            made[family, n_sources] = (models[family], *sources_and_targets(models[family], n_sources))
+        return made[family, n_sources]
+
+    return get

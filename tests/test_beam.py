@@ -12,22 +12,8 @@ from seqrl.beam import beam_rollout
 from seqrl.generation import masked_token_logprobs
 from seqrl.rollout import Sampling, rollout, rollout_in_chunks, rollout_logits
 from stand_ins import FAMILIES
-from test_generation import load, sources_and_targets
 
 MAX_LEN = 9
-
-
-@pytest.fixture(scope="module")
-def stand_in(stand_in_dir):
-    made = {}
-
-    def get(family):
-        if family not in made:
-            tm = load(stand_in_dir, family)
-            tm.model.eval()
-            made[family] = (tm, *sources_and_targets(tm, 4))
-        return made[family]
-    return get
 
 
 def suffix_logprobs(tm, ro) -> torch.Tensor:
@@ -40,7 +26,7 @@ def suffix_logprobs(tm, ro) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_one_beam_is_the_greedy_rollout(stand_in, family):
-    tm, src, tgt = stand_in(family)
+    tm, src, tgt = stand_in(family, 4)
     for n_rl in (10**6, 3):
         greedy = rollout(tm, tm.model, src, tgt, n_rl, num_samples=1, max_len=MAX_LEN, sampling=Sampling(greedy=True))
         assert beam_rollout(tm, tm.model, src, tgt, n_rl, num_beams=1, max_len=MAX_LEN).rows() == greedy.rows()
@@ -49,7 +35,7 @@ def test_one_beam_is_the_greedy_rollout(stand_in, family):
 @pytest.mark.parametrize("family", ["marian", "gpt2", "mbart50", "bart"])
 @pytest.mark.parametrize("n_rl", [10**6, 3])
 def test_beams_are_distinct_best_first_and_keep_the_gold_prefix(stand_in, family, n_rl):
-    tm, src, tgt = stand_in(family)
+    tm, src, tgt = stand_in(family, 4)
     k = 3
     ro = beam_rollout(tm, tm.model, src, tgt, n_rl, num_beams=k, max_len=MAX_LEN)
     rows, scores = ro.rows(), suffix_logprobs(tm, ro).view(-1, k)
@@ -67,7 +53,7 @@ def test_beams_are_distinct_best_first_and_keep_the_gold_prefix(stand_in, family
 
 
 def test_both_puts_each_sources_samples_then_beams_together(stand_in):
-    tm, src, tgt = stand_in("marian")
+    tm, src, tgt = stand_in("marian", 4)
     kw = dict(num_samples=2, max_len=MAX_LEN, sampling=Sampling(seed=4))
     both = rollout_in_chunks(tm, tm.model, src, tgt, 3, chunk_sources=3, candidates="both", **kw)
     sampled = rollout(tm, tm.model, src, tgt, 3, **kw).rows()

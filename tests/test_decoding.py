@@ -13,7 +13,6 @@ from seqrl.decoders import Decoding, resolve
 from seqrl.errors import SeqrlError
 from seqrl.rollout import Sampling, rollout, rollout_in_chunks
 from stand_ins import FAMILIES
-from test_generation import load, sources_and_targets
 
 STATIC = Decoding(cache="static", source_width=40)
 
@@ -22,19 +21,6 @@ def rows(tm, src, tgt, n_rl, decoding=Decoding(), k=3, max_len=12, seed=3):
     ro = rollout(tm, tm.model, src, tgt, n_rl, num_samples=k, max_len=max_len, sampling=Sampling(seed=seed),
                  decoding=decoding)
     return ro.rows(), ro.lengths.tolist()
-
-
-@pytest.fixture(scope="module")
-def stand_in(stand_in_dir):
-    made = {}
-
-    def get(family):
-        if family not in made:
-            tm = load(stand_in_dir, family)
-            tm.model.eval()
-            made[family] = (tm, *sources_and_targets(tm))
-        return made[family]
-    return get
 
 
 @pytest.mark.parametrize("family", FAMILIES)
