@@ -155,8 +155,8 @@ def stand_in_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stand_in(stand_in_dir):
-    """`stand_in(family, n_sources=6)`: a stand-in's TextModel (eval mode, loaded once per test
+def stand_in_model(stand_in_dir):
+    """`stand_in_model(family, n_sources=6)`: a stand-in's TextModel (eval mode, loaded once per test
     module) with the first n toy sources and targets, encoded."""
     from test_generation import load, sources_and_targets
 

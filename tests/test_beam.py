@@ -25,8 +25,8 @@ def suffix_logprobs(tm, ro) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_one_beam_is_the_greedy_rollout(stand_in, family):
-    tm, src, tgt = stand_in(family, 4)
+def test_one_beam_is_the_greedy_rollout(stand_in_model, family):
+    tm, src, tgt = stand_in_model(family, 4)
     for n_rl in (10**6, 3):
         greedy = rollout(tm, tm.model, src, tgt, n_rl, num_samples=1, max_len=MAX_LEN, sampling=Sampling(greedy=True))
         assert beam_rollout(tm, tm.model, src, tgt, n_rl, num_beams=1, max_len=MAX_LEN).rows() == greedy.rows()
@@ -34,8 +34,8 @@ def test_one_beam_is_the_greedy_rollout(stand_in, family):
 
 @pytest.mark.parametrize("family", ["marian", "gpt2", "mbart50", "bart"])
 @pytest.mark.parametrize("n_rl", [10**6, 3])
-def test_beams_are_distinct_best_first_and_keep_the_gold_prefix(stand_in, family, n_rl):
-    tm, src, tgt = stand_in(family, 4)
+def test_beams_are_distinct_best_first_and_keep_the_gold_prefix(stand_in_model, family, n_rl):
+    tm, src, tgt = stand_in_model(family, 4)
     k = 3
     ro = beam_rollout(tm, tm.model, src, tgt, n_rl, num_beams=k, max_len=MAX_LEN)
     rows, scores = ro.rows(), suffix_logprobs(tm, ro).view(-1, k)
@@ -52,8 +52,8 @@ def test_beams_are_distinct_best_first_and_keep_the_gold_prefix(stand_in, family
     assert beam_rollout(tm, tm.model, src[2:], tgt[2:], n_rl, num_beams=k, max_len=MAX_LEN).rows() == rows[2 * k:]
 
 
-def test_both_puts_each_sources_samples_then_beams_together(stand_in):
-    tm, src, tgt = stand_in("marian", 4)
+def test_both_puts_each_sources_samples_then_beams_together(stand_in_model):
+    tm, src, tgt = stand_in_model("marian", 4)
     kw = dict(num_samples=2, max_len=MAX_LEN, sampling=Sampling(seed=4))
     both = rollout_in_chunks(tm, tm.model, src, tgt, 3, chunk_sources=3, candidates="both", **kw)
     sampled = rollout(tm, tm.model, src, tgt, 3, **kw).rows()

@@ -25,8 +25,8 @@ def rows(tm, src, tgt, n_rl, decoding=Decoding(), k=3, max_len=12, seed=3):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("n_rl", [10**6, 3])  # whole outputs sampled; a gold prefix, then 3 sampled
-def test_static_cache_and_sparse_checks_sample_what_the_dynamic_cache_samples(stand_in, family, n_rl):
-    tm, src, tgt = stand_in(family)
+def test_static_cache_and_sparse_checks_sample_what_the_dynamic_cache_samples(stand_in_model, family, n_rl):
+    tm, src, tgt = stand_in_model(family)
     expected = rows(tm, src, tgt, n_rl)
     assert rows(tm, src, tgt, n_rl, STATIC) == expected
     assert rows(tm, src, tgt, n_rl, Decoding(check_every=5)) == expected
@@ -49,12 +49,12 @@ class _CountScalarReads(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("family, per_token", [("t5", 0), ("gpt2", 0), ("marian", 0), ("mbart50", 0), ("nllb", 1)])
-def test_the_decode_loop_reads_nothing_back_per_token(stand_in, family, per_token):
+def test_the_decode_loop_reads_nothing_back_per_token(stand_in_model, family, per_token):
     """With checks every 64 tokens, decoding 16 tokens reads back as many scalars as decoding 6:
     the reads are set-up (the shortest prefix, the masks built once). Not ours to remove:
     transformers' M2M100/NLLB positions compare their table's size with the cache length each
     token, in eager mode; and BART's no_repeat_ngram_size processor reads the rows back."""
-    tm, src, tgt = stand_in(family)
+    tm, src, tgt = stand_in_model(family)
     counts = []
     for max_len in (6, 16):
         with _CountScalarReads() as mode:
@@ -69,11 +69,11 @@ def _eager_backend(forward, cuda):
 
 
 @pytest.mark.parametrize("family", ["marian", "gpt2"])
-def test_compiled_step_samples_what_eager_samples(stand_in, family, monkeypatch):
+def test_compiled_step_samples_what_eager_samples(stand_in_model, family, monkeypatch):
     """Dynamo's tracing of the step with its static cache (graph, guards, reuse across rollouts),
     with the eager backend to keep this fast; `test_inductor_...` below compiles for real."""
     monkeypatch.setattr(decoders, "compile_step", _eager_backend)
-    tm, src, tgt = stand_in(family)
+    tm, src, tgt = stand_in_model(family)
     compiled = Decoding(cache="static", compile=True, source_width=40)
     for n_rl, seed in ((10**6, 3), (3, 4), (10**6, 5)):
         assert rows(tm, src, tgt, n_rl, compiled, seed=seed) == rows(tm, src, tgt, n_rl, seed=seed)
@@ -82,8 +82,8 @@ def test_compiled_step_samples_what_eager_samples(stand_in, family, monkeypatch)
 
 
 @pytest.mark.slow
-def test_inductor_compiled_step_samples_what_eager_samples(stand_in):
-    tm, src, tgt = stand_in("gpt2")
+def test_inductor_compiled_step_samples_what_eager_samples(stand_in_model):
+    tm, src, tgt = stand_in_model("gpt2")
     compiled = Decoding(cache="static", compile=True, source_width=40)
     assert rows(tm, src, tgt, 10**6, compiled) == rows(tm, src, tgt, 10**6)
     assert compiled.compile_log.seconds > 0
@@ -106,8 +106,8 @@ def test_resolve_picks_per_model_and_device_and_refuses_what_cannot_run():
     assert resolve("dynamic", False, 3, unmarked, gpu, 64) == Decoding("dynamic", False, 3, None)
 
 
-def test_resolve_on_a_compilable_model(stand_in):
-    tm, _, _ = stand_in("gpt2")
+def test_resolve_on_a_compilable_model(stand_in_model):
+    tm, _, _ = stand_in_model("gpt2")
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert resolve("auto", None, None, tm.model, cpu, 64) == Decoding("static", False, 1, 64)
     assert resolve("auto", None, None, tm.model, gpu, 64) == Decoding("static", True, 8, 64)
@@ -115,9 +115,9 @@ def test_resolve_on_a_compilable_model(stand_in):
 
 
 @pytest.mark.parametrize("family", ["marian", "gpt2", "nllb"])
-def test_decoding_in_chunks_of_sources_draws_the_same_rows(stand_in, family):
+def test_decoding_in_chunks_of_sources_draws_the_same_rows(stand_in_model, family):
     """`reinforce.chunk_sources` also cuts the decode: chunk i keeps its rows' global draws."""
-    tm, src, tgt = stand_in(family)
+    tm, src, tgt = stand_in_model(family)
     kw = dict(num_samples=3, max_len=12, sampling=Sampling(seed=6, row_offset=30), decoding=STATIC)
     whole = rollout(tm, tm.model, src, tgt, 10**6, **kw)
     chunked = rollout_in_chunks(tm, tm.model, src, tgt, 10**6, chunk_sources=4, **kw)  # 6 sources: 4 + 2
