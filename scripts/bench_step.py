@@ -250,9 +250,11 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tup
     seen = []
     original = loop.window.add
     loop.window.add = lambda stats: (seen.append(stats), original(stats))
+    compile_s = 0.0
     for batch in run.loader if xent else run.rl_loader:
         micro_step(run, batch, loop)
         s = seen[-1]
+        compile_s += s.get("time/compile_s", 0.0)
         if loop.step > args.warmup and xent:
             times.append(s["time/step_s"])
             tokens.append(int(s["xent_tokens"]))
@@ -266,6 +268,8 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tup
         if loop.step >= n_steps:
             break
     teardown(acc, run, clean=True)
+    if compile_s:
+        print(f"seqrl{''.join(f' {o}' for o in overrides)}: {compile_s:.1f} s compiling (in warm-up; not in step times)")
     if xent:
         return summarize("seqrl XENT step", times, tokens, {})
     return summarize("seqrl" + "".join(f" {o}" for o in overrides), times, tokens, parts)

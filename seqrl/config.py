@@ -203,9 +203,9 @@ class ReinforceConfig:
     compile: bool | None = None
     """Compile the per-token decoder step with torch.compile (CUDA graphs on a GPU); needs the
     static cache. The same samples as eager; compile time is logged apart (time/compile_s).
-    Empty: on on a GPU (untimed there yet); off on CPU, where it made decoding 1.4x faster but
-    costs ~13 s of compiling per new shape and needs a C++ compiler (docs/speed.md): set true
-    for long CPU runs."""
+    Empty: on on a GPU (untimed there yet); off on CPU, where it made a step 1.04x to 1.16x
+    faster (docs/speed.md), costs seconds of compiling per new shape and needs a C++ compiler:
+    set true for long CPU runs."""
     check_every: int | None = None
     """Look for "every row has ended" (a host-device sync) every this many decoded tokens; rows
     that ended are padded meanwhile, so the samples are the same for any value. Empty: 1 on CPU
