@@ -104,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=4, help="XENT evaluations without a new best before it stops")
     p.add_argument("--budget-minutes", type=float, default=15.0, help="wall-clock budget of every arm")
     p.add_argument("--arm-eval-every", type=int, default=250, help="optimizer steps between the arms' evaluations")
+    p.add_argument("--keep-evaluated", action="store_true",
+                   help="A and the arms keep a checkpoint at every evaluation (for scripts/selection_check.py)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "quality")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe override")
     return p.parse_args(argv)
@@ -148,7 +150,7 @@ def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) ->
     (out / "branch.json").write_text(json.dumps({"step": state["step"], "seconds": state["seconds"]}))
     finetune(recipe, out, [*xent_overrides(args, metric, seed), "eval.patience=0", f"eval.every={args.arm_eval_every}",
                            f"run.max_minutes={state['seconds'] / 60 + args.budget_minutes}", "run.max_steps=null",
-                           "run.resume=auto"])
+                           "run.resume=auto", *keep_evaluated(args)])
 
 
 def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[str], seed_dir: Path) -> None:
@@ -158,8 +160,14 @@ def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[
     common = [*args.overrides, f"run.seed={seed}", f"model.name_or_path={start}", "model.architecture=null",
               "model.config={}", "optim.decay=constant", f"eval.best_metric={metric}", "eval.patience=0",
               f"eval.every={args.arm_eval_every}",
-              f"run.max_minutes={args.budget_minutes}", "data.test_split=null"]
+              f"run.max_minutes={args.budget_minutes}", "data.test_split=null", *keep_evaluated(args)]
     finetune(recipe, seed_dir / name, common + arm_overrides(load_recipe(ROOT / recipe, args.overrides), extra))
+
+
+def keep_evaluated(args) -> list[str]:
+    """With --keep-evaluated: a checkpoint at every evaluation, all kept, so that other ways of
+    choosing among them can be scored afterwards (scripts/selection_check.py)."""
+    return [f"run.save_every={args.arm_eval_every}", "run.keep_checkpoints=100000"] if args.keep_evaluated else []
 
 
 def arm_overrides(cfg, extra: list[str]) -> list[str]:
