@@ -196,6 +196,11 @@ class ReinforceConfig:
     """Each source's candidates after its gold prefix: `num_samples` samples, `num_samples` beams
     (`seqrl.beam`), or both (2 x num_samples). Beams are not draws from the policy, so they are
     for `estimator: risk` only."""
+    reference_candidate: bool = False
+    """`risk`: also the reference as one more candidate per source (Shen et al. and Edunov et al.
+    add it): the gold prefix then the gold suffix, its cost -reward(reference) and its log p the
+    model's teacher-forced one (without the generation constraints, which bind only what is
+    decoded). It joins q, never the logged rewards, the KL penalty or the prefix's XENT."""
     kv_cache: Literal["auto", "static", "dynamic"] = "auto"
     """Rollouts' KV cache: `static` is allocated once at its final size (fixed shapes, which
     `compile` needs), `dynamic` grows each token. `auto`: static where transformers marks the

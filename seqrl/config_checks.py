@@ -99,10 +99,13 @@ def _check_reinforce(cfg: RecipeConfig) -> None:
     if rl.candidates != "sample" and rl.estimator != "risk":
         raise ConfigError(f"reinforce.candidates: {rl.candidates} needs reinforce.estimator: risk (REINFORCE's "
                           f"gradient holds for samples of the policy only, not beam-search outputs)")
+    if rl.reference_candidate and rl.estimator != "risk":
+        raise ConfigError("reinforce.reference_candidate needs reinforce.estimator: risk (the reference is not a "
+                          "sample of the policy, which REINFORCE's gradient assumes)")
     if rl.estimator == "risk":
-        if rl.num_samples < 2:
+        if rl.num_samples + rl.reference_candidate < 2:
             raise ConfigError(f"reinforce.estimator: risk needs reinforce.num_samples >= 2 candidates per source "
-                              f"(got {rl.num_samples})")
+                              f"(got {rl.num_samples}), or reference_candidate: true beside one")
         if rl.baseline in ("greedy", "learned") or rl.normalize_advantages:
             what = "normalize_advantages" if rl.normalize_advantages else f"baseline: {rl.baseline}"
             raise ConfigError(f"reinforce.{what} does nothing under reinforce.estimator: risk (its loss uses no "

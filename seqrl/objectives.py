@@ -9,9 +9,11 @@
   prefix keeps its XENT term, as with REINFORCE. No baseline enters the loss (the q-weighted mean
   plays its part); the run's baseline still gives the logged advantages.
 
-Candidates are samples, beams (`seqrl.beam`) or both (`reinforce.candidates`). Departure from
-Edunov et al.: the reference is not added to the candidate set (under MIXER its gold suffix would
-need its own teacher-forced pass; not built yet).
+Candidates are samples, beams (`seqrl.beam`) or both (`reinforce.candidates`), and optionally
+the reference (`reinforce.reference_candidate`: one more row per source, the gold suffix after the
+same gold prefix, scored in the same teacher-forced pass as the others). The reference's log p is
+unconstrained (the generation constraints bind decoded tokens only), so q may weigh it against
+candidates whose log p is that of the masked distribution they were drawn from.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from seqrl.generation import Constraints
 from seqrl.modeling import TextModel, pad_rows
 from seqrl.sampling import Sampling, Uniforms, sample
 
-__all__ = ["Decoding", "Rollout", "Sampling", "prefix_lengths", "rollout", "rollout_in_chunks", "rollout_logits"]
+__all__ = ["Decoding", "Rollout", "Sampling", "prefix_lengths", "reference_rows", "rollout", "rollout_in_chunks",
+           "rollout_logits"]
 
 
 @dataclass
@@ -196,29 +197,45 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
 
 def rollout_in_chunks(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
                       n_rl_tokens: int, *, chunk_sources: int | None, num_samples: int, sampling: Sampling,
-                      candidates: str = "sample", **kwargs) -> Rollout:
-    """Each source's candidates (`num_samples` samples, beams, or both: `candidates`), over at most
-    `chunk_sources` sources at a time (the decode's memory, KV cache and (N, V) logits, divided
-    accordingly): the same rows, since each sampled row's draws depend on its global index only,
-    and chunk i's rows keep theirs through the sampling's row offset."""
+                      candidates: str = "sample", with_reference: bool = False, **kwargs) -> Rollout:
+    """Each source's candidates (`num_samples` samples, beams, or both: `candidates`; with
+    `with_reference`, the gold target last), over at most `chunk_sources` sources at a time (the
+    decode's memory, KV cache and (N, V) logits, divided accordingly): the same rows, since each
+    sampled row's draws depend on its global index only, and chunk i's rows keep theirs through the
+    sampling's row offset."""
     from seqrl.beam import beam_rollout  # (seqrl.beam builds on this module)
 
     def chunk(first: int, last: int) -> Rollout:
         sources, targets = source_ids[first:last], target_ids[first:last]
         if candidates == "beam":
-            return beam_rollout(text_model, model, sources, targets, n_rl_tokens, num_beams=num_samples, **kwargs)
-        sampled = rollout(text_model, model, sources, targets, n_rl_tokens, num_samples=num_samples, **kwargs,
-                          sampling=dataclasses.replace(sampling, row_offset=sampling.row_offset + first * num_samples))
-        if candidates == "sample":
-            return sampled
-        return sampled.join(beam_rollout(text_model, model, sources, targets, n_rl_tokens, num_beams=num_samples,
-                                         **kwargs))
+            decoded = beam_rollout(text_model, model, sources, targets, n_rl_tokens, num_beams=num_samples, **kwargs)
+        else:
+            decoded = rollout(text_model, model, sources, targets, n_rl_tokens, num_samples=num_samples, **kwargs,
+                              sampling=dataclasses.replace(sampling, row_offset=sampling.row_offset + first * num_samples))
+        if candidates == "both":
+            decoded = decoded.join(beam_rollout(text_model, model, sources, targets, n_rl_tokens,
+                                                num_beams=num_samples, **kwargs))
+        return decoded.join(reference_rows(decoded, targets, text_model.tokenizer.pad_token_id)) if with_reference \
+            else decoded
 
     if not chunk_sources or chunk_sources >= len(source_ids):
         return chunk(0, len(source_ids))
     parts = tuple(chunk(first, first + chunk_sources) for first in range(0, len(source_ids), chunk_sources))
     return Rollout(*(torch.cat([getattr(p, name) for p in parts]) for name in ("sequences", "prefix_len", "lengths")),
                    source=None, source_mask=None, lead=None, constraints=None, parts=parts)
+
+
+def reference_rows(decoded: Rollout, target_ids: list[list[int]], pad: int) -> Rollout:
+    """One row per source of `decoded` (same sources, padding, lead and constraints, for `join`):
+    its gold target whole, cut to the rows' width, with the prefix length the decoded rows have."""
+    k = decoded.sequences.shape[0] // decoded.num_sources
+    width, device = decoded.sequences.shape[1], decoded.sequences.device
+    gold = torch.full((len(target_ids), width), pad, dtype=torch.long, device=device)
+    cut = pad_rows(target_ids, pad)[:, :width].to(device)
+    gold[:, :cut.shape[1]] = cut
+    lengths = torch.tensor([min(len(t), width) for t in target_ids], device=device)
+    return Rollout(gold, decoded.prefix_len[::k], lengths, decoded.source, decoded.source_mask, decoded.lead[::k],
+                   decoded.constraints)
 
 
 def rollout_logits(model, ro: Rollout, *, is_seq2seq: bool, hidden: bool = False

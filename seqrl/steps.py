@@ -12,7 +12,8 @@ Networks", with these departures, each a recipe field rather than a fork in the 
 - REINFORCE's loss is summed over sampled tokens and averaged over samples; XENT is averaged
   over prefix tokens; loss = w * XENT + (1 - w) * REINFORCE as in the paper's code.
 - `reinforce.estimator: risk` puts expected risk over each source's k samples in REINFORCE's
-  place (`seqrl.objectives`), inside the same schedule and with the same XENT terms.
+  place (`seqrl.objectives`), inside the same schedule and with the same XENT terms; its
+  candidates may include each source's reference (`reinforce.reference_candidate`).
 
 Each step takes what it uses (models, accelerator, rewards, the objective and baseline objects
 built at set-up, the recipe's `reinforce` section), so it can be called, and tested, alone.
@@ -68,10 +69,17 @@ def mixer_step(batch: dict, plan: StagePlan, step: int, *, model, text_model: Te
         decoding=decoding, max_len=max_len, seed=seed, total_steps=total_steps, greedy=baseline.needs_greedy)
     k = ro.sequences.shape[0] // ro.num_sources  # candidates per source (2 x num_samples for `both`)
     prefix_mask, sample_mask = ro.target_masks()                            # (N, T) each
-    n_prefix, n_sample = _per_process(acc, prefix_mask.sum()), _per_process(acc, sample_mask.sum())
+    # The decoded rows: all but the references (`rl.reference_candidate`: each source's last row),
+    # which enter the risk only, not the prefix's XENT, the KL, the baseline or the logged rewards.
+    decoded = torch.arange(len(R), device=R.device) % k < k - rl.reference_candidate      # (N,)
+    prefix_mask, drawn_mask = prefix_mask & decoded[:, None], sample_mask & decoded[:, None]
+    n_prefix, n_sample = _per_process(acc, prefix_mask.sum()), _per_process(acc, drawn_mask.sum())
     # 5a. A = R - b for a sequence-level baseline (the learned one is per position: in 5b).
     learned = baseline.per_position
-    advantage = None if learned else R - baseline.values(R, k, greedy_R, acc.gather)
+    advantage = None
+    if not learned:
+        advantage = torch.zeros_like(R)
+        advantage[decoded] = R[decoded] - baseline.values(R[decoded], k - rl.reference_candidate, greedy_R, acc.gather)
     if rl.normalize_advantages and not learned:
         advantage = normalize(advantage, all_reduce=lambda t: acc.reduce(t, "sum"))
     xent_gold = None
@@ -86,16 +94,16 @@ def mixer_step(batch: dict, plan: StagePlan, step: int, *, model, text_model: Te
         with acc.autocast():
             logits, labels, hidden = rollout_logits(model, part, is_seq2seq=tm.is_seq2seq, hidden=learned)
         # log p of each token; at sampled ones, of the distribution sampled from (generation masks)
-        masks = part.sample_masks(sample_mask[rows], logits.shape[-1])
+        masks = part.sample_masks(drawn_mask[rows], logits.shape[-1])
         logp = masked_token_logprobs(logits, labels, masks)                # (n, T)
         # 5b. MIXER's learned baseline: per position, from the detached decoder states.
         baseline_loss = logp.new_zeros(())
         if learned:
             predicted = baseline(hidden)                                    # (n, T)
-            baseline_loss = baselines.learned_loss(predicted, R[rows], sample_mask[rows], n_sample)
+            baseline_loss = baselines.learned_loss(predicted, R[rows], drawn_mask[rows], n_sample)
             chunk_advantage = R[rows, None] - predicted.detach()
             if rl.normalize_advantages:  # (one chunk only: config_checks)
-                chunk_advantage = normalize(chunk_advantage, sample_mask[rows],
+                chunk_advantage = normalize(chunk_advantage, drawn_mask[rows],
                                             all_reduce=lambda t: acc.reduce(t, "sum"))
         else:
             chunk_advantage = advantage[rows]
@@ -106,7 +114,7 @@ def mixer_step(batch: dict, plan: StagePlan, step: int, *, model, text_model: Te
         if reference is not None:
             with torch.no_grad():
                 ref_logp = masked_token_logprobs(reference.logits(part, tm.is_seq2seq), labels, masks)
-            kl = kl_penalty(logp, ref_logp, sample_mask[rows], n_sample)
+            kl = kl_penalty(logp, ref_logp, drawn_mask[rows], n_sample)
             loss = loss + rl.kl_coef * kl
             sums["kl"] += float(kl.detach())
         if i == len(chunks) - 1 and xent_gold is not None:
@@ -119,12 +127,15 @@ def mixer_step(batch: dict, plan: StagePlan, step: int, *, model, text_model: Te
                 acc.backward(loss)
     if xent_gold is not None:
         sums["xent"] = float(xent_gold.detach())
-    stats = {**_stats(R, parts, torch.cat(advantages), sample_mask, prefix_mask, plan), **reward_log.means()}
+    listed = decoded.tolist()
+    stats = {**_stats(R[decoded], {name: [v for v, d in zip(values, listed) if d] for name, values in parts.items()},
+                      torch.cat(advantages)[decoded], drawn_mask[decoded], prefix_mask[decoded], plan),
+             **reward_log.means()}
     shown = (sample_rows(tm, batch, ro.rows(), k, R, parts, torch.cat(advantages), sample_mask, reward_log.extra,
                          samples) if samples else None)
     stats.update({"train/xent": sums["xent"], "train/reinforce": sums["reinforce"], "train/loss": sums["loss"],
                   "time/rollout_s": timing[0], "time/reward_s": timing[1], "time/compile_s": timing[2],
-                  "time/forward_s": time.perf_counter() - t0 - sum(timing), "rl_tokens": float(sample_mask.sum()),
+                  "time/forward_s": time.perf_counter() - t0 - sum(timing), "rl_tokens": float(drawn_mask.sum()),
                   "xent_tokens": float(prefix_mask.sum())})
     if reference is not None:
         stats["kl"] = sums["kl"]
@@ -160,7 +171,7 @@ def _sample_and_score(batch: dict, plan: StagePlan, step: int, *, policy, text_m
     with record_function("seqrl/rollout"):  # (regions for scripts/profile_step.py; ~free when not profiling)
         ro = rollout_in_chunks(tm, policy, sources, targets, plan.n_rl_tokens, chunk_sources=rl.chunk_sources,
                                num_samples=k, max_len=max_len, sampling=sampling, decoding=decoding,
-                               candidates=rl.candidates)
+                               candidates=rl.candidates, with_reference=rl.reference_candidate)
         k = ro.sequences.shape[0] // len(sources)
         greedy_ro = None
         if greedy:

@@ -370,6 +370,8 @@ CASES = [
          ("reinforce.estimator: risk", "num_samples >= 2")),
     Case("risk-with-greedy-baseline", put("reinforce", {"estimator": "risk", "baseline": "greedy"}),
          ("reinforce.baseline: greedy does nothing under reinforce.estimator: risk",)),
+    Case("reference-for-reinforce", put("reinforce.reference_candidate", True),
+         ("reinforce.reference_candidate needs reinforce.estimator: risk",)),
     Case("beams-for-reinforce", put("reinforce.candidates", "beam"),
          ("reinforce.candidates: beam needs reinforce.estimator: risk",)),
     Case("risk-alpha-0", put("reinforce", {"estimator": "risk", "risk_alpha": 0}), ("reinforce.risk_alpha must be > 0",)),

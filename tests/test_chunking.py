@@ -21,8 +21,8 @@ CASES = {  # arch, schedule, reinforce
                      {"baseline": "learned"}),
     "gpt2-risk": ("gpt2", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
                   {"estimator": "risk", "risk_alpha": 0.5}),
-    "marian-risk-beams-and-samples": ("marian", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
-                                      {"estimator": "risk", "candidates": "both"}),
+    "marian-risk-beams-samples-reference": ("marian", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
+                                      {"estimator": "risk", "candidates": "both", "reference_candidate": True}),
     "marian-greedy-constant": ("marian", {"kind": "constant", "xent_steps": 2, "rl_steps": 4, "xent_weight": 0.3},
                                {"baseline": "greedy"}),
 }

@@ -97,3 +97,37 @@ def test_mixer_step_with_a_self_critical_baseline_decodes_greedily(parts):
     greedy = (R - A).view(-1, K)  # b = the source's greedy reward, shared by its k samples
     assert torch.equal(greedy, greedy[:, :1].expand(-1, K)) and shown is None
     assert stats["xent_tokens"] == 0.0 and stats["frac_sampled"] == 1.0
+
+
+def test_mixer_step_with_the_reference_as_a_candidate(parts):
+    tm, model, batch, _ = parts
+    objective = Recording()
+    plan = StagePlan(stage=1, n_rl_tokens=3, xent_weight=0.25)
+    rl = ReinforceConfig(num_samples=K, estimator="risk", reference_candidate=True)
+    _, stats, _ = run_mixer(parts, plan, baselines.LeaveOneOut(), objective, rl=rl)
+    (call,) = objective.calls
+    assert call["k"] == K + 1 and call["rows"] == 4 * (K + 1)
+    R, mask, logp = call["rewards"].view(4, K + 1), call["mask"].view(4, K + 1, -1), call["logprobs"].view(4, K + 1, -1)
+    # each source's last row is its gold target (capped at max_len; the reward sees it without EOS)
+    eos = tm.tokenizer.eos_token_id
+    gold = [t[:MAX_LEN] for t in batch["target_ids_list"]]
+    assert R[:, K].tolist() == [float(len(t) - (t[-1] == eos)) for t in gold]
+    # its scored positions are its gold suffix, the last 3 tokens, after the same prefix as its samples
+    for i, t in enumerate(gold):
+        first = max(len(t) - 3, 0)
+        assert mask[i, K].nonzero().flatten().tolist() == list(range(first, len(t)))
+        assert int(mask[i, 0].float().argmax()) == first
+    # ... with the model's teacher-forced log-probabilities of those gold tokens
+    logits, labels, _ = tm.target_logits(model, batch["model_inputs"])
+    gold_logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    width = min(logp.shape[-1], gold_logp.shape[1])
+    torch.testing.assert_close((logp[:, K] * mask[:, K])[:, :width].sum(1),
+                               (gold_logp[:, :width] * mask[:, K, :width]).sum(1), rtol=1e-5, atol=1e-5)
+    # the logged rewards and advantages are the samples' only: leave-one-out over the K samples
+    assert stats["reward/total"] == pytest.approx(float(R[:, :K].mean()))
+    samples = R[:, :K]
+    expected = samples - (samples.sum(1, keepdim=True) - samples) / (K - 1)
+    A = call["advantages"].view(4, K + 1)
+    torch.testing.assert_close(A[:, :K], expected)
+    assert float(A[:, K].abs().max()) == 0.0
+    assert stats["rl_tokens"] == float(mask[:, :K].sum())
