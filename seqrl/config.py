@@ -269,9 +269,14 @@ class EvalConfig:
     best_metric: Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL"] | None = None
     """Keep `best/` (model + tokenizer, like `final/`) from the evaluation with the highest
     `eval/<best_metric>`, with `best.json` saying which step; empty = keep no best model."""
+    select_window: int = 1
+    """Choose `best/` on the mean of `best_metric` over the last this many evaluations (fewer
+    before there are as many), keeping the newest model of the best window; 1 = the single best
+    evaluation. A window chooses a stretch of good scores rather than one lucky evaluation
+    (`scripts/selection_check.py` measures both against test scores)."""
     patience: int = 0
     """Stop training after this many evaluations in a row without a new best `best_metric`
-    (0 = never stop early)."""
+    (of the window's mean, with `select_window`; 0 = never stop early)."""
     at_start: bool = False
     """Also evaluate before the first step (logged at step 0): the starting model's score on the
     curve, and with `best_metric` a candidate for `best/`, which then only ever improves on it."""

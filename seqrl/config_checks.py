@@ -16,7 +16,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
     """Cross-field and range checks; each error names the dotted field."""
     _positive(cfg, "tokenizer.vocab_size", "tokenizer.min_frequency", "data.max_source_tokens",
               "data.max_target_tokens", "xent.batch_size", "optim.lr", "optim.grad_accum_steps",
-              "eval.batch_size", "eval.num_beams", "eval.max_new_tokens", "log.every",
+              "eval.batch_size", "eval.num_beams", "eval.max_new_tokens", "eval.select_window", "log.every",
               "run.keep_checkpoints", "schedule.delta", "reinforce.num_samples",
               "reinforce.temperature", "reinforce.baseline_lr", "reinforce.risk_alpha")
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
@@ -58,6 +58,8 @@ def _check_eval(cfg: RecipeConfig) -> None:
                           f"({list(ev.metrics)})")
     if ev.patience and (ev.best_metric is None or not ev.every):
         raise ConfigError("eval.patience needs eval.best_metric and eval.every > 0 (the evaluations it counts)")
+    if ev.select_window > 1 and ev.best_metric is None:
+        raise ConfigError("eval.select_window needs eval.best_metric (the score whose mean it takes)")
 
 def _check_lora(cfg: RecipeConfig) -> None:
     lora = cfg.model.lora

@@ -48,6 +48,7 @@ class _Loop:
     stage: list | None = None
     best: float | None = None
     evals_since_best: int = 0
+    recent: list = field(default_factory=list)  # the last `eval.select_window` scores (rank 0's)
     validated_at: int | None = None  # step of the last validation (finish need not repeat it)
     seconds_before: float = 0.0  # training time of the run before it was resumed
     started: float = field(default_factory=time.monotonic)
@@ -63,7 +64,7 @@ class _Loop:
     def state(self) -> dict:
         return {"phase": self.phase, "phase_epoch": self.phase_epoch, "batch_in_epoch": self.batch_in_epoch,
                 "stage": self.stage, "best": self.best, "evals_since_best": self.evals_since_best,
-                "seconds": self.seconds()}
+                "recent": self.recent, "seconds": self.seconds()}
 
 
 def train(run: Run, state: dict | None = None) -> _Loop:
@@ -77,6 +78,7 @@ def train(run: Run, state: dict | None = None) -> _Loop:
         loop.step, loop.phase, loop.phase_epoch = state["step"], state["phase"], state["phase_epoch"]
         loop.batch_in_epoch, loop.stage = state["batch_in_epoch"], state["stage"]
         loop.best, loop.evals_since_best = state.get("best"), state.get("evals_since_best", 0)
+        loop.recent = state.get("recent", [])
         loop.seconds_before = state.get("seconds", 0.0)
         loop.checkpoint = Path(state["path"])
         loop.bar.update(loop.step)
@@ -242,13 +244,17 @@ def track_best(run: Run, loop: _Loop, metrics: dict) -> None:
     if cfg.best_metric is None:
         return
     value = metrics.get(f"eval/{cfg.best_metric}")  # only rank 0 has the scores
-    improved = _agreed(run, value is not None and (loop.best is None or value > loop.best))
+    if value is not None:
+        loop.recent = (loop.recent + [value])[-cfg.select_window:]
+    score = sum(loop.recent) / len(loop.recent) if value is not None else None
+    improved = _agreed(run, value is not None and (loop.best is None or score > loop.best))
     if improved:
-        loop.best = broadcast_object_list([value])[0] if run.accelerator.num_processes > 1 else value
+        loop.best = broadcast_object_list([score])[0] if run.accelerator.num_processes > 1 else score
         loop.evals_since_best = 0
         weights = gathered_weights(run)  # (every process: a collective where the weights are sharded)
         if run.accelerator.is_main_process:
-            save_model_atomically(run, run.out / "best", {"step": loop.step, cfg.best_metric: value},
+            chosen_on = {f"{cfg.best_metric}_mean_of_{len(loop.recent)}": score} if cfg.select_window > 1 else {}
+            save_model_atomically(run, run.out / "best", {"step": loop.step, cfg.best_metric: value, **chosen_on},
                                   state_dict=weights)
         run.accelerator.wait_for_everyone()
     else:

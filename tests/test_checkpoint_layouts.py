@@ -245,8 +245,8 @@ def test_track_best_gathers_on_every_process(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "save_model_atomically", lambda *a, **kw: saves.append(kw))
     monkeypatch.setattr(train, "_agreed", lambda run, decision: True)  # rank 0's decision: a new best
     monkeypatch.setattr(train, "broadcast_object_list", lambda values: [30.0])
-    cfg = SimpleNamespace(eval=SimpleNamespace(best_metric="bleu", patience=0))
-    loop = SimpleNamespace(step=2, best=None, evals_since_best=0, stop=None)
+    cfg = SimpleNamespace(eval=SimpleNamespace(best_metric="bleu", patience=0, select_window=1))
+    loop = SimpleNamespace(step=2, best=None, evals_since_best=0, stop=None, recent=[])
     weights = {"w": torch.ones(1)}
     for acc in (StandIn(DEEPSPEED, main=False), StandIn(DEEPSPEED, weights=weights)):
         acc.num_processes = 2

@@ -95,11 +95,38 @@ def test_a_run_that_reaches_its_last_step_leaves_a_checkpoint(tiny_recipe, tmp_p
     assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 2
 
 
+@pytest.mark.parametrize("window, chosen", [(1, [(1, 10.0), (2, 30.0)]),
+                                           (3, [(1, 10.0), (2, 20.0), (4, 62 / 3), (6, 21.0)])])
+def test_select_window_chooses_on_the_mean_of_the_last_evaluations(window, chosen, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from seqrl import train
+    saved = []
+    monkeypatch.setattr(train, "gathered_weights", lambda run: None)
+    monkeypatch.setattr(train, "save_model_atomically", lambda run, path, info, state_dict: saved.append(info))
+    acc = SimpleNamespace(num_processes=1, is_main_process=True, wait_for_everyone=lambda: None)
+    cfg = SimpleNamespace(eval=SimpleNamespace(best_metric="bleu", patience=0, select_window=window))
+    run = SimpleNamespace(cfg=cfg, accelerator=acc, out=tmp_path)
+    loop = train._Loop(tqdm(disable=True))
+    for step, value in enumerate([10.0, 30.0, 12.0, 20.0, 21.0, 22.0], start=1):
+        loop.step = step
+        train.track_best(run, loop, {"eval/bleu": value})
+    # window 3: means 10, 20, 17.3, 20.7, 17.7, 21: the newest model of each better window is kept
+    assert [(info["step"], info.get(f"bleu_mean_of_{min(window, info['step'])}", info["bleu"])) for info in saved] \
+        == [(s, pytest.approx(v)) for s, v in chosen]
+    assert loop.evals_since_best == (0 if window == 3 else 4)
+    assert loop.state()["recent"] == [12.0, 20.0, 21.0, 22.0][-window:]  # (a checkpoint carries them on)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"eval": {"best_metric": "rouge2"}}, "eval.best_metric 'rouge2' is not computed; add it to eval.metrics"),
     ({"eval": {"patience": 3}}, "eval.patience needs eval.best_metric and eval.every > 0"),
     ({"eval": {"patience": 3, "best_metric": "bleu", "every": 0}}, "eval.patience needs eval.best_metric"),
     ({"run": {"max_minutes": 0}}, "run.max_minutes"),
+    ({"eval": {"select_window": 3}}, "eval.select_window needs eval.best_metric"),
+    ({"eval": {"select_window": 0, "best_metric": "bleu"}}, "eval.select_window"),
 ])
 def test_bad_early_stop_settings_are_errors(tiny_recipe, change, message):
     for section, values in change.items():
