@@ -80,6 +80,7 @@ ABLATIONS = {
     "B-risk": ["reinforce.estimator=risk"],
     "B-risk-beam": ["reinforce.estimator=risk", "reinforce.candidates=beam"],
     "B-risk-both": ["reinforce.estimator=risk", "reinforce.candidates=both"],
+    "B-risk-reference": ["reinforce.estimator=risk", "reinforce.reference_candidate=true"],
     "B-risk-constant": ["reinforce.estimator=risk", "schedule.kind=constant", "schedule.stage_steps=null",
                         "schedule.rl_steps=1000000"],
 }

@@ -20,6 +20,7 @@ from conftest import make_tiny_recipe
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))  # as when run: bench_quality.py imports quality_report beside it
 import quality_report as qr  # noqa: E402
+import selection_check  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("bench_quality", REPO / "scripts" / "bench_quality.py")
 bq = importlib.util.module_from_spec(spec)
@@ -42,7 +43,8 @@ def tiny_bench_recipe(toy_data_dir, tmp_path) -> Path:
 def test_pieces_table_and_cache(tiny_bench_recipe, tmp_path, capsys):
     out = tmp_path / "quality"
     args = ["--task", "translation", "--recipe", str(tiny_bench_recipe), "--seeds", "0", "--out", str(out),
-            "--xent-minutes", "0.05", "--patience", "2", "--budget-minutes", "0.03", "--arm-eval-every", "2"]
+            "--xent-minutes", "0.05", "--patience", "2", "--budget-minutes", "0.03", "--arm-eval-every", "2",
+            "--keep-evaluated"]
     for item in SMALL:
         args += ["--set", item]
     bq.main(args)
@@ -100,6 +102,23 @@ def test_pieces_table_and_cache(tiny_bench_recipe, tmp_path, capsys):
     capsys.readouterr()
     bq.main(args)  # everything cached: no run starts again
     assert "running:" not in capsys.readouterr().out
+
+    # --keep-evaluated: every evaluated model is a checkpoint, and scripts/selection_check.py scores
+    # them offline exactly as the run scored them online (the same greedy decodes of validation)
+    selection_check.main(["--task", "translation", "--recipe", str(tiny_bench_recipe), "--seed-dirs", str(seed_dir),
+                          *[x for item in SMALL for x in ("--set", item)]])
+    for arm in ("A", "B", "C"):
+        scores = json.loads((seed_dir / arm / "selection.json").read_text())
+        logged = {m["step"]: m["eval/bleu"] for m in map(json.loads, (seed_dir / arm / "metrics.jsonl").open())
+                  if "eval/bleu" in m}
+        branch = json.loads((seed_dir / arm / "branch.json").read_text())["step"] if arm == "A" else 0
+        assert [s["name"] for s in scores] == ["start"] + [f"step {n}" for n in sorted(logged) if n > branch]
+        for s in scores[1:]:
+            assert s["validation"] == pytest.approx(logged[int(s["name"][5:])], abs=1e-6), (arm, s)
+        start = json.loads((seed_dir / "xent" / "best" / "best.json").read_text())["bleu"]
+        assert scores[0]["validation"] == pytest.approx(start, abs=1e-6)
+    assert "| translation/seed0/B |" not in (out / "translation" / "selection.md").read_text()
+    assert "| seed0/B |" in (out / "translation" / "selection.md").read_text()
 
 
 def test_every_ablation_trains_with_reinforce():
