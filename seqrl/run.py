@@ -135,12 +135,18 @@ def adapt(text_model: modeling.TextModel, cfg: ModelConfig, accelerator: Acceler
     return dataclasses.replace(text_model, model=lora.apply(text_model.model, cfg.lora))
 
 
+def full_numel(p: torch.Tensor) -> int:
+    """A parameter's size, whole: under DeepSpeed ZeRO-3 a rank holds an empty placeholder and the
+    size is `ds_numel`."""
+    return getattr(p, "ds_numel", p.numel())
+
+
 def describe(model: torch.nn.Module, cfg: ModelConfig) -> str:
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(full_numel(p) for p in model.parameters())
     name = type(model.get_base_model() if cfg.lora else model).__name__
     text = f"{name}, {total / 1e6:.2f}M parameters"
     if cfg.lora:
-        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trained = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
         targets = model.peft_config["default"].target_modules
         text += f" ({trained / 1e6:.2f}M trained: LoRA rank {cfg.lora.rank} on {', '.join(sorted(targets))})"
     return text + (", gradient checkpointing" if cfg.gradient_checkpointing else "")

@@ -322,3 +322,13 @@ def test_lora_save_hook_leaves_sharded_saves_alone():
     weights = [model.state_dict()]  # without sharding: the adapters only
     keep_trained([model], weights, "unused")
     assert weights[0] and all(".lora_" in k for k in weights[0])
+
+
+def test_the_header_counts_zero3_placeholders_at_their_full_size():
+    from seqrl.config import ModelConfig
+    from seqrl.run import describe
+    model = torch.nn.Linear(1000, 1000)  # 1,001,000 parameters; as ZeRO-3 leaves them on a rank: empty, with ds_numel
+    for p in model.parameters():
+        p.ds_numel = p.numel()
+        p.data = torch.empty(0)
+    assert describe(model, ModelConfig()) == "Linear, 1.00M parameters"  # (0.00M before)
