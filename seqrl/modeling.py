@@ -154,7 +154,7 @@ class TextModel:
         """A directory that plain transformers `from_pretrained` loads (plus seqrl.json); a LoRA
         model is saved merged, with its adapter in `adapter/`. `state_dict`: the model's whole
         weights where its own parameters are sharded (ZeRO-3 and FSDP hold placeholders or
-        shards; `seqrl.train.gathered_weights`), saved instead of theirs."""
+        shards; `seqrl.saving.gathered_weights`), saved instead of theirs."""
         from seqrl import lora  # (peft is imported only where it is used)
 
         directory, model = Path(directory), model or self.model

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch.distributed.fsdp import StateDictType
 
 from conftest import build_tiny
-from seqrl import distributed, train
+from seqrl import distributed, saving, train
 from seqrl.checkpoint import load_checkpoint, model_entry
 from seqrl.config import LoraSettings
 from seqrl.errors import SeqrlError
@@ -205,9 +205,9 @@ def test_sharded_final_save_writes_the_gathered_weights(tmp_path):
     weights = known_weights(model)
     acc = StandIn(DEEPSPEED, weights=weights, model=model)
     run = stand_in_run(tmp_path, text_model, acc)
-    gathered = train.gathered_weights(run)
+    gathered = saving.gathered_weights(run)
     assert acc.gathered == 1
-    train.save_model_atomically(run, tmp_path / "final", state_dict=gathered)
+    saving.save_model_atomically(run, tmp_path / "final", state_dict=gathered)
     saved = load_file(str(tmp_path / "final" / "model.safetensors"))
     # the same file as saving a model that holds those weights itself (tied names written once)
     model.load_state_dict(weights)
@@ -222,8 +222,8 @@ def test_unsharded_final_save_is_the_models_own(tmp_path):
     text_model = build_tiny("bart")
     acc = StandIn(DistributedType.MULTI_CPU, weights={"never": torch.zeros(1)}, model=text_model.model)
     run = stand_in_run(tmp_path, text_model, acc)
-    assert train.gathered_weights(run) is None and acc.gathered == 0
-    train.save_model_atomically(run, tmp_path / "final")
+    assert saving.gathered_weights(run) is None and acc.gathered == 0
+    saving.save_model_atomically(run, tmp_path / "final")
     saved = load_file(str(tmp_path / "final" / "model.safetensors"))
     own = text_model.model.state_dict()
     assert all(torch.equal(saved[k], own[k]) for k in saved)
