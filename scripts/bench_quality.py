@@ -81,6 +81,9 @@ ABLATIONS = {
     "B-risk-beam": ["reinforce.estimator=risk", "reinforce.candidates=beam"],
     "B-risk-both": ["reinforce.estimator=risk", "reinforce.candidates=both"],
     "B-risk-reference": ["reinforce.estimator=risk", "reinforce.reference_candidate=true"],
+    # a smoother q (Shen et al. chose alpha = 5e-3): the q-weights of unlikely candidates are not ~0
+    "B-risk-alpha-0.1": ["reinforce.estimator=risk", "reinforce.risk_alpha=0.1"],
+    "B-risk-beam-alpha-0.1": ["reinforce.estimator=risk", "reinforce.candidates=beam", "reinforce.risk_alpha=0.1"],
     "B-risk-constant": ["reinforce.estimator=risk", "schedule.kind=constant", "schedule.stage_steps=null",
                         "schedule.rl_steps=1000000"],
 }
