@@ -179,6 +179,9 @@ def main(argv=None) -> None:
     results = {}
     for seed_dir in args.seed_dirs:
         for run_dir in sorted(d for d in seed_dir.iterdir() if (d / "checkpoints").is_dir() and d.name != "xent"):
+            if not (run_dir / "final").is_dir():
+                print(f"skipped {run_dir}: not finished (no final/)")
+                continue
             if len(candidates(run_dir)) < 2:
                 print(f"skipped {run_dir}: no evaluated checkpoints (run bench_quality.py with --keep-evaluated)")
                 continue
