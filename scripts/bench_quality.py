@@ -84,6 +84,8 @@ ABLATIONS = {
     # a smoother q (Shen et al. chose alpha = 5e-3): the q-weights of unlikely candidates are not ~0
     "B-risk-alpha-0.1": ["reinforce.estimator=risk", "reinforce.risk_alpha=0.1"],
     "B-risk-beam-alpha-0.1": ["reinforce.estimator=risk", "reinforce.candidates=beam", "reinforce.risk_alpha=0.1"],
+    # the risk alone on the sampled suffix, without MIXER's XENT on the gold prefix beside it
+    "B-risk-no-prefix-xent": ["reinforce.estimator=risk", "schedule.xent_weight=0"],
     "B-risk-constant": ["reinforce.estimator=risk", "schedule.kind=constant", "schedule.stage_steps=null",
                         "schedule.rl_steps=1000000"],
 }
