@@ -50,11 +50,8 @@ def discordance(validation: list[float], test: list[float]) -> float:
     pairs = [(i, j) for i in range(len(test)) for j in range(i + 1, len(test))]
     if not pairs:
         return 0.0
-    def sign(x: float) -> int:
-        return (x > 0) - (x < 0)
-    cost = [1.0 if sign(validation[i] - validation[j]) * sign(test[i] - test[j]) < 0 else
-            0.5 if sign(validation[i] - validation[j]) * sign(test[i] - test[j]) == 0 else 0.0 for i, j in pairs]
-    return sum(cost) / len(pairs)
+    agreement = [(validation[i] - validation[j]) * (test[i] - test[j]) for i, j in pairs]  # < 0: opposite orders
+    return sum(1.0 if a < 0 else 0.5 if a == 0 else 0.0 for a in agreement) / len(pairs)
 
 
 def rule_rows(scores: list[dict]) -> dict[str, dict]:
@@ -81,12 +78,10 @@ def load_weights(model, path: Path) -> None:
     """A checkpoint's (or saved model's) weights into `model`; a name missing from the file must be
     one the model ties to a name that is in it, or one it never saves (Marian's sinusoidal positions)."""
     from safetensors.torch import load_file
+    from seqrl.modeling import tied_names
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    groups: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), []).append(name)
-    tied = {n for names in groups.values() if any(x in state for x in names) for n in names}
+    tied = {n for names in tied_names(model) if any(x in state for x in names) for n in names}
     tied |= {n for n in missing if any(re.search(pattern, n) for pattern in model._keys_to_ignore_on_save or [])}
     if unexpected or set(missing) - tied:
         sys.exit(f"selection_check: {path} does not match the run's model (missing {sorted(set(missing) - tied)[:3]}, "
@@ -128,13 +123,13 @@ def score_run(run_dir: Path, recipe: str, metric: str, overrides: list[str]) -> 
     return [done[n] for n, _ in candidates(run_dir)]
 
 
-def report(results: dict[str, list[dict]], metric: str) -> str:
+def report(results: dict[Path, list[dict]], metric: str) -> str:
     """A markdown table per run and the rules' means over runs."""
-    lines = [f"| run | candidates | best test | " + " | ".join(f"{r}: pick, test, regret" for r in RULES)
+    lines = ["| run | candidates | best test | " + " | ".join(f"{r}: pick, test, regret" for r in RULES)
              + " | discordance (all / family) |", "|---" * (4 + len(RULES)) + "|"]
     regrets = {r: [] for r in RULES}
     discord = {"validation": [], "validation_family": []}
-    for run, scores in results.items():
+    for run_dir, scores in results.items():
         rows = rule_rows(scores)
         test = [s["test"] for s in scores]
         d = {k: discordance([s[k] for s in scores], test) for k in discord}
@@ -142,27 +137,24 @@ def report(results: dict[str, list[dict]], metric: str) -> str:
             discord[k].append(d[k])
         for r in RULES:
             regrets[r].append(rows[r]["regret"])
-        lines.append(f"| {run} | {len(scores)} | {max(test):.2f} | " + " | ".join(
+        lines.append(f"| {run_dir.parent.name}/{run_dir.name} | {len(scores)} | {max(test):.2f} | " + " | ".join(
             f"{rows[r]['chosen']}, {rows[r]['test']:.2f}, {rows[r]['regret']:.2f}" for r in RULES)
             + f" | {d['validation']:.2f} / {d['validation_family']:.2f} |")
-    lines.append(f"| **mean** | | | " + " | ".join(f"regret {statistics.fmean(regrets[r]):.2f} (max "
+    lines.append("| **mean** | | | " + " | ".join(f"regret {statistics.fmean(regrets[r]):.2f} (max "
                                                       f"{max(regrets[r]):.2f})" for r in RULES)
                  + f" | {statistics.fmean(discord['validation']):.2f} / "
                    f"{statistics.fmean(discord['validation_family']):.2f} |")
     return f"Test {metric} of the candidate each rule picks (greedy decoding)\n\n" + "\n".join(lines)
 
 
-def offline_vs_logged(seed_dirs: list[Path], results: dict[str, list[dict]], metric: str) -> str:
+def offline_vs_logged(results: dict[Path, list[dict]], metric: str) -> str:
     """How far the offline validation scores are from those the runs logged at the same steps
     (the same model and greedy decode: they should agree to rounding)."""
     gaps = []
-    for seed_dir in seed_dirs:
-        for run, scores in results.items():
-            if not run.startswith(seed_dir.name + "/"):
-                continue
-            lines = map(json.loads, (seed_dir / run.split("/", 1)[1] / "metrics.jsonl").open())
-            logged = {m["step"]: m[f"eval/{metric}"] for m in lines if f"eval/{metric}" in m}
-            gaps += [abs(s["validation"] - logged[int(s["name"][5:])]) for s in scores[1:] if int(s["name"][5:]) in logged]
+    for run_dir, scores in results.items():
+        lines = map(json.loads, (run_dir / "metrics.jsonl").open())
+        logged = {m["step"]: m[f"eval/{metric}"] for m in lines if f"eval/{metric}" in m}
+        gaps += [abs(s["validation"] - logged[int(s["name"][5:])]) for s in scores[1:] if int(s["name"][5:]) in logged]
     return (f"Offline validation {metric} against the runs' logged scores, {len(gaps)} checkpoints: largest gap "
             f"{max(gaps, default=0.0):.2g}.")
 
@@ -185,10 +177,10 @@ def main(argv=None) -> None:
             if len(candidates(run_dir)) < 2:
                 print(f"skipped {run_dir}: no evaluated checkpoints (run bench_quality.py with --keep-evaluated)")
                 continue
-            results[f"{seed_dir.name}/{run_dir.name}"] = score_run(run_dir, recipe, metric, args.overrides)
+            results[run_dir] = score_run(run_dir, recipe, metric, args.overrides)
     if not results:
         sys.exit("selection_check: no run with evaluated checkpoints under " + " ".join(map(str, args.seed_dirs)))
-    text = report(results, metric) + "\n\n" + offline_vs_logged(args.seed_dirs, results, metric)
+    text = report(results, metric) + "\n\n" + offline_vs_logged(results, metric)
     print(text)
     (args.seed_dirs[0].parent / "selection.md").write_text(text + "\n")
 

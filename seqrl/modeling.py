@@ -170,16 +170,22 @@ class TextModel:
              "max_new_tokens": self.max_new_tokens}))
 
 
+def tied_names(model: torch.nn.Module) -> list[list[str]]:
+    """The names of each parameter, grouped: one group per parameter, more than one name where the
+    model ties it (BART's shared embeddings and LM head)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return list(names.values())
+
+
 def share_tied(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """`state_dict` (the model's weights gathered from shards, each name its own copy) with the
     names of each parameter the model ties (one parameter under several names: BART's shared
     embeddings and LM head) holding one tensor again, as in the model's own state dict, so that
     `save_pretrained` writes each once, as it does from the model's own weights."""
-    names: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
     out = dict(state_dict)
-    for tied in names.values():
+    for tied in tied_names(model):
         present = [name for name in tied if name in out]
         for name in present[1:]:
             out[name] = out[present[0]]

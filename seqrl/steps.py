@@ -76,10 +76,7 @@ def mixer_step(batch: dict, plan: StagePlan, step: int, *, model, text_model: Te
     n_prefix, n_sample = _per_process(acc, prefix_mask.sum()), _per_process(acc, drawn_mask.sum())
     # 5a. A = R - b for a sequence-level baseline (the learned one is per position: in 5b).
     learned = baseline.per_position
-    advantage = None
-    if not learned:
-        advantage = torch.zeros_like(R)
-        advantage[decoded] = R[decoded] - baseline.values(R[decoded], k - rl.reference_candidate, greedy_R, acc.gather)
+    advantage = None if learned else _advantages(baseline, R, decoded, k - rl.reference_candidate, greedy_R, acc)
     if rl.normalize_advantages and not learned:
         advantage = normalize(advantage, all_reduce=lambda t: acc.reduce(t, "sum"))
     xent_gold = None
@@ -127,10 +124,7 @@ def mixer_step(batch: dict, plan: StagePlan, step: int, *, model, text_model: Te
                 acc.backward(loss)
     if xent_gold is not None:
         sums["xent"] = float(xent_gold.detach())
-    listed = decoded.tolist()
-    stats = {**_stats(R[decoded], {name: [v for v, d in zip(values, listed) if d] for name, values in parts.items()},
-                      torch.cat(advantages)[decoded], drawn_mask[decoded], prefix_mask[decoded], plan),
-             **reward_log.means()}
+    stats = {**_stats(R, parts, torch.cat(advantages), drawn_mask, prefix_mask, plan, decoded), **reward_log.means()}
     shown = (sample_rows(tm, batch, ro.rows(), k, R, parts, torch.cat(advantages), sample_mask, reward_log.extra,
                          samples) if samples else None)
     stats.update({"train/xent": sums["xent"], "train/reinforce": sums["reinforce"], "train/loss": sums["loss"],
@@ -190,7 +184,18 @@ def _sample_and_score(batch: dict, plan: StagePlan, step: int, *, policy, text_m
     return ro, torch.tensor(R, device=acc.device), parts, greedy_R, timing, log
 
 
-def _stats(R, parts, advantage, sample_mask, prefix_mask, plan) -> dict[str, float]:
+def _advantages(baseline: Baseline, R: torch.Tensor, decoded: torch.Tensor, k: int, greedy_R, accelerator) -> torch.Tensor:
+    """A = R - b of a sequence-level baseline over the decoded rows (k per source); 0 on reference rows."""
+    advantage = torch.zeros_like(R)
+    advantage[decoded] = R[decoded] - baseline.values(R[decoded], k, greedy_R, accelerator.gather)
+    return advantage
+
+
+def _stats(R, parts, advantage, sample_mask, prefix_mask, plan, decoded) -> dict[str, float]:
+    """The logged statistics of the decoded rows (`decoded` (N,): reference rows are left out)."""
+    listed = decoded.tolist()
+    R, advantage, sample_mask, prefix_mask = R[decoded], advantage[decoded], sample_mask[decoded], prefix_mask[decoded]
+    parts = {name: [v for v, d in zip(values, listed) if d] for name, values in parts.items()}
     stats = {"reward/total": float(R.mean()), "reward/std": float(R.std()) if R.numel() > 1 else 0.0,
              "advantage/std": float(advantage[sample_mask].std() if advantage.dim() == 2 else advantage.std())
              if R.numel() > 1 else 0.0,
