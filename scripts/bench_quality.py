@@ -86,6 +86,11 @@ ABLATIONS = {
     "B-risk-beam-alpha-0.1": ["reinforce.estimator=risk", "reinforce.candidates=beam", "reinforce.risk_alpha=0.1"],
     # the risk alone on the sampled suffix, without MIXER's XENT on the gold prefix beside it
     "B-risk-no-prefix-xent": ["reinforce.estimator=risk", "schedule.xent_weight=0"],
+    # the two remedies that arm pointed at: the risk scaled up 9x against the prefix's XENT (alone,
+    # its gradient norm was 0.2; beside that XENT, 2.4), and that with q from mean token log p
+    "B-risk-scaled": ["reinforce.estimator=risk", "schedule.xent_weight=0.1"],
+    "B-risk-scaled-length-norm": ["reinforce.estimator=risk", "schedule.xent_weight=0.1",
+                                  "reinforce.risk_length_normalize=true"],
     "B-risk-constant": ["reinforce.estimator=risk", "schedule.kind=constant", "schedule.stage_steps=null",
                         "schedule.rl_steps=1000000"],
 }

@@ -192,6 +192,9 @@ class ReinforceConfig:
     risk_alpha * log p of each sampled suffix, cost = -reward (Shen et al. 2016, Edunov et al. 2018)."""
     risk_alpha: float = 1.0
     """`risk`: the sharpness alpha of q over the candidates."""
+    risk_length_normalize: bool = False
+    """`risk`: q = softmax of risk_alpha * the mean token log p of each suffix instead of its sum
+    (which makes q nearly one-hot and the risk's gradient near zero: `seqrl.objectives`)."""
     candidates: Literal["sample", "beam", "both"] = "sample"
     """Each source's candidates after its gold prefix: `num_samples` samples, `num_samples` beams
     (`seqrl.beam`), or both (2 x num_samples). Beams are not draws from the policy, so they are

@@ -104,6 +104,9 @@ def _check_reinforce(cfg: RecipeConfig) -> None:
     if rl.reference_candidate and rl.estimator != "risk":
         raise ConfigError("reinforce.reference_candidate needs reinforce.estimator: risk (the reference is not a "
                           "sample of the policy, which REINFORCE's gradient assumes)")
+    if rl.risk_length_normalize and rl.estimator != "risk":
+        raise ConfigError("reinforce.risk_length_normalize needs reinforce.estimator: risk (it changes q, which "
+                          "only the risk loss has)")
     if rl.estimator == "risk":
         if rl.num_samples + rl.reference_candidate < 2:
             raise ConfigError(f"reinforce.estimator: risk needs reinforce.num_samples >= 2 candidates per source "

@@ -14,6 +14,12 @@ the reference (`reinforce.reference_candidate`: one more row per source, the gol
 same gold prefix, scored in the same teacher-forced pass as the others). The reference's log p is
 unconstrained (the generation constraints bind decoded tokens only), so q may weigh it against
 candidates whose log p is that of the masked distribution they were drawn from.
+
+`reinforce.risk_length_normalize` puts the mean token log-probability of each suffix in q in
+place of its sum (a departure from Shen et al. and Edunov et al., who use the sum). Summed, the
+suffixes' log p differ by tens of nats, so q is nearly one-hot on the likeliest (often shortest)
+candidate, whose cost is close to q's mean: the gradient, alpha * q_i * (cost_i - mean), is then
+near zero for every candidate (docs/results.md, expected risk).
 """
 
 from __future__ import annotations
@@ -44,11 +50,16 @@ class Reinforce:
 class ExpectedRisk:
     alpha: float
     """The sharpness of q (Shen et al.'s alpha; Edunov et al. use 1 over the sequence log-probability)."""
+    length_normalize: bool = False
+    """q from each suffix's mean token log-probability instead of its sum."""
 
     def __call__(self, logprobs, sample_mask, rewards, advantages, k, rows):
-        suffix_logprobs = (logprobs * sample_mask.to(logprobs.dtype)).sum(dim=1)  # (n,)
+        mask = sample_mask.to(logprobs.dtype)
+        suffix_logprobs = (logprobs * mask).sum(dim=1)  # (n,)
+        if self.length_normalize:
+            suffix_logprobs = suffix_logprobs / mask.sum(dim=1).clamp(min=1)
         return risk_loss(suffix_logprobs, -rewards, k, self.alpha, sources=rows // k)
 
 
-def build(estimator: str, alpha: float) -> Objective:
-    return ExpectedRisk(alpha) if estimator == "risk" else Reinforce()
+def build(estimator: str, alpha: float, length_normalize: bool = False) -> Objective:
+    return ExpectedRisk(alpha, length_normalize) if estimator == "risk" else Reinforce()

@@ -128,7 +128,7 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
                schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir,
                baselines.build(rl, rest[0] if rest else None), reference, decoding,
-               build_objective(rl.estimator, rl.risk_alpha))
+               build_objective(rl.estimator, rl.risk_alpha, rl.risk_length_normalize))
 
 
 def adapt(text_model: modeling.TextModel, cfg: ModelConfig, accelerator: Accelerator) -> modeling.TextModel:

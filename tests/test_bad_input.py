@@ -374,6 +374,8 @@ CASES = [
          ("reinforce.reference_candidate needs reinforce.estimator: risk",)),
     Case("beams-for-reinforce", put("reinforce.candidates", "beam"),
          ("reinforce.candidates: beam needs reinforce.estimator: risk",)),
+    Case("risk-length-normalize-without-risk", put("reinforce", {"risk_length_normalize": True}),
+         ("reinforce.risk_length_normalize needs reinforce.estimator: risk",)),
     Case("risk-alpha-0", put("reinforce", {"estimator": "risk", "risk_alpha": 0}), ("reinforce.risk_alpha must be > 0",)),
     Case("xent-steps-and-epochs", put("schedule.xent_epochs", 1.0), ("schedule.xent_steps", "schedule.xent_epochs")),
     # lengths beyond the model's 64 positions

@@ -68,6 +68,43 @@ def test_objectives_as_mixer_step_calls_them():
     assert build("risk", 0.5) == ExpectedRisk(0.5) and build("reinforce", 0.5) == Reinforce()
 
 
+def test_length_normalized_q_by_hand():
+    """q from each suffix's mean token log p: row 0 samples two tokens of p .5 (sum log .25, mean
+    log .5), row 1 one token of p .25 (sum and mean log .25)."""
+    logp = torch.log(torch.tensor([[0.9, 0.5, 0.5], [0.9, 0.25, 1.0]]))
+    mask = torch.tensor([[False, True, True], [False, True, False]])  # row 1's third position is padding
+    rewards = -torch.tensor([0.2, 0.8])  # costs .2 and .8
+    summed = ExpectedRisk(alpha=1.0)(logp, mask, rewards, None, k=2, rows=2)
+    assert float(summed) == pytest.approx(0.5)  # q = softmax(log .25, log .25) = (.5, .5)
+    normalized = ExpectedRisk(alpha=1.0, length_normalize=True)(logp, mask, rewards, None, k=2, rows=2)
+    assert float(normalized) == pytest.approx(0.4)  # q = softmax(log .5, log .25) = (2/3, 1/3)
+    assert build("risk", 1.0, True) == ExpectedRisk(1.0, length_normalize=True)
+
+
+def test_length_normalized_gradient_on_a_toy_policy():
+    """Suffixes of 1 to 3 tokens: autograd against central finite differences, and d risk / d log p
+    of a suffix's token = alpha * q_i * (cost_i - mean_q) / length_i."""
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 5, (6, 4), generator=g)
+    lengths = torch.tensor([1, 3, 2, 3, 1, 2])
+    mask = (torch.arange(4) >= 1) & (torch.arange(4) <= lengths[:, None])  # position 0 is the gold prefix
+    costs = torch.rand(6, generator=g, dtype=torch.float64)
+    objective = ExpectedRisk(alpha=2.0, length_normalize=True)
+
+    def loss(theta):
+        logp = torch.log_softmax(theta, dim=-1).expand(6, 4, 5).gather(-1, tokens[..., None]).squeeze(-1)
+        return objective(logp, mask, -costs, None, k=3, rows=6)
+
+    theta = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(loss, (theta,), eps=1e-6, atol=1e-7)
+    logp = torch.randn(6, 4, dtype=torch.float64, generator=g).clamp(max=0).requires_grad_()
+    objective(logp, mask, -costs, None, k=3, rows=6).backward()
+    mean_logp = (logp.detach() * mask).sum(1) / lengths
+    q = torch.softmax(2.0 * mean_logp.view(2, 3), dim=1).flatten()
+    expected_row = 2.0 * q * (costs - (q * costs).view(2, 3).sum(1).repeat_interleave(3)) / lengths / 2  # 2 sources
+    torch.testing.assert_close(logp.grad, expected_row[:, None] * mask)
+
+
 def test_a_risk_recipe_trains_with_the_risk_loss(tiny_recipe, tmp_path, monkeypatch):
     """`reinforce.estimator: risk` reaches mixer_step: every sequence-level step computes the risk
     over its k candidates (and logs it as train/reinforce)."""
