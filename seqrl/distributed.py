@@ -50,6 +50,18 @@ def is_sharded(accelerator) -> bool:
     return _type(accelerator) in SHARDED
 
 
+def summed(accelerator):
+    """A function summing a tensor over the processes (a collective), on the accelerator's device
+    and back to where the tensor was."""
+    return lambda t: accelerator.reduce(t.to(accelerator.device), "sum").to(t.device)
+
+
+def partitioned(accelerator, model) -> bool:
+    """Whether a process holds only part of the model's weights: FSDP, or DeepSpeed ZeRO-3 (its
+    parameters carry `ds_tensor`); not ZeRO-1 or 2, whose weights are whole on every process."""
+    return _type(accelerator) == "FSDP" or any(hasattr(p, "ds_tensor") for p in model.parameters())
+
+
 def _scheme(accelerator) -> str:
     kind, n, state = _type(accelerator), accelerator.num_processes, accelerator.state
     where = f"{n} process{'es' if n != 1 else ''} on {accelerator.device.type}"

@@ -124,10 +124,34 @@ def save_merged(model: PeftModel, directory: Path, state_dict: dict[str, torch.T
 
 
 @torch.no_grad()
-def base_fingerprint(model: torch.nn.Module) -> float:
+def base_fingerprint(model: torch.nn.Module, sum_over_processes=lambda t: t) -> float:
     """A number that changes with the frozen base weights (their sum of squares, in float64):
-    a LoRA checkpoint's adapters are only meaningful on the base they were trained on."""
-    return float(sum(p.double().square().sum() for p in model.parameters() if not p.requires_grad))
+    a LoRA checkpoint's adapters are only meaningful on the base they were trained on.
+
+    Where a process holds only its part of a weight (ZeRO-3's `ds_tensor` partition behind an
+    empty placeholder, an FSDP2 DTensor's local shard), the parts' sums are added over the
+    processes by `sum_over_processes` (a collective: every process calls it; their padding is
+    zeros), so the number is the whole model's on any number of processes."""
+    whole, parts, partitioned = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64), False
+    for p in model.parameters():
+        if p.requires_grad:
+            continue
+        local = local_part(p)
+        if local is None:
+            whole += p.detach().double().square().sum().cpu()
+        else:
+            parts += local.detach().double().square().sum().cpu()
+            partitioned = True
+    return float(whole + sum_over_processes(parts)) if partitioned else float(whole)
+
+
+def local_part(p: torch.Tensor) -> torch.Tensor | None:
+    """This process's part of a partitioned parameter, or None where it holds the whole."""
+    if hasattr(p, "ds_tensor"):  # DeepSpeed ZeRO-3
+        return p.ds_tensor
+    from torch.distributed.tensor import DTensor
+
+    return p.to_local() if isinstance(p, DTensor) else None
 
 
 def trained_names(model: torch.nn.Module) -> list[str]:

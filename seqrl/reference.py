@@ -5,6 +5,9 @@
 - `AdaptersOff` (LoRA): the same model with its adapters disabled, which is the pretrained base;
   no copy, nothing to save. With LoRA the reference is therefore the model before fine-tuning,
   not the model after the XENT stage.
+
+`build` refuses a frozen copy where each process holds only part of the weights (FSDP, ZeRO-3):
+it would copy that part, or ZeRO-3's empty placeholders, not the policy.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Protocol
 
 import torch
 
+from seqrl.errors import SeqrlError
 from seqrl.modeling import frozen_copy
 from seqrl.rollout import Rollout, rollout_logits
 
@@ -73,3 +77,15 @@ class AdaptersOff:
 
     def load(self, directory: Path, policy: torch.nn.Module) -> None:
         pass
+
+
+def build(policy: torch.nn.Module, lora: bool, partitioned: bool) -> Reference:
+    """The reference for `reinforce.kl_coef` > 0: the base with adapters off (LoRA), else a frozen
+    copy taken when sequence-level training begins."""
+    if lora:
+        return AdaptersOff(policy)
+    if partitioned:
+        raise SeqrlError("reinforce.kl_coef > 0 with full fine-tuning under FSDP or DeepSpeed ZeRO-3: the frozen "
+                         "reference copy would hold this process's part of the weights only; use model.lora (the "
+                         "reference is then the base with adapters off), ZeRO-2 or DDP, or set kl_coef: 0")
+    return FrozenCopy()

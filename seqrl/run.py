@@ -22,7 +22,7 @@ from seqrl.config import ModelConfig, RecipeConfig
 from seqrl.decoders import Decoding, resolve as resolve_decoding
 from seqrl.objectives import Objective, Reinforce, build as build_objective
 from seqrl.errors import SeqrlError
-from seqrl.reference import AdaptersOff, FrozenCopy, Reference
+from seqrl.reference import Reference, build as build_reference
 from seqrl.rewards import Reward
 from seqrl.rewards.inputs import probe
 from seqrl.rundir import NEW_TOKENIZER
@@ -118,7 +118,8 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
                           f"sampled, xent weight {plan.xent_weight}")
     reference = None
     if cfg.reinforce.kl_coef > 0 and cfg.schedule.kind != "xent":
-        reference = AdaptersOff(text_model.model) if cfg.model.lora else FrozenCopy()
+        reference = build_reference(text_model.model, bool(cfg.model.lora),
+                                    distributed.partitioned(accelerator, text_model.model))
     rl = cfg.reinforce
     decoding = resolve_decoding(rl.kv_cache, rl.compile, rl.check_every, text_model.model, accelerator.device,
                                 cfg.data.max_source_tokens)

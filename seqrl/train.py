@@ -22,7 +22,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from seqrl import lora, preemption
+from seqrl import distributed, lora, preemption
 from seqrl.checkpoint import save_checkpoint
 from seqrl.config import dump_recipe
 from seqrl.evaluate import evaluate_split
@@ -212,7 +212,7 @@ def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> No
     state = {**loop.state(), "baseline": run.baseline.state_dict(),
              "pending_evaluations": list(pending_evaluations)}
     if run.cfg.model.lora:
-        state["lora_base"] = lora.base_fingerprint(run.model)
+        state["lora_base"] = lora.base_fingerprint(run.model, distributed.summed(run.accelerator))
     loop.checkpoint = save_checkpoint(run.accelerator, run.out, loop.step, state, run.cfg.run.keep_checkpoints,
                                       run.reference, dump_recipe(run.cfg))
     loop.saved_at = time.monotonic()

@@ -172,3 +172,56 @@ def test_bf16_autocast_runs_on_the_cpu(toy_data_dir, tmp_path):
     losses = [m["train/loss"] for m in rows if "train/loss" in m]
     assert len(losses) == 7 and all(isinstance(x, float) for x in losses)
     assert any("reward/bleu" in m for m in rows)
+
+
+def _zero3_like(model: torch.nn.Module, rank: int, world: int) -> torch.nn.Module:
+    """`model` as DeepSpeed ZeRO-3 leaves it on process `rank` of `world`: each weight an empty
+    placeholder whose `ds_tensor` is this process's slice of the flattened weight, the last slice
+    padded with zeros to equal length."""
+    partitioned = copy.deepcopy(model)
+    for p in partitioned.parameters():
+        flat = p.detach().flatten()
+        size = -(-flat.numel() // world)
+        p.ds_tensor = torch.cat([flat, flat.new_zeros(size * world - flat.numel())])[rank * size:(rank + 1) * size]
+        p.data = p.data.new_empty(0)
+    return partitioned
+
+
+def test_base_fingerprint_of_zero3_partitions_is_the_whole_models():
+    from seqrl.lora import base_fingerprint
+
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Linear(3, 2))  # 18 + 8 frozen values: uneven slices
+    model[1].bias.requires_grad_(False)
+    model[0].requires_grad_(False)
+    whole = base_fingerprint(model)
+    assert whole == pytest.approx(sum(float(p.double().square().sum()) for p in (*model[0].parameters(),
+                                                                                  model[1].bias)), rel=1e-12)
+    ranks = [_zero3_like(model, r, 3) for r in range(3)]
+    parts = [base_fingerprint(m, sum_over_processes=lambda t: t) for m in ranks]  # without the collective
+    assert all(p < whole for p in parts) and sum(parts) == pytest.approx(whole, rel=1e-12)
+    own = [torch.tensor(p, dtype=torch.float64) for p in parts]
+    for r, m in enumerate(ranks):  # with it: every process gets the whole model's number
+        assert base_fingerprint(m, sum_over_processes=lambda t: sum(own)) == pytest.approx(whole, rel=1e-12)
+    other = copy.deepcopy(model)
+    other[0].weight.data[0, 0] += 1.0
+    assert base_fingerprint(_zero3_like(other, 0, 3), lambda t: t) != parts[0]
+
+
+def test_kl_reference_refused_where_weights_are_partitioned():
+    from seqrl import distributed
+    from seqrl.reference import AdaptersOff, FrozenCopy, build
+
+    model = torch.nn.Linear(2, 2)
+    assert isinstance(build(model, lora=False, partitioned=False), FrozenCopy)
+    assert isinstance(build(model, lora=True, partitioned=True), AdaptersOff)
+    with pytest.raises(SeqrlError, match="reinforce.kl_coef > 0 with full fine-tuning under FSDP or DeepSpeed ZeRO-3"):
+        build(model, lora=False, partitioned=True)
+
+    class Accelerator:
+        def __init__(self, kind):
+            self.distributed_type = kind
+
+    assert distributed.partitioned(Accelerator("FSDP"), model)
+    assert not distributed.partitioned(Accelerator("DEEPSPEED"), model)  # ZeRO-1/2: whole weights
+    assert distributed.partitioned(Accelerator("DEEPSPEED"), _zero3_like(model, 0, 2))
+    assert not distributed.partitioned(Accelerator("MULTI_CPU"), model)
