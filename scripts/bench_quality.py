@@ -116,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-minutes", type=float, default=15.0, help="wall-clock budget of every arm")
     p.add_argument("--arm-eval-every", type=int, default=250, help="optimizer steps between the arms' evaluations")
     p.add_argument("--keep-evaluated", action="store_true",
-                   help="A and the arms keep a checkpoint at every evaluation (for scripts/selection_check.py)")
+                   help="XENT, A and the arms keep a checkpoint at every evaluation (for scripts/selection_check.py)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "quality")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe override")
     return p.parse_args(argv)
@@ -135,12 +135,14 @@ def finetune(recipe: str, out: Path, overrides: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def xent_overrides(args, metric: str, seed: int) -> list[str]:
-    """The XENT piece: a checkpoint only where it stops (arm A continues from there)."""
+def xent_overrides(args, recipe: str, metric: str, seed: int) -> list[str]:
+    """The XENT piece: a checkpoint only where it stops (arm A continues from there); with
+    --keep-evaluated, one at each of its evaluations as well, all kept."""
     steps = [f"run.max_steps={args.xent_steps}"] if args.xent_steps else []
+    every = load_recipe(ROOT / recipe, args.overrides).eval.every if args.keep_evaluated else 1000000000
     return [*args.overrides, f"run.seed={seed}", *XENT_ONLY, f"eval.best_metric={metric}", f"eval.patience={args.patience}",
-            f"run.max_minutes={args.xent_minutes}", "data.test_split=null", "run.save_every=1000000000",
-            "run.keep_checkpoints=1", *steps]
+            f"run.max_minutes={args.xent_minutes}", "data.test_split=null", f"run.save_every={every}",
+            f"run.keep_checkpoints={100000 if args.keep_evaluated else 1}", *steps]
 
 
 def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) -> None:
@@ -157,9 +159,10 @@ def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) ->
                          f"the xent piece saved one); run or rerun the xent piece (--pieces xent)")
     state = json.loads((checkpoints[-1] / STATE_FILE).read_text())
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(xent, out, ignore=shutil.ignore_patterns("final", "plots", "predictions-*", "quality.json"))
+    shutil.copytree(xent, out, ignore=shutil.ignore_patterns("final", "plots", "predictions-*", "quality.json",
+                                                           "selection.json"))
     (out / "branch.json").write_text(json.dumps({"step": state["step"], "seconds": state["seconds"]}))
-    finetune(recipe, out, [*xent_overrides(args, metric, seed), "eval.patience=0", f"eval.every={args.arm_eval_every}",
+    finetune(recipe, out, [*xent_overrides(args, recipe, metric, seed), "eval.patience=0", f"eval.every={args.arm_eval_every}",
                            f"run.max_minutes={state['seconds'] / 60 + args.budget_minutes}", "run.max_steps=null",
                            "run.resume=auto", *keep_evaluated(args)])
 
@@ -208,7 +211,7 @@ def main(argv=None) -> None:
         seed_dir = task_dir / f"seed{seed}"
         trained = []
         if "xent" in args.pieces:
-            finetune(recipe, seed_dir / "xent", xent_overrides(args, metric, seed))
+            finetune(recipe, seed_dir / "xent", xent_overrides(args, recipe, metric, seed))
             trained.append("xent")
         if "A" in args.pieces:
             continue_piece(args, recipe, metric, seed, seed_dir)

@@ -6,7 +6,7 @@
 docs/results.md found validation and test disagreeing about which checkpoints of one run are
 better by up to 4 ROUGE-L points: as much as the effects the benchmark measures. This scores every
 candidate a run chose among (the arms' shared start, XENT's best/, and each evaluated checkpoint,
-kept by `bench_quality.py --keep-evaluated`) on the whole validation split, on validation with one
+kept by `bench_quality.py --keep-evaluated`; for XENT, its evaluated checkpoints) on the whole validation split, on validation with one
 example per family (sibling Debian packages share their text), and on test, all with greedy
 decoding, offline (cached in each run's selection.json). Then, per rule, the test score of the
 candidate it picks against the best test score among the run's candidates (the regret), and how
@@ -65,13 +65,13 @@ def rule_rows(scores: list[dict]) -> dict[str, dict]:
 
 
 def candidates(run_dir: Path) -> list[tuple[str, Path]]:
-    """(name, weights file) of what the run chose among, in order: its start, then its evaluated
-    checkpoints (for A, those after the step it branched from XENT at)."""
+    """(name, weights file) of what the run chose among, in order: its start (the arms' shared
+    one, XENT's best/; XENT itself has none), then its evaluated checkpoints (for A, those after
+    the step it branched from XENT at)."""
     branch = json.loads((run_dir / "branch.json").read_text())["step"] if (run_dir / "branch.json").is_file() else -1
-    start = run_dir.parent / "xent" / "best" / "model.safetensors"
-    steps = sorted(run_dir.glob("checkpoints/step-*"))
-    return [("start", start)] + [(f"step {int(p.name[5:])}", p / "model.safetensors") for p in steps
-                                 if int(p.name[5:]) > branch]
+    start = [] if run_dir.name == "xent" else [("start", run_dir.parent / "xent" / "best" / "model.safetensors")]
+    steps = sorted(run_dir.glob("checkpoints/step-*"), key=lambda p: int(p.name[5:]))
+    return start + [(f"step {int(p.name[5:])}", p / "model.safetensors") for p in steps if int(p.name[5:]) > branch]
 
 
 def load_weights(model, path: Path) -> None:
@@ -154,7 +154,8 @@ def offline_vs_logged(results: dict[Path, list[dict]], metric: str) -> str:
     for run_dir, scores in results.items():
         lines = map(json.loads, (run_dir / "metrics.jsonl").open())
         logged = {m["step"]: m[f"eval/{metric}"] for m in lines if f"eval/{metric}" in m}
-        gaps += [abs(s["validation"] - logged[int(s["name"][5:])]) for s in scores[1:] if int(s["name"][5:]) in logged]
+        gaps += [abs(s["validation"] - logged[int(s["name"][5:])]) for s in scores
+                 if s["name"] != "start" and int(s["name"][5:]) in logged]
     return (f"Offline validation {metric} against the runs' logged scores, {len(gaps)} checkpoints: largest gap "
             f"{max(gaps, default=0.0):.2g}.")
 
@@ -170,7 +171,7 @@ def main(argv=None) -> None:
     recipe = args.recipe or recipe
     results = {}
     for seed_dir in args.seed_dirs:
-        for run_dir in sorted(d for d in seed_dir.iterdir() if (d / "checkpoints").is_dir() and d.name != "xent"):
+        for run_dir in sorted(d for d in seed_dir.iterdir() if (d / "checkpoints").is_dir()):
             if not (run_dir / "final").is_dir():
                 print(f"skipped {run_dir}: not finished (no final/)")
                 continue
