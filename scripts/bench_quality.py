@@ -91,6 +91,9 @@ ABLATIONS = {
     "B-risk-scaled": ["reinforce.estimator=risk", "schedule.xent_weight=0.1"],
     "B-risk-scaled-length-norm": ["reinforce.estimator=risk", "schedule.xent_weight=0.1",
                                   "reinforce.risk_length_normalize=true"],
+    # which of the two did it: length normalization alone; and REINFORCE with the same prefix weight
+    "B-risk-length-norm": ["reinforce.estimator=risk", "reinforce.risk_length_normalize=true"],
+    "B-xent-weight-0.1": ["schedule.xent_weight=0.1"],
     "B-risk-constant": ["reinforce.estimator=risk", "schedule.kind=constant", "schedule.stage_steps=null",
                         "schedule.rl_steps=1000000"],
 }
