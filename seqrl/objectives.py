@@ -16,10 +16,11 @@ unconstrained (the generation constraints bind decoded tokens only), so q may we
 candidates whose log p is that of the masked distribution they were drawn from.
 
 `reinforce.risk_length_normalize` puts the mean token log-probability of each suffix in q in
-place of its sum (a departure from Shen et al. and Edunov et al., who use the sum). Summed, the
-suffixes' log p differ by tens of nats, so q is nearly one-hot on the likeliest (often shortest)
-candidate, whose cost is close to q's mean: the gradient, alpha * q_i * (cost_i - mean), is then
-near zero for every candidate (docs/results.md, expected risk).
+place of its sum (a departure from Shen et al. and Edunov et al., who use the sum). Our reading of
+the benchmark (docs/results.md, expected risk): summed log p grows with length and differs by
+many nats between candidates, so q concentrates on the likeliest one, whose cost is close to q's
+mean, and the gradient alpha * q_i * (cost_i - mean) is small for every candidate. The risk's
+logged gradient norm was a tenth of the prefix XENT's beside it.
 """
 
 from __future__ import annotations
