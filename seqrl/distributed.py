@@ -57,9 +57,19 @@ def summed(accelerator):
 
 
 def partitioned(accelerator, model) -> bool:
-    """Whether a process holds only part of the model's weights: FSDP, or DeepSpeed ZeRO-3 (its
-    parameters carry `ds_tensor`); not ZeRO-1 or 2, whose weights are whole on every process."""
-    return _type(accelerator) == "FSDP" or any(hasattr(p, "ds_tensor") for p in model.parameters())
+    """Whether a process holds only part of the model's weights: FSDP, or DeepSpeed ZeRO-3; not
+    ZeRO-1 or 2, whose weights are whole on every process."""
+    return _type(accelerator) == "FSDP" or any(local_part(p) is not None for p in model.parameters())
+
+
+def local_part(p):
+    """This process's part of a partitioned parameter (ZeRO-3's `ds_tensor` behind its empty
+    placeholder, an FSDP2 DTensor's local shard), or None where it holds the whole."""
+    if hasattr(p, "ds_tensor"):
+        return p.ds_tensor
+    from torch.distributed.tensor import DTensor
+
+    return p.to_local() if isinstance(p, DTensor) else None
 
 
 def _scheme(accelerator) -> str:

@@ -25,6 +25,7 @@ from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
+from seqrl import distributed
 from seqrl.config import LoraSettings
 from seqrl.errors import SeqrlError
 
@@ -136,7 +137,7 @@ def base_fingerprint(model: torch.nn.Module, sum_over_processes=lambda t: t) -> 
     for p in model.parameters():
         if p.requires_grad:
             continue
-        local = local_part(p)
+        local = distributed.local_part(p)
         if local is None:
             whole += p.detach().double().square().sum().cpu()
         else:
@@ -144,14 +145,6 @@ def base_fingerprint(model: torch.nn.Module, sum_over_processes=lambda t: t) -> 
             partitioned = True
     return float(whole + sum_over_processes(parts)) if partitioned else float(whole)
 
-
-def local_part(p: torch.Tensor) -> torch.Tensor | None:
-    """This process's part of a partitioned parameter, or None where it holds the whole."""
-    if hasattr(p, "ds_tensor"):  # DeepSpeed ZeRO-3
-        return p.ds_tensor
-    from torch.distributed.tensor import DTensor
-
-    return p.to_local() if isinstance(p, DTensor) else None
 
 
 def trained_names(model: torch.nn.Module) -> list[str]:
