@@ -6,11 +6,12 @@
 docs/results.md found validation and test disagreeing about which checkpoints of one run are
 better by up to 4 ROUGE-L points: as much as the effects the benchmark measures. This scores every
 candidate a run chose among (the arms' shared start, XENT's best/, and each evaluated checkpoint,
-kept by `bench_quality.py --keep-evaluated`; for XENT, its evaluated checkpoints) on the whole validation split, on validation with one
-example per family (sibling Debian packages share their text), and on test, all with greedy
-decoding, offline (cached in each run's selection.json). Then, per rule, the test score of the
-candidate it picks against the best test score among the run's candidates (the regret), and how
-often validation and test order two candidates differently (the discordance):
+kept by `bench_quality.py --keep-evaluated`; for XENT, its evaluated checkpoints only) on the whole
+validation split, on validation with one example per family (sibling Debian packages share their
+text), and on test, all with greedy decoding, offline (cached in each run's selection.json).
+Then, per rule, the test score of the candidate it picks against the best test score among the
+run's candidates (the regret), and how often validation and test order two candidates differently
+(the discordance):
 - `best`: the highest validation score (seqrl's `eval.select_window: 1`, what the arms use);
 - `mean-of-3`: the highest mean of the last 3 validation scores, its newest model
   (`eval.select_window: 3`);

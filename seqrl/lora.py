@@ -146,7 +146,6 @@ def base_fingerprint(model: torch.nn.Module, sum_over_processes=lambda t: t) -> 
     return float(whole + sum_over_processes(parts)) if partitioned else float(whole)
 
 
-
 def trained_names(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 

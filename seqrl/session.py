@@ -90,8 +90,8 @@ def resume(run: Run, path: Path) -> dict:
     """Restore a checkpoint into the run's model, optimizer and baselines (in memory)."""
     lora_model = run.model if run.cfg.model.lora else None
     state = {**load_checkpoint(run.accelerator, path, lora_model), "path": str(path)}
-    base = lora.base_fingerprint(lora_model, distributed.summed(run.accelerator)) if lora_model is not None else None
-    if lora_model is not None and state.get("lora_base") != base:
+    if lora_model is not None and state.get("lora_base") != lora.base_fingerprint(
+            lora_model, distributed.summed(run.accelerator)):
         raise SeqrlError(f"run.resume: the adapters of {path} were trained on other base weights (another "
                          f"model.name_or_path, or run.seed for a model built from a config); use its own recipe")
     # (checkpoints before the baselines became objects hold the ema baseline's state as "ema")
