@@ -89,9 +89,11 @@ def use_cpu(forced: bool) -> bool:
 def resume(run: Run, path: Path) -> dict:
     """Restore a checkpoint into the run's model, optimizer and baselines (in memory)."""
     lora_model = run.model if run.cfg.model.lora else None
+    # The base weights' fingerprint before the load: DeepSpeed and FSDP checkpoints hold the whole
+    # model, and loading one puts its base weights back, which would make the comparison vacuous.
+    base = lora.base_fingerprint(lora_model, distributed.summed(run.accelerator)) if lora_model else None
     state = {**load_checkpoint(run.accelerator, path, lora_model), "path": str(path)}
-    if lora_model is not None and state.get("lora_base") != lora.base_fingerprint(
-            lora_model, distributed.summed(run.accelerator)):
+    if lora_model is not None and state.get("lora_base") != base:
         raise SeqrlError(f"run.resume: the adapters of {path} were trained on other base weights (another "
                          f"model.name_or_path, or run.seed for a model built from a config); use its own recipe")
     # (checkpoints before the baselines became objects hold the ema baseline's state as "ema")

@@ -213,6 +213,21 @@ def test_every_run_loads_the_saved_starting_model():
     assert cfg.tokenizer.name_or_path is None and cfg.run.mixed_precision == "bf16"  # (the model's own tokenizer)
 
 
+def test_lora_recipe_trains_adapters_without_dropout_and_leaves_the_model_alone():
+    cfg = from_dict(sc.recipe(20, lora_rank=4))
+    assert (cfg.model.lora.rank, cfg.model.lora.alpha, cfg.model.lora.dropout) == (4, 8.0, 0.0)
+    assert "lora" not in sc.MODEL and from_dict(sc.recipe(20)).model.lora is None
+    started = from_dict(sc.recipe(20, start=Path("/runs/start/model"), lora_rank=8))
+    assert started.model.name_or_path == "/runs/start/model" and started.model.lora.rank == 8
+    settings = {"steps": 20, "checkpoint_step": 10, "date": "d", "device": "gpu", "versions": {},
+                "mixed_precision": "no", "tolerance": sc.tolerances("no"), "lora_rank": 4}
+    assert "recipe in scripts/sharded_check.py with LoRA (rank 4; only the adapters train), 1 process" in \
+        sc.markdown_table([], settings)
+    assert "with LoRA" not in sc.markdown_table([], dict(settings, lora_rank=None))
+    with pytest.raises(SystemExit):
+        sc.parse_args(["--out", "r", "--lora", "0"])
+
+
 def test_zero3_config_is_accelerates_and_refused_on_the_cpu():
     from accelerate.commands.config.config_args import load_config_from_file
 
