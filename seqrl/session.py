@@ -91,7 +91,7 @@ def resume(run: Run, path: Path) -> dict:
     lora_model = run.model if run.cfg.model.lora else None
     # The base weights' fingerprint before the load: DeepSpeed and FSDP checkpoints hold the whole
     # model, and loading one puts its base weights back, which would make the comparison vacuous.
-    base = lora.base_fingerprint(lora_model, distributed.summed(run.accelerator)) if lora_model else None
+    base = lora.base_fingerprint(lora_model, distributed.summed(run.accelerator)) if lora_model is not None else None
     state = {**load_checkpoint(run.accelerator, path, lora_model), "path": str(path)}
     if lora_model is not None and state.get("lora_base") != base:
         raise SeqrlError(f"run.resume: the adapters of {path} were trained on other base weights (another "
