@@ -72,6 +72,8 @@ ABLATIONS = {
     "B-schedule-constant": ["schedule.kind=constant", "schedule.stage_steps=null", "schedule.rl_steps=1000000"],
     "B-delta-4": ["schedule.delta=4"], "B-delta-16": ["schedule.delta=16"],
     "B-stage-steps-x2": ["schedule.stage_steps={stage_steps_x2}"],  # when the stages end before the budget
+    # when they outlast it (translation on one core: stages 1-4 of 6 in 15 minutes)
+    "B-stage-steps-half": ["schedule.stage_steps={stage_steps_half}"],
     # or: the stages as in B, then whole-target sampling until the budget ends
     "B-final-stage-to-budget": ["schedule.final_stage_steps=1000000000"],
     "B-rl-lr-3e-5": ["reinforce.lr=3e-5"], "B-rl-lr-3e-4": ["reinforce.lr=3e-4"],
@@ -189,9 +191,10 @@ def keep_evaluated(args) -> list[str]:
 
 def arm_overrides(cfg, extra: list[str]) -> list[str]:
     """An arm's overrides with the recipe's numbers filled in: {rl_lr}; {mixer_steps}, the steps
-    MIXER's stages take; {stage_steps_x2}."""
+    MIXER's stages take; {stage_steps_x2} and {stage_steps_half}."""
     mixer_steps = cfg.schedule.stage_steps * math.ceil(cfg.data.max_target_tokens / cfg.schedule.delta)
-    return [item.format(rl_lr=cfg.reinforce.lr, mixer_steps=mixer_steps, stage_steps_x2=2 * cfg.schedule.stage_steps)
+    return [item.format(rl_lr=cfg.reinforce.lr, mixer_steps=mixer_steps, stage_steps_x2=2 * cfg.schedule.stage_steps,
+                        stage_steps_half=max(1, cfg.schedule.stage_steps // 2))
             for item in extra]
 
 

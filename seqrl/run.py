@@ -55,9 +55,9 @@ class Run:
     reference: Reference | None = None
     """The KL penalty's reference policy (with `reinforce.kl_coef` > 0)."""
     decoding: Decoding = Decoding()
-    objective: Objective = Reinforce()
-    """The sequence-level loss (`reinforce.estimator`)."""
     """How rollouts decode: KV cache, compiled step, end-of-rows checks (`seqrl.decoders`)."""
+    objective: Objective = Reinforce()
+    """The sequence-level loss (`reinforce.estimator`), built once here."""
 
 
 def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: list,
