@@ -98,7 +98,7 @@ def projection_arm(args) -> dict:
 
     import torch
 
-    from seqrl.estimators import token_logprobs
+    from seqrl.losses import token_logprobs
 
     name = args.arm.split(":")[0]
     rows, vocab = 64, MODELS[name][1]["vocab_size"]
@@ -136,7 +136,7 @@ def run_arm(args) -> dict:
         "data": {"path": str(args.work / "data"), "max_source_tokens": LENGTH, "max_target_tokens": LENGTH},
         "xent": {"batch_size": 64},
         "schedule": schedule,
-        "reinforce": {"batch_size": 16, "num_samples": 4, "baseline": "loo", **MODES[mode][1]},
+        "reinforce": {"batch_size": 16, "candidates": {"num_samples": 4}, "baseline": {"kind": "loo"}, **MODES[mode][1]},
         "rewards": [{"name": "token_bleu"}],
         "optim": {"lr": 1e-4, "warmup_steps": 0, "decay": "constant"},
         "eval": {"every": 0, "max_new_tokens": LENGTH},

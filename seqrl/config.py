@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 import yaml
 
+from seqrl.config_checks import check_recipe
 from seqrl.errors import ConfigError
+from seqrl.rl_config import ReinforceConfig, moved_key_problem
 from seqrl.strict_yaml import MAX_TEXT_BYTES, build, describe_yaml_error, dump_yaml, parse_yaml, plain
 
 
@@ -149,75 +151,10 @@ class ScheduleConfig:
     anneal_steps: int | None = None
     """alternate: steps over which the REINFORCE share of batches rises from 0 to 1 (empty = all `rl_steps`)."""
 
-
-@dataclass
-class ReinforceConfig:
-    baseline: Literal["none", "mean", "ema", "loo", "greedy", "learned"] = "loo"
-    """Control variate b in -(R - b) log p: `loo` leave-one-out over the k samples of a source,
-    `greedy` reward of the greedy decode (self-critical), `mean` batch mean, `ema` running mean,
-    `learned` MIXER's per-position linear regressor on the detached decoder state, `none`."""
-    batch_size: int | None = None
-    """Sources per process per micro-batch after the XENT stage, each sampled `num_samples`
-    times (empty = `xent.batch_size`)."""
-    num_samples: int = 4
-    """Samples per source (k); `loo` needs at least 2."""
-    chunk_sources: int | None = None
-    """Decode, and run the teacher-forced pass (forward and backward), over this many sources,
-    with their k samples, at a time: the same samples and update, with the decode's KV cache and
-    logits and that pass's activation memory divided by batch_size / chunk_sources, so that
-    `batch_size` is not capped by memory. Empty = all at once."""
-    temperature: float = 1.0
-    """Sampling temperature (1 = the model's distribution, which REINFORCE's gradient assumes)."""
-    top_k: int = 0
-    """Sample among the k most likely tokens only (0 = all)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1 = all)."""
-    normalize_advantages: bool = False
-    """Divide advantages by their batch standard deviation (after subtracting the mean)."""
-    ema_decay: float = 0.9
-    """`ema` baseline: b <- decay * b + (1 - decay) * mean reward of the batch."""
-    baseline_lr: float = 3e-3
-    """`learned` baseline: learning rate of its regressor, constant through the run (no warm-up,
-    decay or `reinforce.lr` factor). MIXER's 0.01 x the network's rate moves an Adam-trained
-    regressor ~1e-6 a step, which left it at its initial output; 3e-3 tracked the reward on the
-    summarization benchmark (docs/results.md)."""
-    lr: float | None = None
-    """Constant learning rate of the sequence-level stages; the `optim` warm-up and decay then
-    span the XENT stage only. Empty = one `optim` schedule over the whole run."""
-    kl_coef: float = 0.0
-    """Weight of a KL penalty to a frozen copy of the model taken when sequence-level training starts."""
-    estimator: Literal["reinforce", "risk"] = "reinforce"
-    """The sequence-level loss (`seqrl.objectives`): `reinforce`, the score-function estimator
-    with the baseline above; `risk`, expected risk over each source's k samples, q = softmax of
-    risk_alpha * log p of each sampled suffix, cost = -reward (Shen et al. 2016, Edunov et al. 2018)."""
-    risk_alpha: float = 1.0
-    """`risk`: the sharpness alpha of q over the candidates."""
-    risk_length_normalize: bool = False
-    """`risk`: q = softmax of risk_alpha * the mean token log p of each suffix instead of its sum
-    (which makes q nearly one-hot and the risk's gradient near zero: `seqrl.objectives`)."""
-    candidates: Literal["sample", "beam", "both"] = "sample"
-    """Each source's candidates after its gold prefix: `num_samples` samples, `num_samples` beams
-    (`seqrl.beam`), or both (2 x num_samples). Beams are not draws from the policy, so they are
-    for `estimator: risk` only."""
-    reference_candidate: bool = False
-    """`risk`: also the reference as one more candidate per source (Shen et al. and Edunov et al.
-    add it): the gold prefix then the gold suffix, its cost -reward(reference) and its log p the
-    model's teacher-forced one (without the generation constraints, which bind only what is
-    decoded). It joins q, never the logged rewards, the KL penalty or the prefix's XENT."""
-    kv_cache: Literal["auto", "static", "dynamic"] = "auto"
-    """Rollouts' KV cache: `static` is allocated once at its final size (fixed shapes, which
-    `compile` needs), `dynamic` grows each token. `auto`: static where transformers marks the
-    model class compilable, else dynamic. The samples are the same either way."""
-    compile: bool | None = None
-    """Compile the per-token decoder step with torch.compile (CUDA graphs on a GPU); needs the
-    static cache. The same samples as eager; compile time is logged apart (time/compile_s).
-    Empty: on on a GPU (untimed there yet); off on CPU, where it made a step 1.04x to 1.16x
-    faster (docs/speed.md), costs seconds of compiling per new shape and needs a C++ compiler:
-    set true for long CPU runs."""
-    check_every: int | None = None
-    """Look for "every row has ended" (a host-device sync) every this many decoded tokens; rows
-    that ended are padded meanwhile, so the samples are the same for any value. Empty: 1 on CPU
-    (a check costs nothing there), 8 on a GPU."""
+    def samples(self) -> bool:
+        """Whether any step trains on sampled outputs (every kind but `xent`): then rewards,
+        rollouts and the sequence-level settings are in use."""
+        return self.kind != "xent"
 
 
 @dataclass
@@ -346,7 +283,7 @@ class RecipeConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Which stages run, and for how long."""
     reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
-    """The REINFORCE estimator of the sequence-level stages."""
+    """The sequence-level stages: candidates, estimator, baseline, decoding (`seqrl.rl_config`)."""
     rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig(name="bleu")])
     """Sequence-level rewards, summed with their weights."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -357,11 +294,6 @@ class RecipeConfig:
     """Output, seed, limits and checkpoints."""
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics logging."""
-
-    def check(self) -> None:
-        """Cross-field and range checks (`seqrl.config_checks`); each error names the dotted field."""
-        from seqrl.config_checks import check_recipe
-        check_recipe(self)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
@@ -385,8 +317,13 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
 
 
 def from_dict(raw: dict[str, Any]) -> RecipeConfig:
+    """The checked config of a raw recipe dict (cross-field and range checks: `seqrl.config_checks`)."""
+    if isinstance(raw.get("reinforce"), dict):
+        problem = moved_key_problem(raw["reinforce"])
+        if problem:
+            raise ConfigError(problem)
     cfg = build(RecipeConfig, raw, prefix="")
-    cfg.check()
+    check_recipe(cfg)
     return cfg
 
 

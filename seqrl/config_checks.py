@@ -1,15 +1,16 @@
 """The recipe's cross-field and range checks: each error names the dotted field and what to do.
 
-Kept apart from `seqrl.config`, whose dataclasses hold the schema and every default."""
+Kept apart from `seqrl.config`, whose dataclasses hold the schema and every default, and which
+calls `check_recipe` right after loading (this module imports nothing of it: `cfg` is its
+`RecipeConfig`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from seqrl.errors import ConfigError
 
-if TYPE_CHECKING:
-    from seqrl.config import RecipeConfig
+RecipeConfig = Any  # (seqrl.config.RecipeConfig; not imported: seqrl.config imports this module)
 
 
 def check_recipe(cfg: RecipeConfig) -> None:
@@ -17,22 +18,20 @@ def check_recipe(cfg: RecipeConfig) -> None:
     _positive(cfg, "tokenizer.vocab_size", "tokenizer.min_frequency", "data.max_source_tokens",
               "data.max_target_tokens", "xent.batch_size", "optim.lr", "optim.grad_accum_steps",
               "eval.batch_size", "eval.num_beams", "eval.max_new_tokens", "eval.select_window", "log.every",
-              "run.keep_checkpoints", "schedule.delta", "reinforce.num_samples",
-              "reinforce.temperature", "reinforce.baseline_lr", "reinforce.risk_alpha")
+              "run.keep_checkpoints", "schedule.delta", "reinforce.candidates.num_samples",
+              "reinforce.candidates.temperature", "reinforce.baseline.lr", "reinforce.estimator.risk_alpha")
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
-                  "run.save_every", "run.save_every_minutes", "data.split_seed", "log.samples_every", "log.samples", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
+                  "run.save_every", "run.save_every_minutes", "data.split_seed", "log.samples_every", "log.samples", "schedule.xent_steps", "schedule.xent_epochs",
                   "reinforce.kl_coef")
-    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources", "reinforce.check_every", "data.max_train_examples", "eval.max_examples", "run.max_steps",
+    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources", "reinforce.decoding.check_every", "data.max_train_examples", "eval.max_examples", "run.max_steps",
                       "run.max_minutes", "data.validation_from_train",
                       "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs", "schedule.final_stage_steps",
                       "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
-    _in_unit_interval(cfg, "xent.label_smoothing", "schedule.xent_weight", "reinforce.ema_decay")
+    _in_unit_interval(cfg, "xent.label_smoothing", "schedule.xent_weight", "reinforce.baseline.ema_decay")
     if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas must both be in [0, 1), got {list(cfg.optim.betas)}")
     if not 0 <= cfg.run.seed < 2**32:  # numpy's seeds are 32-bit
         raise ConfigError(f"run.seed must be in [0, 2**32 - 1], got {cfg.run.seed}")
-    if not 0.0 < cfg.reinforce.top_p <= 1.0:
-        raise ConfigError(f"reinforce.top_p must be in (0, 1], got {cfg.reinforce.top_p}")
     _exactly_one(cfg, "model.name_or_path", "model.architecture")
     _exactly_one(cfg, "data.path", "data.files")
     _exactly_one(cfg, "schedule.xent_steps", "schedule.xent_epochs")
@@ -95,30 +94,32 @@ def _check_schedule(cfg: RecipeConfig) -> None:
 
 def _check_reinforce(cfg: RecipeConfig) -> None:
     rl = cfg.reinforce
-    if rl.chunk_sources is not None and rl.baseline == "learned" and rl.normalize_advantages:
-        raise ConfigError("reinforce.chunk_sources with the learned baseline and normalize_advantages: the "
-                          "advantages' statistics need every chunk's decoder states first; drop one of the three")
-    if rl.candidates != "sample" and rl.estimator != "risk":
-        raise ConfigError(f"reinforce.candidates: {rl.candidates} needs reinforce.estimator: risk (REINFORCE's "
-                          f"gradient holds for samples of the policy only, not beam-search outputs)")
-    if rl.reference_candidate and rl.estimator != "risk":
-        raise ConfigError("reinforce.reference_candidate needs reinforce.estimator: risk (the reference is not a "
-                          "sample of the policy, which REINFORCE's gradient assumes)")
-    if rl.risk_length_normalize and rl.estimator != "risk":
-        raise ConfigError("reinforce.risk_length_normalize needs reinforce.estimator: risk (it changes q, which "
-                          "only the risk loss has)")
-    if rl.estimator == "risk":
-        if rl.num_samples + rl.reference_candidate < 2:
-            raise ConfigError(f"reinforce.estimator: risk needs reinforce.num_samples >= 2 candidates per source "
-                              f"(got {rl.num_samples}), or reference_candidate: true beside one")
-        if rl.baseline in ("greedy", "learned") or rl.normalize_advantages:
-            what = "normalize_advantages" if rl.normalize_advantages else f"baseline: {rl.baseline}"
-            raise ConfigError(f"reinforce.{what} does nothing under reinforce.estimator: risk (its loss uses no "
-                              f"baseline); set reinforce.baseline: loo (or none) and normalize_advantages: false")
-    if rl.baseline == "loo" and rl.num_samples < 2:
-        raise ConfigError("reinforce.baseline: loo needs reinforce.num_samples >= 2 "
-                          f"(got {rl.num_samples}); use another baseline or more samples")
-    if cfg.schedule.kind != "xent" and not cfg.rewards:
+    cand, est, base = rl.candidates, rl.estimator, rl.baseline
+    if rl.chunk_sources is not None and base.kind == "learned" and base.normalize_advantages:
+        raise ConfigError("reinforce.chunk_sources with reinforce.baseline.kind: learned and normalize_advantages: "
+                          "the advantages' statistics need every chunk's decoder states first; drop one of the three")
+    if cand.kind != "sample" and est.kind != "risk":
+        raise ConfigError(f"reinforce.candidates.kind: {cand.kind} needs reinforce.estimator.kind: risk "
+                          f"(REINFORCE's gradient holds for samples of the policy only, not beam-search outputs)")
+    if cand.reference and est.kind != "risk":
+        raise ConfigError("reinforce.candidates.reference needs reinforce.estimator.kind: risk (the reference is "
+                          "not a sample of the policy, which REINFORCE's gradient assumes)")
+    if est.risk_length_normalize and est.kind != "risk":
+        raise ConfigError("reinforce.estimator.risk_length_normalize needs reinforce.estimator.kind: risk (it "
+                          "changes q, which only the risk loss has)")
+    if est.kind == "risk":
+        if cand.num_samples + cand.reference < 2:
+            raise ConfigError(f"reinforce.estimator.kind: risk needs reinforce.candidates.num_samples >= 2 "
+                              f"candidates per source (got {cand.num_samples}), or candidates.reference: true beside one")
+        if base.kind in ("greedy", "learned") or base.normalize_advantages:
+            what = "normalize_advantages" if base.normalize_advantages else f"kind: {base.kind}"
+            raise ConfigError(f"reinforce.baseline.{what} does nothing under reinforce.estimator.kind: risk (its "
+                              f"loss uses no baseline); set reinforce.baseline.kind: loo (or none) and "
+                              f"normalize_advantages: false")
+    if base.kind == "loo" and cand.num_samples < 2:
+        raise ConfigError("reinforce.baseline.kind: loo needs reinforce.candidates.num_samples >= 2 "
+                          f"(got {cand.num_samples}); use another baseline or more samples")
+    if cfg.schedule.samples() and not cfg.rewards:
         raise ConfigError(f"rewards is empty; schedule.kind: {cfg.schedule.kind} needs at least one")
     for i, reward in enumerate(cfg.rewards):
         if not reward.name.strip():
@@ -130,8 +131,10 @@ def _check_reinforce(cfg: RecipeConfig) -> None:
 
 
 def _get(cfg: RecipeConfig, dotted: str) -> Any:
-    section, name = dotted.split(".")
-    return getattr(getattr(cfg, section), name)
+    node = cfg
+    for name in dotted.split("."):
+        node = getattr(node, name)
+    return node
 
 
 def _exactly_one(cfg: RecipeConfig, first: str, second: str, why: str = "") -> None:

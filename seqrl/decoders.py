@@ -57,16 +57,16 @@ class Decoding:
 
 def resolve(kv_cache: str, compile: bool | None, check_every: int | None, model, device: torch.device,
             source_width: int) -> Decoding:
-    """The recipe's `reinforce.kv_cache` / `compile` / `check_every` for this model and device."""
+    """The recipe's `reinforce.decoding` (kv_cache, compile, check_every) for this model and device."""
     static_ok = supports_static_cache(model)
     name = type(base_model(model)).__name__
     if kv_cache == "static" and not static_ok:
-        raise SeqrlError(f"reinforce.kv_cache: static: transformers does not mark {name} as compilable with a "
-                         f"static cache; set reinforce.kv_cache: auto (or dynamic)")
+        raise SeqrlError(f"reinforce.decoding.kv_cache: static: transformers does not mark {name} as compilable with a "
+                         f"static cache; set reinforce.decoding.kv_cache: auto (or dynamic)")
     cache = "static" if kv_cache == "static" or (kv_cache == "auto" and static_ok) else "dynamic"
     if compile and cache != "static":
-        raise SeqrlError(f"reinforce.compile: true needs the static KV cache, which {name} does not get here "
-                         f"(reinforce.kv_cache: {kv_cache}); set reinforce.compile: false")
+        raise SeqrlError(f"reinforce.decoding.compile: true needs the static KV cache, which {name} does not get here "
+                         f"(reinforce.decoding.kv_cache: {kv_cache}); set reinforce.decoding.compile: false")
     gpu = device.type != "cpu"
     return Decoding(cache, compile if compile is not None else gpu and cache == "static",
                     check_every or (8 if gpu else 1), source_width if cache == "static" else None)

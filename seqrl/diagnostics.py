@@ -15,7 +15,7 @@ import torch
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
-from seqrl.estimators import xent_sum
+from seqrl.losses import xent_sum
 from seqrl.metrics import ROUGE_TYPES, corpus_scores
 from seqrl.modeling import TextModel
 

@@ -22,9 +22,9 @@ samples whole targets). Gold tokens are never changed, even where a setting woul
 Refused at set-up (one line naming the setting): settings that reshape the distribution rather
 than mask it (`repetition_penalty`, `encoder_repetition_penalty`, `sequence_bias`,
 `exponential_decay_length_penalty`, `guidance_scale`), and `encoder_no_repeat_ngram_size`.
-Sampling settings (`do_sample`, `temperature`, `top_k`, `top_p`) are the recipe's `reinforce.*`
-in rollouts (REINFORCE assumes the model's own distribution); evaluation decodes greedily or
-with `eval.num_beams` beams.
+Sampling settings (`do_sample`, `temperature`, `top_k`, `top_p`) are refused too: rollouts sample
+at `reinforce.candidates.temperature` from the model's whole distribution (which REINFORCE's
+gradient assumes); evaluation decodes greedily or with `eval.num_beams` beams.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from transformers.generation.logits_process import (
 )
 
 from seqrl.errors import SeqrlError
-from seqrl.estimators import token_logprobs
+from seqrl.losses import token_logprobs
 
 # Settings rollouts cannot honour (they reshape scores instead of masking them, or act outside the
 # per-token processors), with their neutral values.
@@ -59,7 +59,8 @@ UNSUPPORTED = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "se
 ELSEWHERE = {"max_new_tokens": "eval.max_new_tokens (evaluation) and data.max_target_tokens (rollouts)",
              "max_length": "eval.max_new_tokens (evaluation) and data.max_target_tokens (rollouts)",
              "num_beams": "eval.num_beams", "do_sample": "reinforce.* (rollouts sample; evaluation is greedy or beam)",
-             "temperature": "reinforce.temperature", "top_k": "reinforce.top_k", "top_p": "reinforce.top_p"}
+             "temperature": "reinforce.candidates.temperature"}
+TRUNCATED_SAMPLING = ("top_k", "top_p")  # rollouts sample the whole distribution, which REINFORCE's gradient assumes
 
 
 def resolve(model, tokenizer, overrides: dict[str, Any], target_language_token: int | None) -> GenerationConfig:
@@ -73,6 +74,9 @@ def resolve(model, tokenizer, overrides: dict[str, Any], target_language_token: 
     for key, value in overrides.items():
         if key in ELSEWHERE:
             raise SeqrlError(f"model.generation.{key}: set {ELSEWHERE[key]} instead")
+        if key in TRUNCATED_SAMPLING:
+            raise SeqrlError(f"model.generation.{key}: rollouts sample from the model's whole distribution, which "
+                             f"REINFORCE's gradient assumes; remove it")
         if key not in known:
             guess = difflib.get_close_matches(key, sorted(known), n=1)
             tip = f"; did you mean 'model.generation.{guess[0]}'?" if guess else ""

@@ -26,14 +26,14 @@ def write_model_card(directory: Path, cfg: RecipeConfig, is_seq2seq: bool, steps
     dataset = _hub_name(cfg.data.path)
     metadata = {"library_name": "transformers",
                 "pipeline_tag": "text2text-generation" if is_seq2seq else "text-generation",
-                "tags": ["seqrl", "reinforce", "mixer" if cfg.schedule.kind == "mixer" else cfg.schedule.kind]
+                "tags": ["seqrl", "reinforce", cfg.schedule.kind]
                 + (["lora"] if cfg.model.lora else [])}
     if base:
         metadata["base_model"] = base
     if dataset:
         metadata["datasets"] = [dataset]
     start = cfg.model.name_or_path or f"a {cfg.model.architecture} built from a config (random weights)"
-    rewards = ", ".join(f"{r.name} (weight {r.weight:g})" for r in cfg.rewards) if cfg.schedule.kind != "xent" else "none"
+    rewards = ", ".join(f"{r.name} (weight {r.weight:g})" for r in cfg.rewards) if cfg.schedule.samples() else "none"
     lines = ["---", yaml.safe_dump(metadata, sort_keys=False).strip(), "---", "",
              f"# {Path(cfg.run.output_dir).name}", "",
              f"Fine-tuned with seqrl from {start}: cross-entropy (teacher forcing), then "
@@ -42,7 +42,7 @@ def write_model_card(directory: Path, cfg: RecipeConfig, is_seq2seq: bool, steps
              f"- data: `{cfg.data.path or cfg.data.files}` ({cfg.data.source_field} -> {cfg.data.target_field})",
              f"- {steps} optimizer steps; schedule `{cfg.schedule.kind}`"
              + (f", {cfg.schedule.xent_steps} cross-entropy steps first" if cfg.schedule.xent_steps is not None else ""),
-             f"- rewards: {rewards}; baseline `{cfg.reinforce.baseline}`, {cfg.reinforce.num_samples} samples per source",
+             f"- rewards: {rewards}; baseline `{cfg.reinforce.baseline.kind}`, {cfg.reinforce.candidates.num_samples} samples per source",
              "- weights: " + (f"LoRA rank {cfg.model.lora.rank} adapters, merged here (the adapter is in `adapter/`)"
                                if cfg.model.lora else "all trained"),
              f"- the whole recipe: `{RECIPE}`", ""]

@@ -31,7 +31,7 @@ from transformers import (
 from seqrl import generation
 from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
 from seqrl.errors import SeqrlError
-from seqrl.estimators import IGNORE_INDEX
+from seqrl.losses import IGNORE_INDEX
 from seqrl.tokenizer import load_or_train, set_languages
 
 ADAPTER_FILE = "seqrl.json"  # written next to a saved model: how sources are fed to it

@@ -1,4 +1,4 @@
-"""The sequence-level loss of a MIXER step, chosen once at set-up (`reinforce.estimator`).
+"""The sequence-level loss of a MIXER step, chosen once at set-up (`reinforce.estimator.kind`).
 
 - `Reinforce`: the score-function estimator, -(1/N) sum_i A_i sum_t log p(y_it), with A = R - b
   from the run's baseline (`seqrl.baselines`).
@@ -9,13 +9,13 @@
   prefix keeps its XENT term, as with REINFORCE. No baseline enters the loss (the q-weighted mean
   plays its part); the run's baseline still gives the logged advantages.
 
-Candidates are samples, beams (`seqrl.beam`) or both (`reinforce.candidates`), and optionally
-the reference (`reinforce.reference_candidate`: one more row per source, the gold suffix after the
+Candidates are samples, beams (`seqrl.beam`) or both (`reinforce.candidates.kind`), and optionally
+the reference (`reinforce.candidates.reference`: one more row per source, the gold suffix after the
 same gold prefix, scored in the same teacher-forced pass as the others). The reference's log p is
 unconstrained (the generation constraints bind decoded tokens only), so q may weigh it against
 candidates whose log p is that of the masked distribution they were drawn from.
 
-`reinforce.risk_length_normalize` puts the mean token log-probability of each suffix in q in
+`reinforce.estimator.risk_length_normalize` puts the mean token log-probability of each suffix in q in
 place of its sum (a departure from Shen et al. and Edunov et al., who use the sum). Our reading of
 the benchmark (docs/results.md, expected risk): summed log p grows with length and differs by
 many nats between candidates, so q concentrates on the likeliest one, whose cost is close to q's
@@ -30,21 +30,38 @@ from typing import Protocol
 
 import torch
 
-from seqrl.estimators import reinforce_loss, risk_loss
+from seqrl.losses import reinforce_loss, risk_loss
+from seqrl.rl_config import EstimatorConfig
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """One chunk of a step's candidate rows, as a sequence-level loss sees them."""
+
+    logprobs: torch.Tensor
+    """(n, T) log p of each token, with gradients (at sampled ones, of the distribution sampled from)."""
+    suffix_mask: torch.Tensor
+    """(n, T) true on each row's suffix after the gold prefix (sampled, beam or reference tokens)."""
+    rewards: torch.Tensor
+    """(n,) each row's reward."""
+    advantages: torch.Tensor
+    """(n,) or (n, T) A = R - b, detached (0 on reference rows)."""
+    k: int
+    """Rows per source (the chunk holds whole sources)."""
+    step_rows: int
+    """N, the rows of the whole step (a chunk's loss is its share of the step's mean)."""
 
 
 class Objective(Protocol):
-    def __call__(self, logprobs: torch.Tensor, sample_mask: torch.Tensor, rewards: torch.Tensor,
-                 advantages: torch.Tensor, k: int, rows: int) -> torch.Tensor:
-        """The loss over one chunk of rollout rows: token log-probabilities (n, T) with gradients,
-        sampled positions (n, T), rewards (n,), advantages (n,) or (n, T); `rows`: the batch's N."""
+    def __call__(self, rows: ScoredRows) -> torch.Tensor:
+        """The loss over one chunk of rows."""
         ...
 
 
 @dataclass(frozen=True)
 class Reinforce:
-    def __call__(self, logprobs, sample_mask, rewards, advantages, k, rows):
-        return reinforce_loss(logprobs, sample_mask, advantages, rows=rows)
+    def __call__(self, rows: ScoredRows) -> torch.Tensor:
+        return reinforce_loss(rows.logprobs, rows.suffix_mask, rows.advantages, rows=rows.step_rows)
 
 
 @dataclass(frozen=True)
@@ -54,13 +71,13 @@ class ExpectedRisk:
     length_normalize: bool = False
     """q from each suffix's mean token log-probability instead of its sum."""
 
-    def __call__(self, logprobs, sample_mask, rewards, advantages, k, rows):
-        mask = sample_mask.to(logprobs.dtype)
-        suffix_logprobs = (logprobs * mask).sum(dim=1)  # (n,)
+    def __call__(self, rows: ScoredRows) -> torch.Tensor:
+        mask = rows.suffix_mask.to(rows.logprobs.dtype)
+        suffix_logprobs = (rows.logprobs * mask).sum(dim=1)  # (n,)
         if self.length_normalize:
             suffix_logprobs = suffix_logprobs / mask.sum(dim=1).clamp(min=1)
-        return risk_loss(suffix_logprobs, -rewards, k, self.alpha, sources=rows // k)
+        return risk_loss(suffix_logprobs, -rows.rewards, rows.k, self.alpha, sources=rows.step_rows // rows.k)
 
 
-def build(estimator: str, alpha: float, length_normalize: bool = False) -> Objective:
-    return ExpectedRisk(alpha, length_normalize) if estimator == "risk" else Reinforce()
+def build(cfg: EstimatorConfig) -> Objective:
+    return ExpectedRisk(cfg.risk_alpha, cfg.risk_length_normalize) if cfg.kind == "risk" else Reinforce()

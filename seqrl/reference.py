@@ -1,4 +1,5 @@
-"""The KL penalty's reference policy, built once in set-up (when `reinforce.kl_coef` > 0).
+"""The KL penalty's reference policy and its weight, built once in set-up (when
+`reinforce.kl_coef` > 0).
 
 - `FrozenCopy` (full fine-tuning): a frozen copy of the policy as sequence-level training
   begins, saved with each checkpoint so that a resumed run penalizes against the same one.
@@ -25,6 +26,9 @@ REFERENCE_FILE = "reference_model.pt"
 
 
 class Reference(Protocol):
+    coef: float
+    """The penalty's weight (`reinforce.kl_coef`)."""
+
     def begin(self, policy: torch.nn.Module) -> None: ...
     def logits(self, ro: Rollout, is_seq2seq: bool) -> torch.Tensor: ...
     def save(self, directory: Path) -> None: ...
@@ -32,8 +36,8 @@ class Reference(Protocol):
 
 
 class FrozenCopy:
-    def __init__(self):
-        self.model: torch.nn.Module | None = None
+    def __init__(self, coef: float):
+        self.coef, self.model = coef, None
 
     def begin(self, policy: torch.nn.Module) -> None:
         """Take the copy, once: the policy as sequence-level training begins."""
@@ -56,8 +60,8 @@ class FrozenCopy:
 
 
 class AdaptersOff:
-    def __init__(self, policy: torch.nn.Module):
-        self.policy = policy  # the unwrapped peft model
+    def __init__(self, policy: torch.nn.Module, coef: float):
+        self.policy, self.coef = policy, coef  # (the unwrapped peft model)
 
     def begin(self, policy: torch.nn.Module) -> None:
         pass
@@ -79,13 +83,13 @@ class AdaptersOff:
         pass
 
 
-def build(policy: torch.nn.Module, lora: bool, partitioned: bool) -> Reference:
+def build(policy: torch.nn.Module, lora: bool, partitioned: bool, coef: float) -> Reference:
     """The reference for `reinforce.kl_coef` > 0: the base with adapters off (LoRA), else a frozen
     copy taken when sequence-level training begins."""
     if lora:
-        return AdaptersOff(policy)
+        return AdaptersOff(policy, coef)
     if partitioned:
         raise SeqrlError("reinforce.kl_coef > 0 with full fine-tuning under FSDP or DeepSpeed ZeRO-3: the frozen "
                          "reference copy would hold this process's part of the weights only; use model.lora (the "
                          "reference is then the base with adapters off), ZeRO-2 or DDP, or set kl_coef: 0")
-    return FrozenCopy()
+    return FrozenCopy(coef)

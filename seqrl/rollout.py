@@ -16,7 +16,6 @@ step are `seqrl.decoders`'; the draw itself is `seqrl.sampling`'s.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +23,12 @@ from accelerate.utils import extract_model_from_parallel
 from transformers.modeling_outputs import BaseModelOutput
 
 from seqrl.decoders import CausalDecoder, Decoding, Seq2SeqDecoder, accepts, base_model
-from seqrl.estimators import IGNORE_INDEX
+from seqrl.losses import IGNORE_INDEX
 from seqrl.generation import Constraints
 from seqrl.modeling import TextModel, pad_rows
 from seqrl.sampling import Sampling, Uniforms, sample
 
-__all__ = ["Decoding", "Rollout", "Sampling", "prefix_lengths", "reference_rows", "rollout", "rollout_in_chunks",
-           "rollout_logits"]
+__all__ = ["Decoding", "Rollout", "Sampling", "prefix_lengths", "rollout", "rollout_logits"]
 
 
 @dataclass
@@ -41,25 +39,22 @@ class Rollout:
     """(N,) k_i, the number of gold tokens at the start of each row."""
     lengths: torch.Tensor
     """(N,) tokens up to and including EOS (T where the row never ended)."""
-    source: torch.Tensor | None
+    source: torch.Tensor
     """(B, S) the B = N / k sources, padded (on the left for decoder-only prompts)."""
-    source_mask: torch.Tensor | None
+    source_mask: torch.Tensor
     """(B, S) 1 on source tokens, 0 on padding."""
-    lead: torch.Tensor | None
+    lead: torch.Tensor
     """(N, P) what precedes the target in the constraints' view: an encoder-decoder's start
     token, a decoder-only model's (left-padded) prompt."""
-    constraints: Constraints | None
+    constraints: Constraints
     """The masking logits processors the samples were drawn under."""
-    parts: tuple[Rollout, ...] = ()
-    """A rollout decoded in chunks of sources (`rollout_in_chunks`): its chunks, each with its own
-    sources, padding and constraints (the four fields above are then None: use `select`)."""
 
     @property
     def num_sources(self) -> int:
-        return self.source.shape[0] if self.source is not None else sum(p.num_sources for p in self.parts)
+        return self.source.shape[0]
 
     def rows(self) -> list[list[int]]:
-        return [row[:n] for row, n in zip(self.sequences.tolist(), self.lengths.tolist())]
+        return [row[:n] for row, n in zip(self.sequences.tolist(), self.lengths.tolist(), strict=True)]
 
     def target_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, T) masks of the gold-prefix positions and of the sampled positions (none past EOS)."""
@@ -67,21 +62,6 @@ class Rollout:
         valid = position < self.lengths[:, None]
         gold = position < self.prefix_len[:, None]
         return valid & gold, valid & ~gold
-
-    def select(self, first: int, last: int) -> Rollout:
-        """The rows of sources first..last-1 (each source's k rows are contiguous); of a rollout
-        decoded in chunks, exactly one of its chunks."""
-        if self.parts:
-            start = 0
-            for part in self.parts:
-                if (start, start + part.num_sources) == (first, last):
-                    return part
-                start += part.num_sources
-            raise ValueError(f"sources {first}..{last - 1} are not one of the rollout's decode chunks")
-        k = self.sequences.shape[0] // self.source.shape[0]
-        rows = slice(first * k, last * k)
-        return Rollout(self.sequences[rows], self.prefix_len[rows], self.lengths[rows], self.source[first:last],
-                       self.source_mask[first:last], self.lead[rows], self.constraints)
 
     def join(self, other: Rollout) -> Rollout:
         """Both rollouts' rows for each source (its rows here, then its rows there), for two
@@ -193,49 +173,6 @@ def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_id
         logits = d.step.next(token)
     model.train(was_training)
     return d.result()
-
-
-def rollout_in_chunks(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
-                      n_rl_tokens: int, *, chunk_sources: int | None, num_samples: int, sampling: Sampling,
-                      candidates: str = "sample", with_reference: bool = False, **kwargs) -> Rollout:
-    """Each source's candidates (`num_samples` samples, beams, or both: `candidates`; with
-    `with_reference`, the gold target last), over at most `chunk_sources` sources at a time (the
-    decode's memory, KV cache and (N, V) logits, divided accordingly): the same rows, since each
-    sampled row's draws depend on its global index only, and chunk i's rows keep theirs through the
-    sampling's row offset."""
-    from seqrl.beam import beam_rollout  # (seqrl.beam builds on this module)
-
-    def chunk(first: int, last: int) -> Rollout:
-        sources, targets = source_ids[first:last], target_ids[first:last]
-        if candidates == "beam":
-            decoded = beam_rollout(text_model, model, sources, targets, n_rl_tokens, num_beams=num_samples, **kwargs)
-        else:
-            decoded = rollout(text_model, model, sources, targets, n_rl_tokens, num_samples=num_samples, **kwargs,
-                              sampling=dataclasses.replace(sampling, row_offset=sampling.row_offset + first * num_samples))
-        if candidates == "both":
-            decoded = decoded.join(beam_rollout(text_model, model, sources, targets, n_rl_tokens,
-                                                num_beams=num_samples, **kwargs))
-        return decoded.join(reference_rows(decoded, targets, text_model.tokenizer.pad_token_id)) if with_reference \
-            else decoded
-
-    if not chunk_sources or chunk_sources >= len(source_ids):
-        return chunk(0, len(source_ids))
-    parts = tuple(chunk(first, first + chunk_sources) for first in range(0, len(source_ids), chunk_sources))
-    return Rollout(*(torch.cat([getattr(p, name) for p in parts]) for name in ("sequences", "prefix_len", "lengths")),
-                   source=None, source_mask=None, lead=None, constraints=None, parts=parts)
-
-
-def reference_rows(decoded: Rollout, target_ids: list[list[int]], pad: int) -> Rollout:
-    """One row per source of `decoded` (same sources, padding, lead and constraints, for `join`):
-    its gold target whole, cut to the rows' width, with the prefix length the decoded rows have."""
-    k = decoded.sequences.shape[0] // decoded.num_sources
-    width, device = decoded.sequences.shape[1], decoded.sequences.device
-    gold = torch.full((len(target_ids), width), pad, dtype=torch.long, device=device)
-    cut = pad_rows(target_ids, pad)[:, :width].to(device)
-    gold[:, :cut.shape[1]] = cut
-    lengths = torch.tensor([min(len(t), width) for t in target_ids], device=device)
-    return Rollout(gold, decoded.prefix_len[::k], lengths, decoded.source, decoded.source_mask, decoded.lead[::k],
-                   decoded.constraints)
 
 
 def rollout_logits(model, ro: Rollout, *, is_seq2seq: bool, hidden: bool = False

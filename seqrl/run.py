@@ -17,10 +17,11 @@ from torch.utils.data import DataLoader
 from torch.optim.lr_scheduler import LambdaLR
 
 from seqrl import baselines, data, distributed, lora, modeling
-from seqrl.baselines import Baseline, LearnedBaseline, LeaveOneOut
+from seqrl.baselines import Baseline, LearnedBaseline
+from seqrl.candidates import CandidateMaker
 from seqrl.config import ModelConfig, RecipeConfig
 from seqrl.decoders import Decoding, resolve as resolve_decoding
-from seqrl.objectives import Objective, Reinforce, build as build_objective
+from seqrl.objectives import Objective, build as build_objective
 from seqrl.errors import SeqrlError
 from seqrl.reference import Reference, build as build_reference
 from seqrl.rewards import Reward
@@ -50,14 +51,14 @@ class Run:
     rewards: list[Reward]
     tokenizer_dir: Path | None
     """The trained tokenizer this run uses (None: a pretrained one, named by the recipe)."""
-    baseline: Baseline = LeaveOneOut()
+    candidates: CandidateMaker
+    """Makes a MIXER step's candidates and rewards (`reinforce.candidates`, `reinforce.decoding`)."""
+    baseline: Baseline
     """REINFORCE's baseline (`reinforce.baseline`), built once here."""
-    reference: Reference | None = None
-    """The KL penalty's reference policy (with `reinforce.kl_coef` > 0)."""
-    decoding: Decoding = Decoding()
-    """How rollouts decode: KV cache, compiled step, end-of-rows checks (`seqrl.decoders`)."""
-    objective: Objective = Reinforce()
+    objective: Objective
     """The sequence-level loss (`reinforce.estimator`), built once here."""
+    reference: Reference | None = None
+    """The KL penalty's reference policy and weight (with `reinforce.kl_coef` > 0)."""
 
 
 def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: list,
@@ -91,10 +92,10 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
                         collate_fn=collate)
     rl_batch = cfg.reinforce.batch_size or cfg.xent.batch_size
     rl_loader = DataLoader(tokenized[cfg.data.train_split], batch_size=rl_batch, shuffle=True, collate_fn=collate)
-    learned = LearnedBaseline(text_model.model.config.hidden_size) if cfg.reinforce.baseline == "learned" else None
+    learned = LearnedBaseline(text_model.model.config.hidden_size) if cfg.reinforce.baseline.kind == "learned" else None
     groups = [{"params": [p for p in text_model.model.parameters() if p.requires_grad]}]
     if learned is not None:  # its own constant rate (MIXER's fraction of the network's is ~0 under Adam)
-        groups.append({"params": learned.parameters(), "lr": cfg.reinforce.baseline_lr})
+        groups.append({"params": learned.parameters(), "lr": cfg.reinforce.baseline.lr})
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                                   weight_decay=cfg.optim.weight_decay)
     model, optimizer, loader, rl_loader, *rest = accelerator.prepare(
@@ -103,7 +104,7 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     schedule = Schedule(cfg.schedule, max(1, len(loader) // accum), max(1, len(rl_loader) // accum),
                         cfg.data.max_target_tokens)
     total = min(schedule.total_steps, cfg.run.max_steps or schedule.total_steps)
-    rl_start = schedule.xent_steps if cfg.reinforce.lr is not None and cfg.schedule.kind != "xent" else None
+    rl_start = schedule.xent_steps if cfg.reinforce.lr is not None and cfg.schedule.samples() else None
     network_factor = partial(lr_factor, warmup=cfg.optim.warmup_steps, decay=cfg.optim.decay,
                              decay_steps=rl_start if rl_start is not None else total, rl_start=rl_start,
                              rl_factor=(cfg.reinforce.lr or cfg.optim.lr) / cfg.optim.lr)
@@ -117,19 +118,27 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         accelerator.print(f"  from step {start}: stage {plan.stage}, last {plan.n_rl_tokens} target tokens "
                           f"sampled, xent weight {plan.xent_weight}")
     reference = None
-    if cfg.reinforce.kl_coef > 0 and cfg.schedule.kind != "xent":
+    if cfg.reinforce.kl_coef > 0 and cfg.schedule.samples():
         reference = build_reference(text_model.model, bool(cfg.model.lora),
-                                    distributed.partitioned(accelerator, text_model.model))
-    rl = cfg.reinforce
-    decoding = resolve_decoding(rl.kv_cache, rl.compile, rl.check_every, text_model.model, accelerator.device,
-                                cfg.data.max_source_tokens)
-    if cfg.schedule.kind != "xent":
+                                    distributed.partitioned(accelerator, text_model.model), cfg.reinforce.kl_coef)
+    baseline = baselines.build(cfg.reinforce.baseline, rest[0] if rest else None)
+    candidates = CandidateMaker(text_model, accelerator, reward_fns, cfg.reinforce.candidates,
+                                rollout_decoding(cfg, text_model, accelerator), cfg.reinforce.chunk_sources,
+                                cfg.data.max_target_tokens, cfg.run.seed, total, greedy=baseline.needs_greedy)
+    return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
+               schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir, candidates, baseline,
+               build_objective(cfg.reinforce.estimator), reference)
+
+
+def rollout_decoding(cfg: RecipeConfig, text_model: modeling.TextModel, accelerator: Accelerator) -> Decoding:
+    """How rollouts decode on this model and device (`reinforce.decoding`), said in the header."""
+    settings = cfg.reinforce.decoding
+    decoding = resolve_decoding(settings.kv_cache, settings.compile, settings.check_every, text_model.model,
+                                accelerator.device, cfg.data.max_source_tokens)
+    if cfg.schedule.samples():
         accelerator.print(f"rollouts: {decoding.cache} KV cache, compiled step {'on' if decoding.compile else 'off'}, "
                           f"end-of-rows check every {decoding.check_every} token(s)")
-    return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
-               schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir,
-               baselines.build(rl, rest[0] if rest else None), reference, decoding,
-               build_objective(rl.estimator, rl.risk_alpha, rl.risk_length_normalize))
+    return decoding
 
 
 def adapt(text_model: modeling.TextModel, cfg: ModelConfig, accelerator: Accelerator) -> modeling.TextModel:

@@ -32,7 +32,7 @@ def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: s
     out = Path(cfg.run.output_dir)
     resume_from = resolve_resume(out, cfg.run.resume)
     check_trackers(cfg.log.trackers)
-    reward_fns = rewards.build(cfg.rewards, reward_functions) if cfg.schedule.kind != "xent" else []
+    reward_fns = rewards.build(cfg.rewards, reward_functions) if cfg.schedule.samples() else []
     cpu = use_cpu(cfg.run.cpu)
     distributed.check_hardware(cfg.run.mixed_precision, cpu or not torch.cuda.is_available())
     # Seedable sampler: the data order is a function of (seed, epoch), so resumes and runs on any

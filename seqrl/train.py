@@ -122,8 +122,8 @@ def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
     torch.manual_seed(step_seed(cfg.run.seed, loop.step, loop.batch_in_epoch, acc.process_index))
     with acc.accumulate(run.model):
         start = time.perf_counter()
-        # profiler regions (scripts/profile_step.py; ~free when not profiling): a MIXER step's
-        # seqrl/rollout and seqrl/reward regions lie inside seqrl/forward
+        # profiler regions (scripts/profile_step.py; ~free when not profiling): a step's seqrl/rollout,
+        # seqrl/reward and seqrl/backward regions lie inside seqrl/forward (each step owns its backward)
         with record_function("seqrl/forward"):
             if plan.is_xent:
                 loss, stats = xent_step(run.model, run.text_model, acc, batch["model_inputs"],
@@ -132,24 +132,20 @@ def micro_step(run: Run, batch: dict, loop: _Loop) -> bool:
                 shown = cfg.log.samples if run.runlog.samples_due(loop.step + 1) else 0  # (numbered like metrics)
                 loss, stats, rows = mixer_step(
                     batch, plan, loop.step, model=run.model, text_model=run.text_model, accelerator=acc,
-                    rewards=run.rewards, objective=run.objective, baseline=run.baseline, reference=run.reference,
-                    rl=cfg.reinforce, decoding=run.decoding, max_len=cfg.data.max_target_tokens, seed=cfg.run.seed,
-                    total_steps=run.total_steps, samples=shown)
+                    candidates=run.candidates, objective=run.objective, baseline=run.baseline,
+                    reference=run.reference, samples=shown)
                 if rows:
                     run.runlog.write_samples(loop.step + 1, rows, plan)
-        backward_start = time.perf_counter()
-        with record_function("seqrl/backward"):
-            acc.backward(loss)
-            if acc.sync_gradients and cfg.optim.max_grad_norm:
-                stats["train/grad_norm"] = float(acc.clip_grad_norm_(run.model.parameters(), cfg.optim.max_grad_norm))
         optimizer_start = time.perf_counter()
         with record_function("seqrl/optimizer"):
+            if acc.sync_gradients and cfg.optim.max_grad_norm:
+                stats["train/grad_norm"] = float(acc.clip_grad_norm_(run.model.parameters(), cfg.optim.max_grad_norm))
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         end = time.perf_counter()
-        stats.update({"time/step_s": end - start - stats.get("time/compile_s", 0.0), "time/backward_s": optimizer_start - backward_start,
+        stats.update({"time/step_s": end - start - stats.get("time/compile_s", 0.0),
                       "time/optimizer_s": end - optimizer_start})
-    loop.window.add({"train/loss": float(loss.detach()), **stats})  # (a chunked step's stats hold its total)
+    loop.window.add({"train/loss": loss, **stats})  # (a chunked step's stats hold its total)
     if not acc.sync_gradients:
         return False
     run.lr_scheduler.step()

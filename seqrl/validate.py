@@ -20,7 +20,7 @@ def validate(cfg: RecipeConfig) -> list[str]:
     """
     lines = ["recipe: ok"]
     check_trackers(cfg.log.trackers)
-    reward_fns = rewards.build(cfg.rewards) if cfg.schedule.kind != "xent" else []
+    reward_fns = rewards.build(cfg.rewards) if cfg.schedule.samples() else []
     raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
     carved = data.carve_note(cfg.data, raw)
     lines += [carved] if carved else []

@@ -94,7 +94,7 @@ def noop(recipe: dict, ctx: Ctx) -> None:
 
 
 MIXER = both(put("schedule", {"kind": "mixer", "xent_steps": 0, "stage_steps": 1, "delta": 8}),
-             put("reinforce", {"num_samples": 2}))
+             put("reinforce", {"candidates": {"num_samples": 2}}))
 
 REWARD_MODULE = "seqrl_bad_input_rewards"
 REWARD_SOURCE = '''
@@ -346,37 +346,38 @@ CASES = [
     Case("string-for-list", put("log.trackers", "tensorboard"), ("log.trackers must be a list",)),
     # bad enum values
     Case("schedule-kind-typo", put("schedule.kind", "mixr"), ("schedule.kind", "did you mean 'mixer'")),
-    Case("baseline-typo", put("reinforce.baseline", "looo"), ("reinforce.baseline", "did you mean 'loo'")),
+    Case("baseline-typo", put("reinforce.baseline.kind", "looo"), ("reinforce.baseline.kind", "did you mean 'loo'")),
     Case("eval-metric-typo", put("eval.metrics", ["bleu", "rougel"]), ("eval.metrics[1]", "did you mean 'rougeL'")),
     # out of range
     Case("batch-size-0", put("xent.batch_size", 0), ("xent.batch_size must be > 0",)),
     Case("negative-lr", put("optim.lr", -1e-3), ("optim.lr must be > 0",)),
     Case("nan-lr", put("optim.lr", float("nan")), ("optim.lr",), command="validate",),
     Case("label-smoothing-1", put("xent.label_smoothing", 1.0), ("xent.label_smoothing must be in [0, 1)",)),
-    Case("top-p-0", put("reinforce.top_p", 0.0), ("reinforce.top_p must be in (0, 1]",)),
-    Case("temperature-0", put("reinforce.temperature", 0), ("reinforce.temperature must be > 0",)),
+    Case("top-p-removed", put("reinforce.top_p", 0.9), ("reinforce.top_p was removed",)),
+    Case("old-flat-reinforce-key", put("reinforce.num_samples", 2), ("reinforce.num_samples moved to reinforce.candidates.num_samples",)),
+    Case("temperature-0", put("reinforce.candidates.temperature", 0), ("reinforce.candidates.temperature must be > 0",)),
     Case("beta-1", put("optim.betas", [0.9, 1.0]), ("optim.betas", "[0, 1)")),
     Case("one-beta", put("optim.betas", [0.9]), ("optim.betas must be a list of 2 values",)),
-    Case("ema-decay-1", put("reinforce.ema_decay", 1.0), ("reinforce.ema_decay must be in [0, 1)",)),
+    Case("ema-decay-1", put("reinforce.baseline.ema_decay", 1.0), ("reinforce.baseline.ema_decay must be in [0, 1)",)),
     Case("max-source-tokens-0", put("data.max_source_tokens", 0), ("data.max_source_tokens must be > 0",)),
-    Case("num-samples-0", put("reinforce.num_samples", 0), ("reinforce.num_samples must be > 0",)),
+    Case("num-samples-0", put("reinforce.candidates.num_samples", 0), ("reinforce.candidates.num_samples must be > 0",)),
     Case("delta-0", put("schedule.delta", 0), ("schedule.delta must be > 0",)),
     # schedule and estimator combinations
     Case("mixer-without-stage-steps", put("schedule", {"kind": "mixer", "xent_steps": 4}),
          ("schedule.stage_steps", "schedule.stage_epochs", "mixer")),
     Case("stage-steps-with-xent", put("schedule.stage_steps", 2), ("schedule.stage_steps does not apply", "xent")),
-    Case("loo-with-one-sample", put("reinforce.num_samples", 1), ("reinforce.baseline: loo", "num_samples >= 2")),
-    Case("risk-with-one-candidate", put("reinforce", {"estimator": "risk", "num_samples": 1}),
-         ("reinforce.estimator: risk", "num_samples >= 2")),
-    Case("risk-with-greedy-baseline", put("reinforce", {"estimator": "risk", "baseline": "greedy"}),
-         ("reinforce.baseline: greedy does nothing under reinforce.estimator: risk",)),
-    Case("reference-for-reinforce", put("reinforce.reference_candidate", True),
-         ("reinforce.reference_candidate needs reinforce.estimator: risk",)),
-    Case("beams-for-reinforce", put("reinforce.candidates", "beam"),
-         ("reinforce.candidates: beam needs reinforce.estimator: risk",)),
-    Case("risk-length-normalize-without-risk", put("reinforce", {"risk_length_normalize": True}),
-         ("reinforce.risk_length_normalize needs reinforce.estimator: risk",)),
-    Case("risk-alpha-0", put("reinforce", {"estimator": "risk", "risk_alpha": 0}), ("reinforce.risk_alpha must be > 0",)),
+    Case("loo-with-one-sample", put("reinforce.candidates.num_samples", 1), ("reinforce.baseline.kind: loo", "num_samples >= 2")),
+    Case("risk-with-one-candidate", put("reinforce", {"estimator": {"kind": "risk"}, "candidates": {"num_samples": 1}}),
+         ("reinforce.estimator.kind: risk", "num_samples >= 2")),
+    Case("risk-with-greedy-baseline", put("reinforce", {"estimator": {"kind": "risk"}, "baseline": {"kind": "greedy"}}),
+         ("reinforce.baseline.kind: greedy does nothing under reinforce.estimator.kind: risk",)),
+    Case("reference-for-reinforce", put("reinforce.candidates.reference", True),
+         ("reinforce.candidates.reference needs reinforce.estimator.kind: risk",)),
+    Case("beams-for-reinforce", put("reinforce.candidates.kind", "beam"),
+         ("reinforce.candidates.kind: beam needs reinforce.estimator.kind: risk",)),
+    Case("risk-length-normalize-without-risk", put("reinforce", {"estimator": {"risk_length_normalize": True}}),
+         ("reinforce.estimator.risk_length_normalize needs reinforce.estimator.kind: risk",)),
+    Case("risk-alpha-0", put("reinforce", {"estimator": {"kind": "risk", "risk_alpha": 0}}), ("reinforce.estimator.risk_alpha must be > 0",)),
     Case("xent-steps-and-epochs", put("schedule.xent_epochs", 1.0), ("schedule.xent_steps", "schedule.xent_epochs")),
     # lengths beyond the model's 64 positions
     Case("target-tokens-beyond-positions", put("data.max_target_tokens", 64), ("data.max_target_tokens", "64 positions")),

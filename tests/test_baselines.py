@@ -144,7 +144,7 @@ def test_learned_baseline_regresses_towards_reward():
 
 
 def test_learned_baseline_trains_at_its_own_constant_rate(tiny_recipe):
-    """`reinforce.baseline_lr` is the regressor's rate at every step: the network's warm-up, decay
+    """`reinforce.baseline.lr` is the regressor's rate at every step: the network's warm-up, decay
     and RL factor do not touch it (MIXER's fraction of the network's rate is ~1e-6 under Adam)."""
     from pathlib import Path
     from accelerate import Accelerator
@@ -152,7 +152,7 @@ def test_learned_baseline_trains_at_its_own_constant_rate(tiny_recipe):
     from seqrl.run import setup
     tiny_recipe["schedule"].update(kind="mixer", xent_steps=4, stage_steps=2, delta=16)
     tiny_recipe["optim"].update(lr=1e-3, warmup_steps=2, decay="linear")
-    tiny_recipe["reinforce"] = {"baseline": "learned", "baseline_lr": 0.02, "lr": 1e-4}
+    tiny_recipe["reinforce"] = {"baseline": {"kind": "learned", "lr": 0.02}, "lr": 1e-4}
     run = setup(from_dict(tiny_recipe), Accelerator(cpu=True), Path(tiny_recipe["run"]["output_dir"]), [])
     network, regressor = run.optimizer.param_groups
     seen = []
@@ -166,7 +166,7 @@ def test_learned_baseline_trains_at_its_own_constant_rate(tiny_recipe):
 
 def test_build_gives_one_object_per_recipe_baseline_and_its_values():
     from seqrl.baselines import BatchMean, EMABaseline, Learned, LeaveOneOut, NoBaseline, SelfCritical, build
-    from seqrl.config import ReinforceConfig
+    from seqrl.rl_config import BaselineConfig
 
     R, k, greedy = torch.tensor([1.0, 3.0, 2.0, 6.0]), 2, torch.tensor([0.5, 4.0])
     gather = lambda t: torch.cat([t, torch.tensor([10.0, 10.0])])  # noqa: E731  (another process's rewards)
@@ -174,14 +174,61 @@ def test_build_gives_one_object_per_recipe_baseline_and_its_values():
                 "ema": [16 / 3] * 4}  # (ema: its first batch's global mean)
     kinds = {"none": NoBaseline, "mean": BatchMean, "loo": LeaveOneOut, "greedy": SelfCritical, "ema": EMABaseline}
     for name, values in expected.items():
-        b = build(ReinforceConfig(baseline=name))
-        assert isinstance(b, kinds[name]) and not b.per_position and b.needs_greedy == (name == "greedy")
+        b = build(BaselineConfig(kind=name))
+        assert isinstance(b, kinds[name]) and b.needs_greedy == (name == "greedy")
         torch.testing.assert_close(b.values(R, k, greedy, gather), torch.tensor(values, dtype=torch.float32))
     module = LearnedBaseline(4)
-    learned = build(ReinforceConfig(baseline="learned"), module)
-    assert isinstance(learned, Learned) and learned.per_position and learned.module is module
-    ema = build(ReinforceConfig(baseline="ema"))
+    learned = build(BaselineConfig(kind="learned"), module)
+    assert isinstance(learned, Learned) and learned.module is module
+    ema = build(BaselineConfig(kind="ema"))
     ema.values(R, k, greedy, gather)
-    restored = build(ReinforceConfig(baseline="ema"))
+    restored = build(BaselineConfig(kind="ema"))
     restored.load_state_dict(ema.state_dict())
     assert restored.value == ema.value == pytest.approx(16 / 3)
+
+
+class _OneProcess:
+    """The accelerator calls an `Advantages` makes, on one process."""
+
+    def gather(self, t):
+        return t
+
+    def reduce(self, t, op):
+        return t
+
+
+def test_sequence_advantages_by_hand_with_a_reference_row_and_normalization():
+    from seqrl.baselines import LeaveOneOut
+
+    # 2 sources x (2 samples + the reference row): rewards 1, 3, [9] and 2, 6, [9]
+    R = torch.tensor([1.0, 3.0, 9.0, 2.0, 6.0, 9.0])
+    decoded = torch.tensor([True, True, False, True, True, False])
+    adv = LeaveOneOut().advantages(R, decoded, 2, None, _OneProcess())
+    assert not adv.needs_hidden and adv.loss_name is None
+    torch.testing.assert_close(adv.values, torch.tensor([-2.0, 2.0, 0.0, -4.0, 4.0, 0.0]))
+    chunk, own_loss = adv.chunk(slice(3, 6), None, None, None)
+    torch.testing.assert_close(chunk, torch.tensor([-4.0, 4.0, 0.0]))
+    assert float(own_loss) == 0.0
+    # normalized: (A - mean) / std over the batch; A = -2, 2, -4, 4 (mean 0, sample std sqrt(40/3))
+    R2, all_rows = torch.tensor([1.0, 3.0, 2.0, 6.0]), torch.ones(4, dtype=torch.bool)
+    normalized = LeaveOneOut(normalize=True).advantages(R2, all_rows, 2, None, _OneProcess()).values
+    torch.testing.assert_close(normalized, torch.tensor([-2.0, 2.0, -4.0, 4.0]) / (40 / 3) ** 0.5, atol=1e-5, rtol=1e-5)
+
+
+def test_learned_advantages_by_hand():
+    from seqrl.baselines import Learned
+
+    module = LearnedBaseline(2)
+    with torch.no_grad():
+        module.linear.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        module.linear.bias.fill_(0.5)
+    R = torch.tensor([1.0, 2.0])
+    adv = Learned(module).advantages(R, torch.ones(2, dtype=torch.bool), 2, None, _OneProcess())
+    assert adv.needs_hidden and adv.loss_name == "baseline/mse"
+    hidden = torch.tensor([[[0.0, 9.0], [1.0, 9.0]], [[2.0, 9.0], [3.0, 9.0]]])  # (2 rows, 2 positions, 2)
+    mask = torch.tensor([[True, True], [False, True]])
+    A, loss = adv.chunk(slice(0, 2), hidden, mask, torch.tensor(3.0))
+    # b = h[..., 0] + 0.5 = [[0.5, 1.5], [2.5, 3.5]]; A = R - b
+    torch.testing.assert_close(A, torch.tensor([[0.5, -0.5], [-0.5, -1.5]]))
+    # squared error over the 3 masked positions: (0.25 + 0.25 + 2.25) / 3
+    assert float(loss) == pytest.approx(2.75 / 3)

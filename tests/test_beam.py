@@ -10,7 +10,10 @@ import torch
 
 from seqrl.beam import beam_rollout
 from seqrl.generation import masked_token_logprobs
-from seqrl.rollout import Sampling, rollout, rollout_in_chunks, rollout_logits
+from seqrl.candidates import CandidateMaker
+from seqrl.decoders import Decoding
+from seqrl.rl_config import CandidatesConfig
+from seqrl.rollout import Sampling, rollout, rollout_logits
 from stand_ins import FAMILIES
 
 MAX_LEN = 9
@@ -55,13 +58,19 @@ def test_beams_are_distinct_best_first_and_keep_the_gold_prefix(stand_in_model, 
 def test_both_puts_each_sources_samples_then_beams_together(stand_in_model):
     tm, src, tgt = stand_in_model("marian", 4)
     kw = dict(num_samples=2, max_len=MAX_LEN, sampling=Sampling(seed=4))
-    both = rollout_in_chunks(tm, tm.model, src, tgt, 3, chunk_sources=3, candidates="both", **kw)
+
+    def decode(kind, chunk_sources):
+        maker = CandidateMaker(tm, None, [], CandidatesConfig(kind=kind, num_samples=2), Decoding(), chunk_sources,
+                               MAX_LEN, seed=0, total_steps=1)
+        return maker.decode(tm.model, src, tgt, 3, kw["sampling"])
+
+    both = decode("both", 3)
     sampled = rollout(tm, tm.model, src, tgt, 3, **kw).rows()
     beams = beam_rollout(tm, tm.model, src, tgt, 3, num_beams=2, max_len=MAX_LEN).rows()
-    rows = both.rows()
-    assert both.sequences.shape[0] == 4 * len(src)
+    rows = [row for chunk in both for row in chunk.rows()]
+    assert len(rows) == 4 * len(src)
     for s in range(len(src)):
         assert rows[4 * s:4 * s + 4] == sampled[2 * s:2 * s + 2] + beams[2 * s:2 * s + 2]
-    assert [p.num_sources for p in both.parts] == [3, 1]
-    beam_only = rollout_in_chunks(tm, tm.model, src, tgt, 3, chunk_sources=None, candidates="beam", **kw)
+    assert [chunk.num_sources for chunk in both] == [3, 1]
+    (beam_only,) = decode("beam", None)
     assert beam_only.rows() == beams

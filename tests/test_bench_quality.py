@@ -27,7 +27,7 @@ bq = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = bq
 spec.loader.exec_module(bq)
 
-SMALL = ["eval.every=2", "eval.max_examples=null", "eval.max_new_tokens=8", "schedule.delta=4", "reinforce.batch_size=4", "reinforce.num_samples=2", "reinforce.lr=1e-4",
+SMALL = ["eval.every=2", "eval.max_examples=null", "eval.max_new_tokens=8", "schedule.delta=4", "reinforce.batch_size=4", "reinforce.candidates.num_samples=2", "reinforce.lr=1e-4",
          "log.progress_bar=false", "rewards=[{name: bleu}]"]
 
 

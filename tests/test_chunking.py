@@ -16,15 +16,15 @@ NO_DROPOUT = {"marian": {"dropout": 0.0, "attention_dropout": 0.0, "activation_d
               "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}}
 CASES = {  # arch, schedule, reinforce
     "marian-loo-kl": ("marian", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
-                      {"baseline": "loo", "kl_coef": 0.1, "normalize_advantages": True}),
+                      {"baseline": {"kind": "loo", "normalize_advantages": True}, "kl_coef": 0.1}),
     "gpt2-learned": ("gpt2", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
-                     {"baseline": "learned"}),
+                     {"baseline": {"kind": "learned"}}),
     "gpt2-risk": ("gpt2", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
-                  {"estimator": "risk", "risk_alpha": 0.5}),
+                  {"estimator": {"kind": "risk", "risk_alpha": 0.5}}),
     "marian-risk-beams-samples-reference": ("marian", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
-                                      {"estimator": "risk", "candidates": "both", "reference_candidate": True}),
+                                      {"estimator": {"kind": "risk"}, "candidates": {"kind": "both", "reference": True}}),
     "marian-greedy-constant": ("marian", {"kind": "constant", "xent_steps": 2, "rl_steps": 4, "xent_weight": 0.3},
-                               {"baseline": "greedy"}),
+                               {"baseline": {"kind": "greedy"}}),
 }
 
 
@@ -33,8 +33,9 @@ def test_chunked_teacher_forced_pass_makes_the_same_update(case, toy_data_dir, t
     from seqrl import steps
 
     arch, schedule, reinforce = CASES[case]
-    finals, seen, real_chunks = {}, set(), steps._chunks
-    monkeypatch.setattr(steps, "_chunks", lambda n, size: seen.add(len(real_chunks(n, size))) or real_chunks(n, size))
+    finals, chunk_sizes, seen, real_chunk_loss = {}, {}, [], steps.chunk_loss
+    monkeypatch.setattr(steps, "chunk_loss", lambda model, chunk, *a, **kw: seen.append(chunk.num_sources)
+                        or real_chunk_loss(model, chunk, *a, **kw))
     for chunk in (None, 1, 3):
         recipe = {
             "model": {"architecture": arch, "config": dict(TINY_CONFIGS[arch], **NO_DROPOUT[arch])},
@@ -42,16 +43,20 @@ def test_chunked_teacher_forced_pass_makes_the_same_update(case, toy_data_dir, t
             "data": {"path": str(toy_data_dir), "source_field": "en", "target_field": "es",
                      "max_source_tokens": 16, "max_target_tokens": 8, "test_split": None},
             "xent": {"batch_size": 8}, "schedule": schedule,
-            "reinforce": {"num_samples": 2, "batch_size": 4, "chunk_sources": chunk, **reinforce},
+            "reinforce": {"batch_size": 4, "chunk_sources": chunk, **reinforce,
+                          "candidates": {"num_samples": 2, **reinforce.get("candidates", {})}},
             "rewards": [{"name": "bleu"}], "optim": {"lr": 3e-3, "warmup_steps": 1},
             "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 4},
             "run": {"output_dir": str(tmp_path / f"chunk-{chunk}"), "seed": 2},
             "log": {"every": 1, "progress_bar": False},
         }
         (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+        seen.clear()
         assert main(["finetune", str(tmp_path / "r.yaml")]) == 0
+        chunk_sizes[chunk] = set(seen)
         finals[chunk] = load_file(str(tmp_path / f"chunk-{chunk}" / "final" / "model.safetensors"))
-    assert seen == {1, 2, 4}, "4 sources: in one pass, in chunks of 3 + 1, in chunks of 1"
+    # 4 sources: in one pass, in chunks of 3 + 1, in chunks of 1
+    assert chunk_sizes == {None: {4}, 1: {1}, 3: {3, 1}}, chunk_sizes
     for chunk in (1, 3):
         worst = max(float((finals[chunk][k] - finals[None][k]).abs().max()) for k in finals[None])
         assert worst < 1e-5, f"chunks of {chunk}: {worst}"  # (float order, as 2 processes against 1)

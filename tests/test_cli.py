@@ -90,7 +90,7 @@ def cli(capsys):
 def mixer_recipe(tiny_recipe) -> dict:
     """The tiny recipe, ready for sequence-level schedules: short targets, 2 samples, BLEU reward."""
     tiny_recipe["data"]["max_target_tokens"] = 8
-    tiny_recipe["reinforce"] = {"num_samples": 2}
+    tiny_recipe["reinforce"] = {"candidates": {"num_samples": 2}}
     tiny_recipe["rewards"] = [{"name": "bleu"}]
     return tiny_recipe
 
@@ -239,7 +239,7 @@ def test_bad_set_value_is_one_line_error(tiny_recipe, tmp_path, cli, item, needl
 @pytest.mark.parametrize("baseline", ["none", "mean", "ema", "loo", "greedy", "learned"])
 def test_every_baseline_runs_mixer_end_to_end(mixer_recipe, tmp_path, cli, baseline):
     path = write_recipe(tmp_path / "r.yaml", mixer_recipe)
-    rc, out, err = cli("finetune", path, *MIXER_SETS, "--set", f"reinforce.baseline={baseline}")
+    rc, out, err = cli("finetune", path, *MIXER_SETS, "--set", f"reinforce.baseline.kind={baseline}")
     assert rc == 0, err
     metrics = read_metrics(Path(mixer_recipe["run"]["output_dir"]))
     rl = rl_lines(metrics)
@@ -326,7 +326,7 @@ def check_probe_calls(log_path: Path, run_dir: Path, module: str) -> None:
     assert {"completions", "references", "prompts", "completion_ids", "topic",
             "log_path", "scale"} <= set(call["keys"])
     assert call["scale"] == 0.25
-    n, k = call["n"], 2  # reinforce.num_samples
+    n, k = call["n"], 2  # reinforce.candidates.num_samples
     assert n > 0 and n % k == 0
     for name in ("completions", "references", "prompts", "completion_ids", "topic"):
         assert len(call[name]) == n, name

@@ -11,7 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from seqrl import decoders
 from seqrl.decoders import Decoding, resolve
 from seqrl.errors import SeqrlError
-from seqrl.rollout import Sampling, rollout, rollout_in_chunks
+from seqrl.candidates import CandidateMaker
+from seqrl.rl_config import CandidatesConfig
+from seqrl.rollout import Sampling, rollout
 from stand_ins import FAMILIES
 
 STATIC = Decoding(cache="static", source_width=40)
@@ -99,9 +101,9 @@ def test_resolve_picks_per_model_and_device_and_refuses_what_cannot_run():
     marked._can_compile_fullgraph = True  # (instance attribute: resolve reads the class's)
     assert resolve("auto", None, None, unmarked, cpu, 64) == Decoding("dynamic", False, 1, None)
     assert resolve("auto", None, None, unmarked, gpu, 64) == Decoding("dynamic", False, 8, None)
-    with pytest.raises(SeqrlError, match=r"^reinforce.kv_cache: static: .*_Unmarked.*set reinforce.kv_cache: auto"):
+    with pytest.raises(SeqrlError, match=r"^reinforce.decoding.kv_cache: static: .*_Unmarked.*set reinforce.decoding.kv_cache: auto"):
         resolve("static", None, None, unmarked, cpu, 64)
-    with pytest.raises(SeqrlError, match=r"^reinforce.compile: true needs the static KV cache"):
+    with pytest.raises(SeqrlError, match=r"^reinforce.decoding.compile: true needs the static KV cache"):
         resolve("dynamic", True, None, unmarked, cpu, 64)
     assert resolve("dynamic", False, 3, unmarked, gpu, 64) == Decoding("dynamic", False, 3, None)
 
@@ -120,9 +122,8 @@ def test_decoding_in_chunks_of_sources_draws_the_same_rows(stand_in_model, famil
     tm, src, tgt = stand_in_model(family)
     kw = dict(num_samples=3, max_len=12, sampling=Sampling(seed=6, row_offset=30), decoding=STATIC)
     whole = rollout(tm, tm.model, src, tgt, 10**6, **kw)
-    chunked = rollout_in_chunks(tm, tm.model, src, tgt, 10**6, chunk_sources=4, **kw)  # 6 sources: 4 + 2
-    assert chunked.rows() == whole.rows() and chunked.num_sources == 6 == whole.num_sources
-    assert [p.num_sources for p in chunked.parts] == [4, 2]
-    assert chunked.select(4, 6).rows() == whole.rows()[12:]
-    with pytest.raises(ValueError, match="not one of the rollout's decode chunks"):
-        chunked.select(0, 2)
+    maker = CandidateMaker(tm, None, [], CandidatesConfig(num_samples=3), STATIC, 4, 12, seed=0, total_steps=1)
+    chunks = maker.decode(tm.model, src, tgt, 10**6, kw["sampling"])  # 6 sources: 4 + 2
+    assert [row for chunk in chunks for row in chunk.rows()] == whole.rows()
+    assert [chunk.num_sources for chunk in chunks] == [4, 2]
+    assert chunks[1].rows() == whole.rows()[12:]

@@ -40,7 +40,7 @@ def _recipe(data_dir: Path, out: Path, baseline: str, per_process_batch: int, pe
                  "max_source_tokens": 16, "max_target_tokens": 8, "test_split": None},
         "xent": {"batch_size": per_process_batch},
         "schedule": {"kind": "mixer", "xent_steps": 3, "stage_steps": 2, "delta": 4},
-        "reinforce": {"baseline": baseline, "num_samples": 2, "batch_size": per_process_rl_batch},
+        "reinforce": {"baseline": {"kind": baseline}, "candidates": {"num_samples": 2}, "batch_size": per_process_rl_batch},
         "rewards": [{"name": "bleu"}],
         "optim": {"lr": 3e-3, "warmup_steps": 1},
         "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 8},
@@ -100,7 +100,7 @@ def test_two_processes_equal_one_process_decoder_only(toy_data_dir, tmp_path, es
         recipe = _recipe(toy_data_dir, tmp_path / str(processes), "loo", batch, rl_batch, arch="gpt2")
         recipe["rewards"] = [{"name": "token_bleu"}]
         if estimator != "reinforce":
-            recipe["reinforce"].update(estimator="risk", candidates="both")
+            recipe["reinforce"].update(estimator={"kind": "risk"}, candidates={"kind": "both", "num_samples": 2})
         finals[processes] = launch(recipe, tmp_path, str(processes), processes)
     worst = max_diff(finals[1], finals[2])
     print(f"gpt2 {estimator}: max |1-process - 2-process| = {worst:.2g}")

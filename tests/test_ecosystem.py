@@ -87,7 +87,7 @@ def mixer_recipe(data: Path, out: Path, rewards: list[dict], **extra) -> dict:
         "data": {"path": str(data), "source_field": "prompt", "target_field": "solution",
                  "max_source_tokens": 16, "max_target_tokens": 8},
         "schedule": {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 4},
-        "reinforce": {"num_samples": 2, "batch_size": 4},
+        "reinforce": {"candidates": {"num_samples": 2}, "batch_size": 4},
         "xent": {"batch_size": 8},
         "rewards": rewards,
         "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 4},

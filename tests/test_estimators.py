@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from seqrl.estimators import masked_xent
-from seqrl.estimators import IGNORE_INDEX
+from seqrl.losses import masked_xent
+from seqrl.losses import IGNORE_INDEX
 
 from conftest import build_tiny, make_pairs
 

@@ -1,4 +1,4 @@
-"""The REINFORCE-side tensor functions of seqrl.estimators, against hand-computed values:
+"""The REINFORCE-side tensor functions of seqrl.losses, against hand-computed values:
 token_logprobs, masked_mean, reinforce_loss, normalize, kl_penalty."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from seqrl.estimators import kl_penalty, masked_mean, normalize, reinforce_loss, token_logprobs
-from seqrl.estimators import IGNORE_INDEX
+from seqrl.losses import kl_penalty, masked_mean, normalize, reinforce_loss, token_logprobs
+from seqrl.losses import IGNORE_INDEX
 
 LN2, LN3 = math.log(2), math.log(3)
 T, F = True, False

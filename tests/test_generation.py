@@ -17,7 +17,7 @@ import torch
 from conftest import make_pairs
 from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
 from seqrl.errors import SeqrlError
-from seqrl.estimators import IGNORE_INDEX, token_logprobs
+from seqrl.losses import IGNORE_INDEX, token_logprobs
 from seqrl.generation import masked_token_logprobs
 from seqrl.modeling import build
 from seqrl.rollout import Sampling, rollout, rollout_logits
@@ -162,7 +162,7 @@ def test_unknown_language_codes_and_tokenizers_without_languages(stand_in_dir):
     ({"repetition_penalty": 1.3}, "repetition_penalty=1.3 .* cannot be applied to training rollouts; set "
                                   "model.generation.repetition_penalty: 1.0"),
     ({"num_beams": 4}, "model.generation.num_beams: set eval.num_beams instead"),
-    ({"temperature": 0.7}, "model.generation.temperature: set reinforce.temperature instead"),
+    ({"temperature": 0.7}, "model.generation.temperature: set reinforce.candidates.temperature instead"),
 ])
 def test_generation_overrides_are_checked(stand_in_dir, generation, needle):
     with pytest.raises(SeqrlError, match=needle):
@@ -199,7 +199,7 @@ def test_a_recipe_override_reaches_training_samples_and_evaluation(stand_in_dir,
               "data": {"path": str(toy_data_dir), "source_field": "en", "target_field": "es",
                        "max_source_tokens": 16, "max_target_tokens": 8},
               "schedule": {"kind": "mixer", "xent_steps": 0, "stage_steps": 2, "delta": 8},
-              "reinforce": {"batch_size": 4, "num_samples": 2},
+              "reinforce": {"batch_size": 4, "candidates": {"num_samples": 2}},
               "rewards": [{"name": "recording_reward:record"}],
               "eval": {"every": 0, "max_new_tokens": 6, "max_examples": 8},
               "run": {"output_dir": str(tmp_path / "run")}, "log": {"progress_bar": False}}

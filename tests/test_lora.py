@@ -71,7 +71,7 @@ def recipe(data_dir: Path, out: Path, model: dict, **extra) -> dict:
                  "max_source_tokens": 16, "max_target_tokens": 8, "test_split": None},
         "xent": {"batch_size": 16},
         "schedule": {"kind": "mixer", "xent_steps": 3, "stage_steps": 2, "delta": 4},
-        "reinforce": {"baseline": "loo", "num_samples": 2, "batch_size": 8, "kl_coef": 0.1},
+        "reinforce": {"baseline": {"kind": "loo"}, "candidates": {"num_samples": 2}, "batch_size": 8, "kl_coef": 0.1},
         "rewards": [{"name": "bleu"}],
         "optim": {"lr": 1e-2, "warmup_steps": 1},
         "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 4},

@@ -16,8 +16,8 @@ from transformers import (
 from seqrl import modeling
 from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
 from seqrl.errors import SeqrlError
-from seqrl.estimators import masked_xent
-from seqrl.estimators import IGNORE_INDEX
+from seqrl.losses import masked_xent
+from seqrl.losses import IGNORE_INDEX
 from seqrl.modeling import TextModel, build, load_saved
 from seqrl.tokenizer import train_tokenizer
 

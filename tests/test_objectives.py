@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from seqrl.estimators import reinforce_loss, risk_loss
-from seqrl.objectives import ExpectedRisk, Reinforce, build
+from seqrl.losses import reinforce_loss, risk_loss
+from seqrl.objectives import ExpectedRisk, Reinforce, ScoredRows, build
+from seqrl.rl_config import EstimatorConfig
 
 
 def test_risk_by_hand():
@@ -48,7 +49,7 @@ def test_finite_difference_gradient_on_a_toy_policy():
 
     def loss(theta):
         logp = torch.log_softmax(theta, dim=-1).expand(12, 3, 5).gather(-1, tokens[..., None]).squeeze(-1)
-        return objective(logp, mask, -costs, None, k=4, rows=12)
+        return objective(ScoredRows(logp, mask, -costs, torch.zeros(0), 4, 12))
 
     theta = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(loss, (theta,), eps=1e-6, atol=1e-7)
@@ -61,11 +62,11 @@ def test_objectives_as_mixer_step_calls_them():
     logp = torch.log(torch.tensor([[0.9, 0.5], [0.9, 0.25], [0.3, 0.5], [0.3, 0.5]]))
     mask = torch.tensor([[False, True]] * 4)  # token 0 gold, token 1 sampled
     rewards, advantages = torch.tensor([0.8, 0.2, 0.0, 0.0]), torch.tensor([0.3, -0.3, 0.0, 0.0])
-    risk = ExpectedRisk(alpha=1.0)(logp, mask, rewards, advantages, k=2, rows=4)
+    risk = ExpectedRisk(alpha=1.0)(ScoredRows(logp, mask, rewards, advantages, 2, 4))
     assert float(risk) == pytest.approx((-(2 / 3 * 0.8 + 1 / 3 * 0.2) + 0.0) / 2)  # q over the suffixes only
-    assert float(Reinforce()(logp, mask, rewards, advantages, k=2, rows=4)) == pytest.approx(
+    assert float(Reinforce()(ScoredRows(logp, mask, rewards, advantages, 2, 4))) == pytest.approx(
         float(reinforce_loss(logp, mask, advantages, rows=4)))
-    assert build("risk", 0.5) == ExpectedRisk(0.5) and build("reinforce", 0.5) == Reinforce()
+    assert build(EstimatorConfig("risk", 0.5)) == ExpectedRisk(0.5) and build(EstimatorConfig("reinforce", 0.5)) == Reinforce()
 
 
 def test_length_normalized_q_by_hand():
@@ -74,11 +75,11 @@ def test_length_normalized_q_by_hand():
     logp = torch.log(torch.tensor([[0.9, 0.5, 0.5], [0.9, 0.25, 1.0]]))
     mask = torch.tensor([[False, True, True], [False, True, False]])  # row 1's third position is padding
     rewards = -torch.tensor([0.2, 0.8])  # costs .2 and .8
-    summed = ExpectedRisk(alpha=1.0)(logp, mask, rewards, None, k=2, rows=2)
+    summed = ExpectedRisk(alpha=1.0)(ScoredRows(logp, mask, rewards, torch.zeros(0), 2, 2))
     assert float(summed) == pytest.approx(0.5)  # q = softmax(log .25, log .25) = (.5, .5)
-    normalized = ExpectedRisk(alpha=1.0, length_normalize=True)(logp, mask, rewards, None, k=2, rows=2)
+    normalized = ExpectedRisk(alpha=1.0, length_normalize=True)(ScoredRows(logp, mask, rewards, torch.zeros(0), 2, 2))
     assert float(normalized) == pytest.approx(0.4)  # q = softmax(log .5, log .25) = (2/3, 1/3)
-    assert build("risk", 1.0, True) == ExpectedRisk(1.0, length_normalize=True)
+    assert build(EstimatorConfig("risk", 1.0, True)) == ExpectedRisk(1.0, length_normalize=True)
 
 
 def test_length_normalized_gradient_on_a_toy_policy():
@@ -93,12 +94,12 @@ def test_length_normalized_gradient_on_a_toy_policy():
 
     def loss(theta):
         logp = torch.log_softmax(theta, dim=-1).expand(6, 4, 5).gather(-1, tokens[..., None]).squeeze(-1)
-        return objective(logp, mask, -costs, None, k=3, rows=6)
+        return objective(ScoredRows(logp, mask, -costs, torch.zeros(0), 3, 6))
 
     theta = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(loss, (theta,), eps=1e-6, atol=1e-7)
     logp = torch.randn(6, 4, dtype=torch.float64, generator=g).clamp(max=0).requires_grad_()
-    objective(logp, mask, -costs, None, k=3, rows=6).backward()
+    objective(ScoredRows(logp, mask, -costs, torch.zeros(0), 3, 6)).backward()
     mean_logp = (logp.detach() * mask).sum(1) / lengths
     q = torch.softmax(2.0 * mean_logp.view(2, 3), dim=1).flatten()
     expected_row = 2.0 * q * (costs - (q * costs).view(2, 3).sum(1).repeat_interleave(3)) / lengths / 2  # 2 sources
@@ -106,7 +107,7 @@ def test_length_normalized_gradient_on_a_toy_policy():
 
 
 def test_a_risk_recipe_trains_with_the_risk_loss(tiny_recipe, tmp_path, monkeypatch):
-    """`reinforce.estimator: risk` reaches mixer_step: every sequence-level step computes the risk
+    """`reinforce.estimator.kind: risk` reaches mixer_step: every sequence-level step computes the risk
     over its k candidates (and logs it as train/reinforce)."""
     import json
 
@@ -118,7 +119,7 @@ def test_a_risk_recipe_trains_with_the_risk_loss(tiny_recipe, tmp_path, monkeypa
     calls = []
     monkeypatch.setattr(objectives, "risk_loss", lambda *a, **kw: calls.append(a[2]) or risk_loss(*a, **kw))
     tiny_recipe["schedule"] = {"kind": "mixer", "xent_steps": 1, "stage_steps": 2, "delta": 4}
-    tiny_recipe["reinforce"] = {"estimator": "risk", "num_samples": 3, "batch_size": 4, "risk_alpha": 0.5}
+    tiny_recipe["reinforce"] = {"estimator": {"kind": "risk", "risk_alpha": 0.5}, "candidates": {"num_samples": 3}, "batch_size": 4}
     tiny_recipe["data"]["max_target_tokens"] = 8
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe))
     assert main(["finetune", str(tmp_path / "r.yaml")]) == 0

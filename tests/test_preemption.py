@@ -50,7 +50,7 @@ def recipe(data_dir: Path, out: Path, batch: int = 16, rl_batch: int = 8) -> dic
                  "max_source_tokens": 16, "max_target_tokens": 8, "test_split": None},
         "xent": {"batch_size": batch},
         "schedule": {"kind": "mixer", "xent_steps": XENT_STEPS, "stage_steps": 3, "delta": 2},
-        "reinforce": {"baseline": "ema", "num_samples": 2, "batch_size": rl_batch, "kl_coef": 0.1},
+        "reinforce": {"baseline": {"kind": "ema"}, "candidates": {"num_samples": 2}, "batch_size": rl_batch, "kl_coef": 0.1},
         "rewards": [{"name": "preempt_rewards:overlap"}],
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 4},

@@ -46,7 +46,7 @@ def test_bert2bert_is_a_seqrl_model(tmp_path, toy_data_dir):
     recipe = make_tiny_recipe(toy_data_dir, tmp_path / "run")
     recipe["model"] = {"name_or_path": str(out)}
     recipe["schedule"] = {"kind": "mixer", "xent_steps": 2, "stage_steps": 1, "delta": 4}
-    recipe["reinforce"] = {"batch_size": 2, "num_samples": 2}
+    recipe["reinforce"] = {"batch_size": 2, "candidates": {"num_samples": 2}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["finetune", str(path), "--set", "run.max_steps=4"]) == 0

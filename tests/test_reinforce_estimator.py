@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from seqrl.baselines import EMABaseline, LearnedBaseline, batch_mean, from_greedy, leave_one_out
-from seqrl.estimators import reinforce_loss, token_logprobs
+from seqrl.losses import reinforce_loss, token_logprobs
 
 # p = [0.4, 0.3, 0.2, 0.1]; rewards with a large common offset (10) so a baseline matters.
 P = [0.4, 0.3, 0.2, 0.1]

@@ -30,7 +30,7 @@ def _recipe(data_dir: Path, out: Path, lora: bool = False) -> dict:
                  "max_source_tokens": 16, "max_target_tokens": 8, "test_split": None},
         "xent": {"batch_size": 16},  # 160 examples: 10 batches per epoch, so epochs roll over too
         "schedule": {"kind": "mixer", "xent_steps": XENT_STEPS, "stage_steps": 3, "delta": 2},
-        "reinforce": {"baseline": "ema", "num_samples": 2, "batch_size": 8, "kl_coef": 0.1},
+        "reinforce": {"baseline": {"kind": "ema"}, "candidates": {"num_samples": 2}, "batch_size": 8, "kl_coef": 0.1},
         "rewards": [{"name": "bleu"}],
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 4},

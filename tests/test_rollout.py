@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from seqrl.estimators import IGNORE_INDEX
+from seqrl.losses import IGNORE_INDEX
 from seqrl.rollout import Rollout, Sampling, prefix_lengths, rollout, rollout_logits
 from seqrl.sampling import Uniforms, sample
 

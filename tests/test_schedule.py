@@ -236,15 +236,15 @@ def recipe(schedule: dict, reinforce: dict | None = None) -> dict:
     ({"kind": "constant", "xent_steps": 5, "rl_steps": 3, "final_stage_steps": 2},
      None, r"schedule\.final_stage_steps only applies to schedule\.kind: mixer"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
-     {"baseline": "loo", "num_samples": 1}, r"reinforce\.baseline: loo needs reinforce\.num_samples >= 2"),
+     {"baseline": {"kind": "loo"}, "candidates": {"num_samples": 1}}, r"reinforce\.baseline\.kind: loo needs reinforce\.candidates\.num_samples >= 2"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
-     {"top_p": 0.0}, r"reinforce\.top_p must be in \(0, 1\]"),
+     {"top_p": 0.9}, r"reinforce\.top_p was removed: REINFORCE's gradient assumes"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
-     {"temperature": 0}, r"reinforce\.temperature must be > 0"),
+     {"candidates": {"temperature": 0}}, r"reinforce\.candidates\.temperature must be > 0"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
-     {"ema_decay": 1.0}, r"reinforce\.ema_decay must be in \[0, 1\)"),
+     {"baseline": {"ema_decay": 1.0}}, r"reinforce\.baseline\.ema_decay must be in \[0, 1\)"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
-     {"baseline": "critic"}, r"reinforce\.baseline must be one of"),
+     {"baseline": {"kind": "critic"}}, r"reinforce\.baseline\.kind must be one of"),
 ])
 def test_invalid_schedule_and_reinforce_name_the_field(schedule, reinforce, message):
     with pytest.raises(ConfigError, match=message):
@@ -257,8 +257,8 @@ def test_alternate_anneal_defaults_to_rl_steps():
 
 
 def test_loo_with_two_samples_and_greedy_with_one_are_fine():
-    from_dict(recipe({"kind": "mixer", "xent_steps": 5, "stage_steps": 2}, {"baseline": "loo", "num_samples": 2}))
-    from_dict(recipe({"kind": "mixer", "xent_steps": 5, "stage_steps": 2}, {"baseline": "greedy", "num_samples": 1}))
+    from_dict(recipe({"kind": "mixer", "xent_steps": 5, "stage_steps": 2}, {"baseline": {"kind": "loo"}, "candidates": {"num_samples": 2}}))
+    from_dict(recipe({"kind": "mixer", "xent_steps": 5, "stage_steps": 2}, {"baseline": {"kind": "greedy"}, "candidates": {"num_samples": 1}}))
 
 
 def test_recipe_to_schedule_end_to_end():

@@ -12,12 +12,14 @@ from accelerate import Accelerator
 
 from conftest import make_pairs
 from seqrl import baselines
-from seqrl.config import DataConfig, ReinforceConfig, RewardConfig
+from seqrl.candidates import CandidateMaker
+from seqrl.config import DataConfig, RewardConfig
 from seqrl.data import TrainCollator
 from seqrl.decoders import Decoding
-from seqrl.estimators import IGNORE_INDEX
-from seqrl.objectives import Reinforce
+from seqrl.losses import IGNORE_INDEX
+from seqrl.objectives import Reinforce, ScoredRows
 from seqrl.rewards import build as build_rewards
+from seqrl.rl_config import CandidatesConfig
 from seqrl.schedule import StagePlan
 from seqrl.steps import mixer_step, xent_step
 
@@ -45,19 +47,19 @@ class Recording:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, logprobs, sample_mask, rewards, advantages, k, rows):
-        self.calls.append(dict(logprobs=logprobs, mask=sample_mask, rewards=rewards, advantages=advantages, k=k,
-                               rows=rows))
-        return Reinforce()(logprobs, sample_mask, rewards, advantages, k, rows)
+    def __call__(self, rows: ScoredRows):
+        self.calls.append(dict(logprobs=rows.logprobs, mask=rows.suffix_mask, rewards=rows.rewards,
+                               advantages=rows.advantages, k=rows.k, rows=rows.step_rows))
+        return Reinforce()(rows)
 
 
-def run_mixer(parts, plan, baseline, objective, samples=0, rl=None):
+def run_mixer(parts, plan, baseline, objective, samples=0, settings=None):
     tm, model, batch, acc = parts
-    rl = rl or ReinforceConfig(num_samples=K)
-    return mixer_step(batch, plan, 7, model=model, text_model=tm, accelerator=acc,
-                      rewards=build_rewards([RewardConfig(name="length")], {"length": length_reward}),
-                      objective=objective, baseline=baseline, reference=None, rl=rl, decoding=Decoding(),
-                      max_len=MAX_LEN, seed=1, total_steps=10, samples=samples)
+    rewards = build_rewards([RewardConfig(name="length")], {"length": length_reward})
+    maker = CandidateMaker(tm, acc, rewards, settings or CandidatesConfig(num_samples=K), Decoding(), None, MAX_LEN,
+                           seed=1, total_steps=10, greedy=baseline.needs_greedy)
+    return mixer_step(batch, plan, 7, model=model, text_model=tm, accelerator=acc, candidates=maker,
+                      objective=objective, baseline=baseline, reference=None, samples=samples)
 
 
 def test_xent_step_is_the_mean_cross_entropy_of_the_gold_tokens(parts):
@@ -65,7 +67,7 @@ def test_xent_step_is_the_mean_cross_entropy_of_the_gold_tokens(parts):
     loss, stats = xent_step(model, tm, acc, batch["model_inputs"], label_smoothing=0.0)
     logits, labels, _ = tm.target_logits(model, batch["model_inputs"])
     expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
-    torch.testing.assert_close(loss, expected)
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-6)
     assert stats["xent_tokens"] == float((labels != IGNORE_INDEX).sum())
 
 
@@ -103,8 +105,8 @@ def test_mixer_step_with_the_reference_as_a_candidate(parts):
     tm, model, batch, _ = parts
     objective = Recording()
     plan = StagePlan(stage=1, n_rl_tokens=3, xent_weight=0.25)
-    rl = ReinforceConfig(num_samples=K, estimator="risk", reference_candidate=True)
-    _, stats, _ = run_mixer(parts, plan, baselines.LeaveOneOut(), objective, rl=rl)
+    settings = CandidatesConfig(num_samples=K, reference=True)
+    _, stats, _ = run_mixer(parts, plan, baselines.LeaveOneOut(), objective, settings=settings)
     (call,) = objective.calls
     assert call["k"] == K + 1 and call["rows"] == 4 * (K + 1)
     R, mask, logp = call["rewards"].view(4, K + 1), call["mask"].view(4, K + 1, -1), call["logprobs"].view(4, K + 1, -1)
@@ -131,3 +133,26 @@ def test_mixer_step_with_the_reference_as_a_candidate(parts):
     torch.testing.assert_close(A[:, :K], expected)
     assert float(A[:, K].abs().max()) == 0.0
     assert stats["rl_tokens"] == float(mask[:, :K].sum())
+
+
+def test_candidates_rows_masks_and_rewards(parts):
+    """The first part of a step alone: k rows per source (then the reference), their prefix and
+    suffix masks from the targets' lengths, and rewards that are the length reward of each row."""
+    tm, model, batch, acc = parts
+    rewards = build_rewards([RewardConfig(name="length")], {"length": length_reward})
+    maker = CandidateMaker(tm, acc, rewards, CandidatesConfig(num_samples=2, reference=True), Decoding(), 3, MAX_LEN,
+                           seed=1, total_steps=10)
+    cand = maker.make(model, batch, StagePlan(stage=1, n_rl_tokens=2, xent_weight=0.5), 7)
+    assert (cand.k, cand.k_decoded) == (3, 2) and [c.num_sources for c in cand.chunks] == [3, 1]  # chunks of 3
+    assert cand.decoded.tolist() == [True, True, False] * 4
+    eos = tm.tokenizer.eos_token_id
+    rows = cand.rows()
+    assert cand.rewards.tolist() == [float(len(r) - (r[-1] == eos)) for r in rows]
+    prefix, suffix, drawn = cand.target_masks()
+    lengths = [min(len(t), MAX_LEN) for t in batch["target_ids_list"]]
+    for i, row in enumerate(rows):
+        gold = max(lengths[i // 3] - 2, 0)  # each row's gold prefix: all but the target's last 2 tokens
+        assert suffix[i].nonzero().flatten().tolist() == list(range(gold, len(row)))
+        assert prefix[i].nonzero().flatten().tolist() == (list(range(gold)) if i % 3 < 2 else [])
+        assert torch.equal(drawn[i], suffix[i] & (i % 3 < 2))
+    assert rows[2::3] == [t[:MAX_LEN] for t in batch["target_ids_list"]]  # the reference rows
