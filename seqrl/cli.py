@@ -1,4 +1,4 @@
-"""`seqrl finetune | validate | evaluate | generate | plot | push | compare`.
+"""`seqrl finetune | validate | evaluate | generate | plot | push`.
 
 User errors (bad recipe, missing file, unloadable model) print one line and exit with code 2;
 `--debug` shows the traceback instead.
