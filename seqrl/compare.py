@@ -151,8 +151,10 @@ def randomization_p_value(stats_a: np.ndarray, stats_b: np.ndarray, score_of, gr
     """sacrebleu's approximate randomization: each trial swaps the two systems' outputs of a random
     half of the groups (`default_rng(seed).integers(2, ...)`), then |A' - B'| against |B - A|."""
     n_groups = int(group_of.max()) + 1
-    swap = np.random.default_rng(seed).integers(2, size=(SAMPLES["ar"], n_groups), dtype=bool)[:, group_of]
-    shuffled_a, shuffled_b = swap @ stats_a + ~swap @ stats_b, ~swap @ stats_a + swap @ stats_b
+    # sacrebleu's pos_sel: where True, pseudo-system A' takes A's output and B' takes B's, else the other way
+    pos = np.random.default_rng(seed).integers(2, size=(SAMPLES["ar"], n_groups), dtype=bool)[:, group_of]
+    neg, pos = (~pos).astype(stats_a.dtype), pos.astype(stats_a.dtype)  # (converted once, not per product)
+    shuffled_a, shuffled_b = pos @ stats_a + neg @ stats_b, neg @ stats_a + pos @ stats_b
     trials = np.array([abs(score_of(x) - score_of(y)) for x, y in zip(shuffled_a, shuffled_b)])
     return tail_p_value(trials, observed)
 
