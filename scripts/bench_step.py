@@ -180,7 +180,7 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tup
 def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import RLOOConfig, RLOOTrainer
+    from trl import RLOOTrainer
 
     spent: dict[str, list[float]] = {}
 
@@ -223,12 +223,7 @@ def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
 
     n_steps = args.warmup + args.steps
     dataset = Dataset.from_list([{"prompt": p["prompt"], "reference_ids": p["reference_ids"]} for p in pairs])
-    config = RLOOConfig(
-        output_dir=str(work / "trl"), per_device_train_batch_size=args.prompts * args.samples,
-        num_generations=args.samples, max_completion_length=args.new_tokens, beta=0.0, learning_rate=1e-4,
-        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, max_steps=n_steps, logging_steps=10**6,
-        save_strategy="no", report_to=[], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=args.device == "cpu",
-        disable_tqdm=True, top_k=0, top_p=1.0, temperature=1.0, seed=0, dataloader_num_workers=0)
+    config = rloo_config(args, work, n_steps)
     timer = StepTimes()
     model = build_model(args.arch, tok, SIZES[args.size][args.arch], args.device)
     tok.padding_side = "left"
@@ -243,6 +238,18 @@ def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
     steps = timer.times[w:]
     parts["optimizer"] = [t - sum(p[i] for p in parts.values()) for i, t in enumerate(steps)]  # and the rest
     return summarize("TRL RLOOTrainer", steps, sampled[w:], parts)
+
+
+def rloo_config(args, work: Path, n_steps: int):
+    """TRL's settings for the same work as the other arms (no KL, constant rate, sampling as drawn)."""
+    from trl import RLOOConfig
+
+    return RLOOConfig(
+        output_dir=str(work / "trl"), per_device_train_batch_size=args.prompts * args.samples,
+        num_generations=args.samples, max_completion_length=args.new_tokens, beta=0.0, learning_rate=1e-4,
+        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, max_steps=n_steps, logging_steps=10**6,
+        save_strategy="no", report_to=[], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=args.device == "cpu",
+        disable_tqdm=True, top_k=0, top_p=1.0, temperature=1.0, seed=0, dataloader_num_workers=0)
 
 
 # -- report -----------------------------------------------------------------------------------

@@ -332,12 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                                           sort_keys=False))
     env = child_env(cuda)
     tolerance = tolerances(args.mixed_precision)
-    settings = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device, "versions": versions(),
-                "steps": args.steps, "checkpoint_step": checkpoint_step(args.steps),
-                "mixed_precision": args.mixed_precision, "tolerance": tolerance, "lora_rank": args.lora_rank,
-                "recipe": recipe(args.steps, args.mixed_precision, Path("START"), Path("data/bible_en_es"),
-                                 args.lora_rank),
-                "start": {"model": MODEL, "tokenizer": TOKENIZER, "seed": 0}}
+    settings = report_settings(args, device, tolerance)
     rows, reference = [], None
     try:
         with open(args.out / REPORT_LOG, "w", encoding="utf-8") as log:
@@ -372,6 +367,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print((args.out / REPORT_MD).read_text(), end="")
     return 0
+
+
+def report_settings(args: argparse.Namespace, device: str, tolerance: dict) -> dict:
+    """What the report says the check ran with (the recipe with the start and data paths as names)."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device, "versions": versions(),
+            "steps": args.steps, "checkpoint_step": checkpoint_step(args.steps),
+            "mixed_precision": args.mixed_precision, "tolerance": tolerance, "lora_rank": args.lora_rank,
+            "recipe": recipe(args.steps, args.mixed_precision, Path("START"), Path("data/bible_en_es"), args.lora_rank),
+            "start": {"model": MODEL, "tokenizer": TOKENIZER, "seed": 0}}
 
 
 def write_report(out: Path, rows: list[dict], settings: dict) -> None:

@@ -138,29 +138,10 @@ def part_times(events, kind: str, wall_s: float, device: str) -> dict:
     return {"parts": parts, "step_ms": 1000 * wall_s}
 
 
-def rollout_counts(events, probe_calls: list[dict], device: str, top: int = 15) -> dict:
-    """Kernel launches and syncs inside the seqrl/rollout region(s), per decoding iteration, and
-    the ops with the most self time there."""
-    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
-    regions = [e for e in host if e.name == "seqrl/rollout"]
-    if not regions:
-        raise SystemExit("profile_step: no seqrl/rollout region in the MIXER step's profile")
-    inside = [e for e in host if any(_inside(e, r) for r in regions) and e.name != "seqrl/rollout"]
-    # the model's forward calls: the hook's regions, and torch.compile's (a compiled step bypasses hooks)
-    marked = [e for e in inside if e.name == MODEL_CALL or e.name.startswith(COMPILED)]
-    model_regions = [e for e in marked if not any(o is not e and _inside(e, o) for o in marked)]
-    model_calls = len(model_regions)
-    positions = sum(c["positions"] for c in probe_calls)
-    # iterations: the loop's token draws (past the last row's end too, until its next "all ended?"
-    # check); without a draw to count, the model calls or the positions
-    draws = [c["draws"] for c in probe_calls]
-    if draws and None not in draws and sum(draws):
-        iterations, source = sum(draws), "token draws in the loop"
-    else:
-        iterations, source = max(model_calls, positions), "model calls or positions (no draw seen)"
-
-    def in_model(e) -> bool:
-        return any(_inside(e, m) for m in model_regions)
+def _counted_events(inside: list, device: str) -> dict[str, list]:
+    """The rollout's events by what they count: leaf aten ops (all, and those that launch a kernel),
+    top-level aten ops, sync-forcing calls (each once), and on CUDA the launches, host waits,
+    copies and kernels."""
 
     def aten_ancestor(e) -> bool:
         p = e.cpu_parent
@@ -201,6 +182,46 @@ def rollout_counts(events, probe_calls: list[dict], device: str, top: int = 15) 
         kernels = [(e, k.name) for e in inside for k in e.kernels]
         counted["device_kernels"] = [e for e, name in kernels if not name.startswith(("Memcpy", "Memset"))]
         counted["d2h_copies"] = [e for e, name in kernels if "DtoH" in name]  # ("Memcpy DtoH (Device -> ...)")
+    return counted
+
+
+def _ops_by_self_time(events: list, device: str) -> list[tuple[str, dict]]:
+    """(op name, calls and self time) of the events, the most self time first."""
+    ops = defaultdict(lambda: {"calls": 0, "self_ms": 0.0, "self_device_ms": 0.0})
+    for e in events:
+        row = ops[e.name]
+        row["calls"] += 1
+        row["self_ms"] += e.self_cpu_time_total / 1000
+        if device == "cuda":
+            row["self_device_ms"] += e.self_device_time_total / 1000
+    return sorted(ops.items(), key=lambda kv: -kv[1]["self_ms"])
+
+
+def rollout_counts(events, probe_calls: list[dict], device: str, top: int = 15) -> dict:
+    """Kernel launches and syncs inside the seqrl/rollout region(s), per decoding iteration, and
+    the ops with the most self time there."""
+    host = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async]
+    regions = [e for e in host if e.name == "seqrl/rollout"]
+    if not regions:
+        raise SystemExit("profile_step: no seqrl/rollout region in the MIXER step's profile")
+    inside = [e for e in host if any(_inside(e, r) for r in regions) and e.name != "seqrl/rollout"]
+    # the model's forward calls: the hook's regions, and torch.compile's (a compiled step bypasses hooks)
+    marked = [e for e in inside if e.name == MODEL_CALL or e.name.startswith(COMPILED)]
+    model_regions = [e for e in marked if not any(o is not e and _inside(e, o) for o in marked)]
+    model_calls = len(model_regions)
+    positions = sum(c["positions"] for c in probe_calls)
+    # iterations: the loop's token draws (past the last row's end too, until its next "all ended?"
+    # check); without a draw to count, the model calls or the positions
+    draws = [c["draws"] for c in probe_calls]
+    if draws and None not in draws and sum(draws):
+        iterations, source = sum(draws), "token draws in the loop"
+    else:
+        iterations, source = max(model_calls, positions), "model calls or positions (no draw seen)"
+
+    def in_model(e) -> bool:
+        return any(_inside(e, m) for m in model_regions)
+
+    counted = _counted_events(inside, device)
     totals = {key: len(v) for key, v in counted.items()}
     per_iteration = {key: n / iterations for key, n in totals.items()}
     split = {key: {"in_model": sum(map(in_model, v)) / iterations,
@@ -211,14 +232,7 @@ def rollout_counts(events, probe_calls: list[dict], device: str, top: int = 15) 
     # headline numbers: on CUDA the real launches and host waits; on CPU their analogues
     kernels_key, syncs_key = ("kernel_launches", "host_waits") if device == "cuda" else ("leaf_aten_ops", "sync_ops")
     rollout_ms = sum(_duration_ms(r) for r in regions)
-    ops = defaultdict(lambda: {"calls": 0, "self_ms": 0.0, "self_device_ms": 0.0})
-    for e in inside + regions:
-        row = ops[e.name]
-        row["calls"] += 1
-        row["self_ms"] += e.self_cpu_time_total / 1000
-        if device == "cuda":
-            row["self_device_ms"] += e.self_device_time_total / 1000
-    ranked = sorted(ops.items(), key=lambda kv: -kv[1]["self_ms"])[:top]
+    ranked = _ops_by_self_time(inside + regions, device)[:top]
     return {
         "iterations": iterations, "model_calls": model_calls, "positions": positions,
         "iterations_from": source,
