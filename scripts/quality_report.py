@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seqrl import diagnostics  # noqa: E402
+from benchkit import diagnostics  # noqa: E402  scripts/benchkit, beside this file
+from seqrl.compare import compare_systems  # noqa: E402
 from seqrl.config import load_recipe  # noqa: E402
 from seqrl.metrics import ROUGE_TYPES  # noqa: E402
 
@@ -134,7 +135,8 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
         lines.append(f"| {name} | {value:.2f} | | | | | | | | | | |")
     groups = test_groups(recipe, args.overrides, task_dir, runs)
     resampled = ", whole families of sibling packages resampled together" if groups else ""
-    lines += ["", f"Paired bootstrap on test (1000 resamples{resampled}): {metric} difference and 95% interval"]
+    lines += ["", f"Paired bootstrap on test (`seqrl compare`'s: 1000 resamples, seed 12345{resampled}): {metric} "
+              "difference, 95% interval and p-value"]
     # B, and any ablation run on every seed of the table (a candidate arm B of its own), against A, A-restart and
     # C; then the same between final models: what the runs ended with, without validation's choice of checkpoint
     candidates = ["B", *(n for n in names if n.startswith("B-") and all(n in r for r in runs.values()))]
@@ -144,12 +146,12 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
         for arm in candidates:
             lines += ["", f"| seed | {' | '.join(f'{arm} - {other}{label}' for other in others)} |",
                       "|---" * (len(others) + 1) + "|"]
-            lines += [f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, seed, arm, groups, model) for other in others)} |"
+            lines += [f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, arm, groups, model) for other in others)} |"
                       for seed in runs]
     ablated = [(seed, name) for seed in runs for name in runs[seed] if name.startswith("B-")]
     if ablated:
         lines += ["", "| seed | B - ablation | difference [95% interval] |", "|---|---|---|"]
-        lines += [f"| {seed} | {name} | {b_minus(task_dir / f'seed{seed}', name, metric, seed, groups=groups)} |" for seed, name in ablated]
+        lines += [f"| {seed} | {name} | {b_minus(task_dir / f'seed{seed}', name, metric, groups=groups)} |" for seed, name in ablated]
     for seed in runs:
         lines.append(f"\n![validation {metric} vs minutes, seed {seed}](curves-seed{seed}.png)")
         plot_curves(task_dir / f"seed{seed}", metric, runs[seed], task_dir / f"curves-seed{seed}.png", args.machine)
@@ -202,15 +204,15 @@ def test_groups(recipe: str, overrides: list[str], task_dir: Path, runs: dict) -
     return list(test["family"])
 
 
-def b_minus(seed_dir: Path, other: str, metric: str, seed: int, arm: str = "B", groups: list[str] | None = None,
+def b_minus(seed_dir: Path, other: str, metric: str, arm: str = "B", groups: list[str] | None = None,
             model: str = "best") -> str:
-    """Paired bootstrap of `arm` minus `other` on the test predictions of their best (or final) models
-    ("—" if either is missing); with `groups`, whole groups are resampled (a cluster bootstrap)."""
+    """`seqrl compare`'s paired bootstrap of `arm` minus `other` on the test predictions of their best
+    (or final) models ("—" if either is missing); with `groups`, whole groups are resampled."""
     if not all((seed_dir / run / PREDICTIONS[model]).is_file() for run in (other, arm)):
         return "—"
     (a, refs), (b, _) = test_predictions(seed_dir / other, model), test_predictions(seed_dir / arm, model)
-    r = diagnostics.paired_bootstrap(metric, a, b, refs, seed=seed, groups=groups)
-    return f"{r['delta']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
+    (r,) = compare_systems(a, b, refs, [metric], groups=groups)
+    return f"{r.delta:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p {r.p_value:.3f}"
 
 
 def plot_curves(seed_dir: Path, metric: str, results: dict, path: Path, machine: str) -> None:

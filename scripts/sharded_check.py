@@ -132,41 +132,24 @@ GPU machine. Without it the two DeepSpeed rows say "not run: deepspeed is not in
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
-import math
 import os
 import platform
-import re
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchkit.sharded_runs import CONFIGS, MIN_SECONDS, Runner, checkpoint_step, child_env, first_run, resume_run
+from benchkit.sharded_verdicts import REFERENCE, markdown_table, ran_cell, resume_cell, tolerances
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "bible_en_es"
-ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate"
 
-CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "zero2": "deepspeed_zero2.yaml", "zero3": "deepspeed_zero3.yaml"}
-"""Short name -> accelerate config file in recipes/accelerate/, in the order they run (DDP first:
-the others are compared with it)."""
-REFERENCE = "ddp"
 DEEPSPEED = {"zero2", "zero3"}
-
-LOSS_TOLERANCE = 0.01
-BF16_LOSS_TOLERANCE = 0.3
-RESUME_TOLERANCE = 1e-3
-WEIGHT_TOLERANCE = 2e-3
-BF16_WEIGHT_TOLERANCE = 0.03
-
 REPORT_MD, REPORT_JSON, REPORT_LOG = "sharded_check.md", "sharded_check.json", "sharded_check.log"
-LOG_TAIL_LINES = 60
-
 
 
 # -- the recipe ------------------------------------------------------------------------------------------
@@ -243,380 +226,6 @@ def build_start(directory: Path, data_dir: Path = DATA, seed: int = 0) -> Path:
     return directory / "model"
 
 
-def checkpoint_step(steps: int) -> int:
-    return steps // 2
-
-
-# -- reading a run ---------------------------------------------------------------------------------------
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's lines ([] when there is none); a line cut short by a kill is dropped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
-
-
-def losses(rows: list[dict]) -> dict[int, float]:
-    """train/loss by optimizer step (the lines with one; log.every 1 gives one per step)."""
-    return {row["step"]: row["train/loss"] for row in rows if isinstance(row.get("train/loss"), (int, float))}
-
-
-def median_step_time(rows: list[dict]) -> float | None:
-    """Median time/step_s over the logged steps (the first step's warm-up does not move it)."""
-    times = [row["time/step_s"] for row in rows if isinstance(row.get("time/step_s"), (int, float))]
-    return statistics.median(times) if times else None
-
-
-def compare(reference: dict[int, float], other: dict[int, float], steps: list[int]) -> dict:
-    """Largest |other - reference| over `steps`: {max_abs_diff, bitwise, missing (steps either lacks)}."""
-    missing = [s for s in steps if s not in reference or s not in other]
-    diffs = [abs(other[s] - reference[s]) for s in steps if s in reference and s in other]
-    nan = any(math.isnan(d) for d in diffs)
-    return {"max_abs_diff": (math.nan if nan else max(diffs)) if diffs else None,
-            "bitwise": bool(diffs) and not missing and all(other[s] == reference[s] for s in steps),
-            "missing": missing}
-
-
-def loss_verdict(reference: dict[int, float], other: dict[int, float], steps: list[int], tolerance: float) -> dict:
-    """A run's train/loss against DDP's over every step: within `tolerance` or not."""
-    out = compare(reference, other, steps)
-    diff = out["max_abs_diff"]
-    out["tolerance"] = tolerance
-    out["within"] = not out["missing"] and diff is not None and diff <= tolerance  # (NaN compares False)
-    return out
-
-
-def resume_verdict(uninterrupted: dict[int, float], resumed: dict[int, float], steps: list[int],
-                   tolerance: float) -> dict:
-    """The resumed run's steps against the uninterrupted run's: `bitwise`, `within tolerance`,
-    `differs` or `missing steps`; `passed` for the first two."""
-    out = compare(uninterrupted, resumed, steps)
-    diff = out["max_abs_diff"]
-    if out["missing"]:
-        status = "missing steps"
-    elif out["bitwise"]:
-        status = "bitwise"
-    elif diff is not None and diff <= tolerance:
-        status = "within tolerance"
-    else:
-        status = "differs"
-    out.update(status=status, tolerance=tolerance, passed=status in ("bitwise", "within tolerance"))
-    return out
-
-
-_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
-
-
-def first_error_line(text: str) -> str | None:
-    """The line that says what went wrong: seqrl's own one-line error if there is one, else the
-    exception line of the first traceback (torchrun's `[rankN]:` prefixes removed), else the last
-    line mentioning an error."""
-    lines = [_RANK_PREFIX.sub("", line.rstrip()) for line in text.splitlines()]
-    for line in lines:
-        if line.startswith("sharded_check: timed out"):
-            return line
-    for line in lines:
-        if re.match(r"^seqrl \w+: (error|preempted|interrupted)", line):
-            return line
-    for i, line in enumerate(lines):
-        if line.startswith("Traceback (most recent call last)"):
-            for after in lines[i + 1:]:
-                if after and not after[0].isspace() and not after.startswith(("Traceback", "During handling",
-                                                                               "The above exception")):
-                    return after
-    errors = [line for line in lines if re.search(r"error|exception|killed|timed out", line, re.IGNORECASE)]
-    return errors[-1] if errors else None
-
-
-def parallelism_line(text: str) -> str | None:
-    """The run header's `parallelism: ...` line."""
-    for line in text.splitlines():
-        line = _RANK_PREFIX.sub("", line.strip())
-        if line.startswith("parallelism:"):
-            return line
-    return None
-
-
-def compare_weights(reference_dir: Path, other_dir: Path, tolerance: float = WEIGHT_TOLERANCE) -> dict:
-    """final/model.safetensors of a run against DDP's: same names and shapes, nothing empty or
-    non-finite (a sharded save that wrote only a shard, or ZeRO-3's empty placeholders, fails
-    here), and the largest |w - w_DDP|."""
-    from safetensors.torch import load_file
-
-    ref_path, path = Path(reference_dir) / "model.safetensors", Path(other_dir) / "model.safetensors"
-    if not path.is_file():
-        return {"ok": False, "problem": f"no {path.parent.name}/{path.name}"}
-    try:
-        weights = load_file(str(path))
-        reference = load_file(str(ref_path)) if ref_path.is_file() else None
-    except Exception as err:  # noqa: BLE001  (a torn or foreign file: reported, not raised)
-        return {"ok": False, "problem": f"unreadable: {type(err).__name__}: {str(err).splitlines()[0][:120]}"}
-    empty = sorted(name for name, w in weights.items() if w.numel() == 0)
-    if empty:
-        return {"ok": False, "problem": f"{len(empty)} empty tensors ({empty[0]}, ...)"}
-    bad = sorted(name for name, w in weights.items() if w.is_floating_point() and not bool(w.float().isfinite().all()))
-    if bad:
-        return {"ok": False, "problem": f"non-finite values in {bad[0]}"}
-    if reference is None:
-        return {"ok": True, "max_abs_diff": None}
-    shapes = {n: tuple(w.shape) for n, w in weights.items()}
-    ref_shapes = {n: tuple(w.shape) for n, w in reference.items()}
-    if shapes != ref_shapes:
-        differ = sorted(set(shapes.items()) ^ set(ref_shapes.items()))
-        return {"ok": False, "problem": f"tensors differ from DDP's: {differ[0][0]} {differ[0][1]}"}
-    diff = max((float((w.float() - reference[n].float()).abs().max()) for n, w in weights.items() if w.numel()),
-               default=0.0)
-    return {"ok": diff <= tolerance, "max_abs_diff": diff, "tolerance": tolerance,
-            **({} if diff <= tolerance else {"problem": f"max |w - w_DDP| {diff:.3g} > {tolerance:g}"})}
-
-
-# -- the table ---------------------------------------------------------------------------------------------
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    return "0" if value == 0 else f"{value:.{digits}g}"
-
-
-def _cell(text: str | None, limit: int = 280) -> str:
-    text = "-" if text is None else " ".join(str(text).split())
-    text = text if len(text) <= limit else text[:limit - 3] + "..."
-    return text.replace("|", "\\|")
-
-
-def ran_cell(row: dict) -> str:
-    if row.get("skipped"):
-        return f"not run: {row['skipped']}"
-    if row["exit_code"] == 0:
-        return f"yes (exit 0, {row['steps_logged']} steps)"
-    return f"no (exit {row['exit_code']}, {row['steps_logged']} steps): {row.get('error') or 'no error line'}"
-
-
-def loss_cell(row: dict) -> str:
-    verdict = row.get("loss_vs_ddp")
-    if not verdict:
-        return "-" if row.get("skipped") or row.get("exit_code") is None or row["config"] == REFERENCE \
-            else "no DDP curve to compare"
-    diff, tol = verdict["max_abs_diff"], verdict["tolerance"]
-    if verdict["missing"]:
-        text = f"{_num(diff)}; steps missing: {_steps(verdict['missing'])}"
-    else:
-        text = f"{_num(diff)} {'<=' if verdict['within'] else '>'} {tol:g}"
-    return text + (" (bitwise)" if verdict["bitwise"] else "") + ("" if verdict["within"] else " FAIL")
-
-
-def resume_cell(row: dict) -> str:
-    resume = row.get("resume")
-    if not resume:
-        return "-"
-    if resume.get("skipped"):
-        return f"not run: {resume['skipped']}"
-    if resume["exit_code"] != 0:
-        failed = f"exit {resume['exit_code']}: {resume.get('error') or 'no error line'}"
-        if resume["status"] in ("bitwise", "within tolerance"):  # the steps came out right, the end did not
-            return f"FAIL: steps {resume['status']} ({_num(resume['max_abs_diff'])}), then {failed}"
-        return f"FAIL: {failed}"
-    if resume["status"] == "bitwise":
-        return "bitwise"
-    if resume["status"] == "missing steps":
-        return f"FAIL: steps missing: {_steps(resume['missing'])}"
-    word = "within tolerance" if resume["passed"] else "FAIL: differs"
-    return f"{word}: {_num(resume['max_abs_diff'])} {'<=' if resume['passed'] else '>'} {resume['tolerance']:g}"
-
-
-def weights_cell(row: dict) -> str:
-    weights = row.get("final_weights")
-    if not weights:
-        return "-"
-    if not weights["ok"]:
-        return f"FAIL: {weights['problem']}"
-    if weights.get("max_abs_diff") is None:
-        return "complete (no DDP weights to compare)"
-    return f"complete, max abs diff {_num(weights['max_abs_diff'])} <= {weights['tolerance']:g}"
-
-
-def _steps(steps: list[int]) -> str:
-    return ", ".join(map(str, steps[:5])) + (f" (+{len(steps) - 5})" if len(steps) > 5 else "")
-
-
-def markdown_table(rows: list[dict], settings: dict) -> str:
-    """The report: a header saying what ran where, then one row per config."""
-    n, save = settings["steps"], settings["checkpoint_step"]
-    lines = [
-        f"# Sharded training check ({settings['date']})",
-        "",
-        (f"Machine: {settings['device']}; torch {settings['versions'].get('torch')}, accelerate "
-         f"{settings['versions'].get('accelerate')}, transformers {settings['versions'].get('transformers')}, "
-         f"deepspeed {settings['versions'].get('deepspeed') or 'not installed'}."),
-        "",
-        (f"Each config: {n} MIXER steps of the recipe in scripts/sharded_check.py"
-         + (f" with LoRA (rank {settings['lora_rank']}; only the adapters train)" if settings.get("lora_rank") else "")
-         + ", 1 process "
-         f"(`seqrl finetune RECIPE --num-processes 1 --accelerate-config recipes/accelerate/X.yaml`), "
-         f"run.mixed_precision {settings['mixed_precision']}. Loss: max |train/loss - DDP's| over steps 1-{n} "
-         f"(tolerance {settings['tolerance']['loss']:g}). Resume: a checkpoint at step {save}, resumed into a "
-         f"fresh output dir; steps {save + 1}-{n} against the uninterrupted run (bitwise, or within "
-         f"{settings['tolerance']['resume']:g}). final/: the saved weights against DDP's (max abs difference, "
-         f"tolerance {settings['tolerance']['weights']:g})."),
-        "",
-        f"| config | ran | parallelism | loss vs DDP | median step (s) | resume at step {save} | final/ weights |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(c) for c in (
-            f"{row['config']} ({row['accelerate_config']})", ran_cell(row),
-            (row.get("parallelism") or "-").removeprefix("parallelism: "), loss_cell(row),
-            _num(row.get("median_step_s")), resume_cell(row), weights_cell(row))) + " |")
-    return "\n".join(lines) + "\n"
-
-
-# -- running -------------------------------------------------------------------------------------------------
-
-
-def child_env(cuda: bool) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env.setdefault("OMP_NUM_THREADS", "1")  # (torchrun sets it to 1 too, with a warning)
-    if cuda:
-        env.setdefault("DS_ACCELERATOR", "cuda")  # (a deepspeed wheel built without a GPU names "cpu")
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    return env
-
-
-def finetune_command(recipe_path: Path, config: str, output_dir: Path, overrides: list[str] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", "seqrl", "finetune", str(recipe_path), "--num-processes", "1",
-           "--accelerate-config", str(ACCELERATE_CONFIGS / CONFIGS[config]),
-           "--set", f"run.output_dir={output_dir}"]
-    for item in overrides:
-        cmd += ["--set", item]
-    return cmd
-
-
-def run_command(cmd: list[str], env: dict, timeout: float, log) -> tuple[int, str]:
-    """Run `cmd` in its own process group; on timeout end that group. Returns (exit code, output)."""
-    log.write(f"$ {' '.join(cmd)}\n")
-    log.flush()
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=max(timeout, 1.0))
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        stop(proc)
-        output, _ = proc.communicate(timeout=30)
-        output += f"\nsharded_check: timed out after {timeout:.0f} s, stopped\n"
-        code = 124
-    tail = output.splitlines()[-LOG_TAIL_LINES:]
-    log.write(f"# exit {code} after {time.monotonic() - started:.1f} s; last {len(tail)} lines:\n")
-    log.write("\n".join(tail) + "\n\n")
-    log.flush()
-    return code, output
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a run that ran out of time: SIGTERM to the process group started here (seqrl passes it
-    to the launcher; torchrun stops its workers, which start sessions of their own), then SIGKILL
-    to whatever of it, and of the processes it started, is left after 15 s."""
-    import psutil
-
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        family = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=15)
-    for child in family:
-        with contextlib.suppress(psutil.Error):
-            child.kill()  # (psutil checks that the pid is still that process)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def tolerances(mixed_precision: str) -> dict:
-    """The tolerances of the module docstring, for run.mixed_precision `no` or `bf16`."""
-    fp32 = mixed_precision == "no"
-    return {"loss": LOSS_TOLERANCE if fp32 else BF16_LOSS_TOLERANCE, "resume": RESUME_TOLERANCE,
-            "weights": WEIGHT_TOLERANCE if fp32 else BF16_WEIGHT_TOLERANCE}
-
-
-class Runner:
-    """Runs `seqrl finetune` commands within the check's time budget (--budget), logging each."""
-
-    def __init__(self, recipe_path: Path, work: Path, env: dict, timeout: float, budget: float, log):
-        self.recipe_path, self.work, self.env, self.timeout, self.log = recipe_path, work, env, timeout, log
-        self.deadline = time.monotonic() + budget
-
-    def time_left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def finetune(self, config: str, output_dir: Path, overrides: list[str] = ()) -> tuple[int, str]:
-        timeout = min(self.timeout, self.time_left())
-        return run_command(finetune_command(self.recipe_path, config, output_dir, overrides), self.env, timeout,
-                           self.log)
-
-    def error(self, code: int, output: str) -> str | None:
-        """The run's first error line (None when it exited 0), the work directory written WORK."""
-        line = first_error_line(output) if code != 0 else None
-        return line.replace(str(self.work), "WORK") if line else line
-
-
-MIN_SECONDS = 20.0
-"""A run is not started with less of the budget left than this."""
-
-
-def first_run(runner: Runner, config: str, steps: int, reference: dict | None, tolerance: dict) -> dict:
-    """`steps` steps from scratch (a checkpoint half-way); the table's row, without the resume."""
-    row = {"config": config, "accelerate_config": CONFIGS[config]}
-    out = runner.work / config
-    started = time.monotonic()
-    code, output = runner.finetune(config, out)
-    rows = read_metrics(out)
-    curve = losses(rows)
-    row.update(exit_code=code, error=runner.error(code, output),
-               seconds=round(time.monotonic() - started, 1), parallelism=parallelism_line(output),
-               steps_logged=len(curve), losses=curve, median_step_s=median_step_time(rows), output_dir=str(out))
-    all_steps = list(range(1, steps + 1))
-    if reference is None and code == 0:  # DDP against itself: 0 by construction, shown as such
-        row["loss_vs_ddp"] = loss_verdict(curve, curve, all_steps, tolerance["loss"])
-    elif reference is not None and reference.get("exit_code") == 0 and curve:
-        row["loss_vs_ddp"] = loss_verdict(reference["losses"], curve, all_steps, tolerance["loss"])
-    if code == 0 or (out / "final").is_dir():
-        ref_final = Path(reference["output_dir"]) / "final" if reference else out / "final"
-        row["final_weights"] = compare_weights(ref_final, out / "final", tolerance["weights"])
-    return row
-
-
-def resume_run(runner: Runner, row: dict, steps: int, tolerance: dict) -> None:
-    """Resume the row's run from its half-way checkpoint into a fresh directory; the row's `resume`."""
-    save = checkpoint_step(steps)
-    checkpoint = Path(row["output_dir"]) / "checkpoints" / f"step-{save:08d}"
-    if not checkpoint.is_dir():
-        row["resume"] = {"skipped": f"no checkpoint at step {save}"}
-        return
-    resumed_dir = runner.work / f"{row['config']}-resumed"
-    code, output = runner.finetune(row["config"], resumed_dir, [f"run.resume={checkpoint}"])
-    resumed = losses(read_metrics(resumed_dir))
-    row["resume"] = {"exit_code": code, "error": runner.error(code, output),
-                     "losses": resumed, **resume_verdict(row["losses"], resumed, list(range(save + 1, steps + 1)),
-                                                          tolerance["resume"])}
 
 
 def versions() -> dict:
@@ -723,12 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                                           sort_keys=False))
     env = child_env(cuda)
     tolerance = tolerances(args.mixed_precision)
-    settings = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device, "versions": versions(),
-                "steps": args.steps, "checkpoint_step": checkpoint_step(args.steps),
-                "mixed_precision": args.mixed_precision, "tolerance": tolerance, "lora_rank": args.lora_rank,
-                "recipe": recipe(args.steps, args.mixed_precision, Path("START"), Path("data/bible_en_es"),
-                                 args.lora_rank),
-                "start": {"model": MODEL, "tokenizer": TOKENIZER, "seed": 0}}
+    settings = report_settings(args, device, tolerance)
     rows, reference = [], None
     try:
         with open(args.out / REPORT_LOG, "w", encoding="utf-8") as log:
@@ -763,6 +367,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print((args.out / REPORT_MD).read_text(), end="")
     return 0
+
+
+def report_settings(args: argparse.Namespace, device: str, tolerance: dict) -> dict:
+    """What the report says the check ran with (the recipe with the start and data paths as names)."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device, "versions": versions(),
+            "steps": args.steps, "checkpoint_step": checkpoint_step(args.steps),
+            "mixed_precision": args.mixed_precision, "tolerance": tolerance, "lora_rank": args.lora_rank,
+            "recipe": recipe(args.steps, args.mixed_precision, Path("START"), Path("data/bible_en_es"), args.lora_rank),
+            "start": {"model": MODEL, "tokenizer": TOKENIZER, "seed": 0}}
 
 
 def write_report(out: Path, rows: list[dict], settings: dict) -> None:

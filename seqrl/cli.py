@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest output (default: the run's eval.max_new_tokens, or what the model's positions hold, "
                         "at most 128)")
     p.add_argument("--batch-size", type=int, default=32)
+
+    from seqrl.compare import add_parser as add_compare_parser  # (light: numpy; the metrics load when run)
+    add_compare_parser(sub)
     return parser
 
 
@@ -292,5 +295,11 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from seqrl.compare import run
+
+    return run(args)
+
+
 COMMANDS = {"plot": cmd_plot, "finetune": cmd_finetune, "validate": cmd_validate, "evaluate": cmd_evaluate,
-            "generate": cmd_generate, "push": cmd_push}
+            "generate": cmd_generate, "push": cmd_push, "compare": cmd_compare}

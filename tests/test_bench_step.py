@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # as when run: the script imports scripts/benchkit/
 spec = importlib.util.spec_from_file_location("bench_step", REPO / "scripts" / "bench_step.py")
 bench_step = importlib.util.module_from_spec(spec)
 sys.modules.setdefault(spec.name, bench_step)

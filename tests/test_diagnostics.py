@@ -1,29 +1,30 @@
-"""Honesty guards: hand-computed values for the small functions, exactness of the paired bootstrap
-against `corpus_scores`, and the source-use gap on tiny models."""
+"""Honesty guards (scripts/benchkit/diagnostics.py): hand-computed values for the small functions and
+the source-use gap on tiny models. (The paired tests between systems: tests/test_compare.py.)"""
 
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from seqrl.diagnostics import (
+from seqrl.metrics import corpus_scores
+from conftest import make_pairs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # as when a script runs
+from benchkit.diagnostics import (  # noqa: E402
     best_constant_output,
     bleu_brevity_split,
-    bootstrap_indices,
     derangement,
     distinct_fraction,
     frequent_targets,
     lead_words,
     length_ratio,
-    paired_bootstrap,
     rouge_precision_recall,
     source_use,
 )
-from seqrl.metrics import corpus_scores
-from conftest import make_pairs
 
 
 def test_distinct_fraction():
@@ -89,52 +90,6 @@ def test_best_constant_output_bleu_is_the_majority_reference():
     assert score == corpus_scores([text] * 4, references, ["bleu"])["bleu"]
 
 
-def _systems(n: int = 40):
-    """References, a weak system (half the words dropped) and a strong one (the reference, except
-    every fifth output loses its last word)."""
-    refs = [p["es"] for p in make_pairs(n, seed=7)]
-    weak = [" ".join(r.split()[::2]) for r in refs]
-    strong = [" ".join(r.split()[:-1]) if i % 5 == 0 else r for i, r in enumerate(refs)]
-    return refs, weak, strong
-
-
-@pytest.mark.parametrize("metric", ["bleu", "chrf", "rouge1", "rouge2", "rougeL"])
-def test_paired_bootstrap_full_set_equals_corpus_scores(metric):
-    refs, weak, strong = _systems()
-    result = paired_bootstrap(metric, weak, strong, refs, samples=50)
-    a = corpus_scores(weak, refs, [metric])[metric]
-    b = corpus_scores(strong, refs, [metric])[metric]
-    assert (result["a"], result["b"], result["delta"]) == (a, b, b - a)  # exactly
-    assert result["low"] > 0 and result["p_b_not_better"] == 0.0  # clearly better
-    assert result["low"] <= result["high"]
-
-
-@pytest.mark.parametrize("metric", ["bleu", "rouge1"])
-def test_paired_bootstrap_identical_systems(metric):
-    refs, weak, _ = _systems()
-    result = paired_bootstrap(metric, weak, list(weak), refs, samples=30)
-    assert result["delta"] == 0.0 and result["low"] == 0.0 and result["high"] == 0.0
-    assert result["p_b_not_better"] == 1.0
-
-
-@pytest.mark.parametrize("metric", ["bleu", "chrf", "rougeL"])
-def test_paired_bootstrap_recomputes_the_corpus_metric_per_resample(metric):
-    # The resampled deltas must be those of corpus_scores on the resampled corpora: corpus BLEU
-    # is not a mean of sentence scores, so this fails if the statistics were averaged wrongly.
-    refs, weak, strong = _systems(20)
-    samples, seed = 12, 3
-    deltas = []
-    for idx in bootstrap_indices(len(refs), samples, seed):
-        r = [refs[i] for i in idx]
-        deltas.append(corpus_scores([strong[i] for i in idx], r, [metric])[metric]
-                      - corpus_scores([weak[i] for i in idx], r, [metric])[metric])
-    result = paired_bootstrap(metric, weak, strong, refs, samples=samples, seed=seed)
-    low, high = np.percentile(deltas, [2.5, 97.5])
-    assert result["low"] == pytest.approx(low, abs=1e-9)
-    assert result["high"] == pytest.approx(high, abs=1e-9)
-    assert result == paired_bootstrap(metric, weak, strong, refs, samples=samples, seed=seed)
-
-
 def test_derangement_has_no_fixed_points():
     for n in (2, 3, 10):
         perm = derangement(n, seed=n)
@@ -190,37 +145,3 @@ def test_source_use_gap_vanishes_when_the_encoder_output_is_blanked(tiny_text_mo
         handle.remove()
     assert abs(ignoring["gap"]) < 1e-6
     assert abs(reading["gap"]) > 1e-5
-
-
-@pytest.mark.parametrize("metric", ["bleu", "rougeL"])
-def test_paired_bootstrap_with_distinct_groups_is_the_per_example_bootstrap(metric):
-    refs, weak, strong = _systems(20)
-    plain = paired_bootstrap(metric, weak, strong, refs, samples=40, seed=5)
-    assert paired_bootstrap(metric, weak, strong, refs, samples=40, seed=5, groups=list(range(20))) == plain
-
-
-@pytest.mark.parametrize("metric", ["bleu", "chrf", "rougeL"])
-def test_paired_bootstrap_groups_resample_whole_groups(metric):
-    # Examples 0-5 are one group, the rest singletons: each resample draws group labels and takes
-    # all of a drawn group's examples, as many times as it was drawn.
-    refs, weak, strong = _systems(12)
-    groups = [0] * 6 + list(range(1, 7))
-    members = {g: [i for i, x in enumerate(groups) if x == g] for g in range(7)}
-    samples, seed = 15, 2
-    deltas = []
-    for drawn in bootstrap_indices(7, samples, seed):
-        idx = [i for g in drawn for i in members[g]]
-        r = [refs[i] for i in idx]
-        deltas.append(corpus_scores([strong[i] for i in idx], r, [metric])[metric]
-                      - corpus_scores([weak[i] for i in idx], r, [metric])[metric])
-    result = paired_bootstrap(metric, weak, strong, refs, samples=samples, seed=seed, groups=groups)
-    low, high = np.percentile(deltas, [2.5, 97.5])
-    assert result["low"] == pytest.approx(low, abs=1e-9)
-    assert result["high"] == pytest.approx(high, abs=1e-9)
-    assert result["p_b_not_better"] == pytest.approx(np.mean(np.array(deltas) <= 0))
-
-
-def test_paired_bootstrap_rejects_groups_of_the_wrong_length():
-    refs, weak, strong = _systems(5)
-    with pytest.raises(ValueError, match="4 group labels for 5 examples"):
-        paired_bootstrap("bleu", weak, strong, refs, groups=[0, 1, 2, 3])

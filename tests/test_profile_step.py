@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from seqrl import rollout as rollout_module
-from seqrl import steps
+from seqrl import candidates
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("profile_step", REPO / "scripts" / "profile_step.py")
@@ -29,7 +29,7 @@ def test_profile_step_cpu(arch, tmp_path, monkeypatch, capsys):
     # What the rollout really did, seen from outside the script: its sampling calls (one per
     # decoding iteration) and the rollout it returned, for every rollout of the run.
     seen, draws = [], [0]
-    original_rollout, original_sample = steps.rollout_in_chunks, rollout_module.sample
+    original_rollout, original_sample = candidates.rollout, rollout_module.sample
 
     def counting_sample(*args, **kwargs):
         draws[0] += 1
@@ -42,10 +42,10 @@ def test_profile_step_cpu(arch, tmp_path, monkeypatch, capsys):
         return ro
 
     monkeypatch.setattr(rollout_module, "sample", counting_sample)
-    monkeypatch.setattr(steps, "rollout_in_chunks", spy)
+    monkeypatch.setattr(candidates, "rollout", spy)
     result = ps.main(["--device", "cpu", "--arch", arch, "--prompts", str(PROMPTS), "--samples", str(SAMPLES),
                       "--new-tokens", str(NEW_TOKENS), "--warmup", "1", "--threads", "1", "--out", str(tmp_path)])
-    assert steps.rollout_in_chunks is spy  # the script's probe put back what it found
+    assert candidates.rollout is spy  # the script's probe put back what it found
 
     for kind, labels in (("xent", ["forward", "backward", "optimizer"]),
                          ("mixer", ["rollout (decoding)", "reward", "teacher-forced forward", "backward",

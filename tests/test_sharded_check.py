@@ -22,6 +22,9 @@ from seqrl.schedule import Schedule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "sharded_check.py"
+sys.path.insert(0, str(REPO / "scripts"))  # as when run: the script imports scripts/benchkit/
+import benchkit.sharded_runs as sr  # noqa: E402
+import benchkit.sharded_verdicts as sv  # noqa: E402
 spec = importlib.util.spec_from_file_location("sharded_check", SCRIPT)
 sc = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = sc
@@ -44,44 +47,44 @@ CURVE = {s: 3.8 - 0.02 * s for s in range(1, 21)}
 def test_losses_and_median_step_time_from_metrics_lines(tmp_path):
     rows = metrics(CURVE) + [{"step": 20, "eval/bleu": 0.1}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 21, "tr')
-    read = sc.read_metrics(tmp_path)  # the torn last line is dropped
-    assert sc.losses(read) == CURVE
-    assert sc.median_step_time(read) == pytest.approx(0.5 + 10.5 / 100)
-    assert sc.read_metrics(tmp_path / "nowhere") == [] and sc.median_step_time([]) is None
+    read = sv.read_metrics(tmp_path)  # the torn last line is dropped
+    assert sv.losses(read) == CURVE
+    assert sv.median_step_time(read) == pytest.approx(0.5 + 10.5 / 100)
+    assert sv.read_metrics(tmp_path / "nowhere") == [] and sv.median_step_time([]) is None
 
 
 def test_loss_verdict_within_and_beyond_tolerance():
     steps = list(range(1, 21))
-    same = sc.loss_verdict(CURVE, dict(CURVE), steps, 0.01)
+    same = sv.loss_verdict(CURVE, dict(CURVE), steps, 0.01)
     assert same["max_abs_diff"] == 0 and same["bitwise"] and same["within"]
     near = {s: v + (0.004 if s == 7 else 0.0) for s, v in CURVE.items()}
-    verdict = sc.loss_verdict(CURVE, near, steps, 0.01)
+    verdict = sv.loss_verdict(CURVE, near, steps, 0.01)
     assert verdict["max_abs_diff"] == pytest.approx(0.004) and verdict["within"] and not verdict["bitwise"]
     far = {s: v - (0.05 if s > 10 else 0.0) for s, v in CURVE.items()}
-    assert not sc.loss_verdict(CURVE, far, steps, 0.01)["within"]
+    assert not sv.loss_verdict(CURVE, far, steps, 0.01)["within"]
 
 
 def test_loss_verdict_missing_steps_and_nan_never_pass():
     steps = list(range(1, 21))
     short = {s: v for s, v in CURVE.items() if s <= 12}
-    verdict = sc.loss_verdict(CURVE, short, steps, 0.01)
+    verdict = sv.loss_verdict(CURVE, short, steps, 0.01)
     assert verdict["missing"] == list(range(13, 21)) and verdict["max_abs_diff"] == 0 and not verdict["within"]
     nan = {**CURVE, 5: math.nan}
-    verdict = sc.loss_verdict(CURVE, nan, steps, 0.01)
+    verdict = sv.loss_verdict(CURVE, nan, steps, 0.01)
     assert math.isnan(verdict["max_abs_diff"]) and not verdict["within"]
 
 
 def test_resume_verdicts():
     steps = list(range(11, 21))
     resumed = {s: v for s, v in CURVE.items() if s > 10}
-    assert sc.resume_verdict(CURVE, resumed, steps, 1e-3)["status"] == "bitwise"
+    assert sv.resume_verdict(CURVE, resumed, steps, 1e-3)["status"] == "bitwise"
     nudged = {s: v + 2e-4 for s, v in resumed.items()}
-    verdict = sc.resume_verdict(CURVE, nudged, steps, 1e-3)
+    verdict = sv.resume_verdict(CURVE, nudged, steps, 1e-3)
     assert verdict["status"] == "within tolerance" and verdict["passed"]
     assert verdict["max_abs_diff"] == pytest.approx(2e-4)
     off = {**resumed, 15: resumed[15] + 0.01}
-    assert sc.resume_verdict(CURVE, off, steps, 1e-3)["status"] == "differs"
-    verdict = sc.resume_verdict(CURVE, {}, steps, 1e-3)
+    assert sv.resume_verdict(CURVE, off, steps, 1e-3)["status"] == "differs"
+    verdict = sv.resume_verdict(CURVE, {}, steps, 1e-3)
     assert verdict["status"] == "missing steps" and not verdict["passed"]
 
 
@@ -90,7 +93,7 @@ def test_resume_verdicts():
 
 def test_first_error_line_prefers_seqrl_then_the_exception():
     text = "running: accelerate launch ...\nseqrl finetune: error: run.resume: cannot load checkpoint x\n"
-    assert sc.first_error_line(text) == "seqrl finetune: error: run.resume: cannot load checkpoint x"
+    assert sv.first_error_line(text) == "seqrl finetune: error: run.resume: cannot load checkpoint x"
     torchrun = ("W1130 warning: OMP_NUM_THREADS set\n"
                 "[rank0]: Traceback (most recent call last):\n"
                 "[rank0]:   File \"seqrl/rollout.py\", line 9, in rollout\n"
@@ -98,16 +101,16 @@ def test_first_error_line_prefers_seqrl_then_the_exception():
                 "[rank0]: RuntimeError: aten.embedding: got mixed torch.Tensor and DTensor\n"
                 "E1130 failed (exitcode: 1)\n"
                 "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: seqrl FAILED\n")
-    assert sc.first_error_line(torchrun) == "RuntimeError: aten.embedding: got mixed torch.Tensor and DTensor"
-    assert sc.first_error_line("sharded_check: timed out after 180 s, killed") == \
+    assert sv.first_error_line(torchrun) == "RuntimeError: aten.embedding: got mixed torch.Tensor and DTensor"
+    assert sv.first_error_line("sharded_check: timed out after 180 s, killed") == \
         "sharded_check: timed out after 180 s, killed"
-    assert sc.first_error_line("all fine\n") is None
+    assert sv.first_error_line("all fine\n") is None
 
 
 def test_parallelism_line():
     text = "model: Bart...\n[rank0]: parallelism: FSDP v2, 1 process on cuda over nccl, ...; mixed precision: no (fp32)\n"
-    assert sc.parallelism_line(text) == "parallelism: FSDP v2, 1 process on cuda over nccl, ...; mixed precision: no (fp32)"
-    assert sc.parallelism_line("nothing") is None
+    assert sv.parallelism_line(text) == "parallelism: FSDP v2, 1 process on cuda over nccl, ...; mixed precision: no (fp32)"
+    assert sv.parallelism_line("nothing") is None
 
 
 def test_compare_weights(tmp_path):
@@ -122,12 +125,12 @@ def test_compare_weights(tmp_path):
     save_file({k: v + 1e-4 for k, v in w.items()}, str(good / "model.safetensors"))
     save_file({"a.weight": torch.ones(3, 4), "b.bias": torch.empty(0)}, str(empty / "model.safetensors"))
     save_file({"a.weight": torch.ones(2, 4), "b.bias": torch.zeros(4)}, str(other / "model.safetensors"))
-    verdict = sc.compare_weights(ref, good)
+    verdict = sv.compare_weights(ref, good)
     assert verdict["ok"] and verdict["max_abs_diff"] == pytest.approx(1e-4, rel=1e-3)
-    assert sc.compare_weights(ref, empty) == {"ok": False, "problem": "1 empty tensors (b.bias, ...)"}
-    assert "tensors differ from DDP's: a.weight" in sc.compare_weights(ref, other)["problem"]
-    assert sc.compare_weights(ref, tmp_path / "none")["problem"] == "no none/model.safetensors"
-    assert not sc.compare_weights(ref, good, tolerance=1e-5)["ok"]
+    assert sv.compare_weights(ref, empty) == {"ok": False, "problem": "1 empty tensors (b.bias, ...)"}
+    assert "tensors differ from DDP's: a.weight" in sv.compare_weights(ref, other)["problem"]
+    assert sv.compare_weights(ref, tmp_path / "none")["problem"] == "no none/model.safetensors"
+    assert not sv.compare_weights(ref, good, tolerance=1e-5)["ok"]
 
 
 # -- the table ----------------------------------------------------------------------------------------------
@@ -140,7 +143,7 @@ SETTINGS = {"date": "2026-11-30 12:00", "device": "1 x NVIDIA H200 (CUDA 13.0)",
 
 
 def _row(config: str, **kw) -> dict:
-    return {"config": config, "accelerate_config": sc.CONFIGS[config], "exit_code": 0, "steps_logged": 20, **kw}
+    return {"config": config, "accelerate_config": sr.CONFIGS[config], "exit_code": 0, "steps_logged": 20, **kw}
 
 
 def test_markdown_table_rows():
@@ -148,21 +151,21 @@ def test_markdown_table_rows():
     resumed = {s: v for s, v in CURVE.items() if s > 10}
     ddp = _row("ddp", parallelism="parallelism: DDP, 1 process on cuda over nccl (accelerate MULTI_GPU), weights "
                                   "replicated; mixed precision: no (fp32)",
-               loss_vs_ddp=sc.loss_verdict(CURVE, CURVE, steps, tol["loss"]), median_step_s=0.0812,
-               resume={"exit_code": 0, **sc.resume_verdict(CURVE, resumed, steps[10:], tol["resume"])},
+               loss_vs_ddp=sv.loss_verdict(CURVE, CURVE, steps, tol["loss"]), median_step_s=0.0812,
+               resume={"exit_code": 0, **sv.resume_verdict(CURVE, resumed, steps[10:], tol["resume"])},
                final_weights={"ok": True, "max_abs_diff": 0.0, "tolerance": 2e-3})
     fsdp = _row("fsdp", exit_code=1, steps_logged=0, error="RuntimeError: mixed torch.Tensor | DTensor",
                 parallelism="parallelism: FSDP v2, 1 process on cuda over nccl, ...", resume={
                     "skipped": "no checkpoint at step 10"})
-    zero2 = {"config": "zero2", "accelerate_config": sc.CONFIGS["zero2"], "exit_code": None, "steps_logged": 0,
+    zero2 = {"config": "zero2", "accelerate_config": sr.CONFIGS["zero2"], "exit_code": None, "steps_logged": 0,
              "skipped": "deepspeed is not installed (pip install deepspeed ...)"}
     drifted = {s: v + 0.02 for s, v in resumed.items()}
     zero3 = _row("zero3", parallelism="parallelism: DeepSpeed ZeRO-3 (...), 1 process on cuda over nccl",
-                 loss_vs_ddp=sc.loss_verdict(CURVE, {s: v + 0.003 for s, v in CURVE.items()}, steps, tol["loss"]),
-                 median_step_s=0.2, resume={"exit_code": 0, **sc.resume_verdict(CURVE, drifted, steps[10:],
+                 loss_vs_ddp=sv.loss_verdict(CURVE, {s: v + 0.003 for s, v in CURVE.items()}, steps, tol["loss"]),
+                 median_step_s=0.2, resume={"exit_code": 0, **sv.resume_verdict(CURVE, drifted, steps[10:],
                                                                                   tol["resume"])},
                  final_weights={"ok": False, "problem": "120 empty tensors (model.shared.weight, ...)"})
-    table = sc.markdown_table([ddp, fsdp, zero2, zero3], SETTINGS)
+    table = sv.markdown_table([ddp, fsdp, zero2, zero3], SETTINGS)
     lines = table.splitlines()
     assert lines[0] == "# Sharded training check (2026-11-30 12:00)"
     assert "deepspeed not installed" in table and "(tolerance 0.01)" in table
@@ -185,11 +188,11 @@ def test_markdown_table_rows():
 def test_resume_cell_when_the_resumed_run_fails():
     row = _row("zero2", resume={"exit_code": 2, "error": "seqrl finetune: error: run.resume: cannot load checkpoint",
                                 "status": "missing steps", "missing": [11], "passed": False})
-    assert sc.resume_cell(row) == "FAIL: exit 2: seqrl finetune: error: run.resume: cannot load checkpoint"
+    assert sv.resume_cell(row) == "FAIL: exit 2: seqrl finetune: error: run.resume: cannot load checkpoint"
     steps = list(range(11, 21))
     late = _row("fsdp", resume={"exit_code": 1, "error": "RuntimeError: cannot save final/",
-                                **sc.resume_verdict(CURVE, dict(CURVE), steps, 1e-3)})
-    assert sc.resume_cell(late) == "FAIL: steps bitwise (0), then exit 1: RuntimeError: cannot save final/"
+                                **sv.resume_verdict(CURVE, dict(CURVE), steps, 1e-3)})
+    assert sv.resume_cell(late) == "FAIL: steps bitwise (0), then exit 1: RuntimeError: cannot save final/"
 
 
 # -- the recipe and the configs -----------------------------------------------------------------------------
@@ -202,9 +205,9 @@ def test_recipe_is_mixer_from_the_first_step_for_exactly_steps(steps):
     assert schedule.xent_steps == 0 and not schedule.plan(0).is_xent
     assert schedule.total_steps >= steps and cfg.run.max_steps == steps
     assert [schedule.plan(s).n_rl_tokens for s in range(steps)][-1] < cfg.data.max_target_tokens  # a prefix left
-    assert cfg.run.save_every == sc.checkpoint_step(steps) == steps // 2
+    assert cfg.run.save_every == sr.checkpoint_step(steps) == steps // 2
     assert cfg.log.every == 1 and cfg.data.path == str(REPO / "data" / "bible_en_es")
-    assert sc.tolerances("no")["loss"] == sc.LOSS_TOLERANCE and sc.tolerances("bf16")["loss"] == sc.BF16_LOSS_TOLERANCE
+    assert sv.tolerances("no")["loss"] == sv.LOSS_TOLERANCE and sv.tolerances("bf16")["loss"] == sv.BF16_LOSS_TOLERANCE
 
 
 def test_every_run_loads_the_saved_starting_model():
@@ -220,10 +223,10 @@ def test_lora_recipe_trains_adapters_without_dropout_and_leaves_the_model_alone(
     started = from_dict(sc.recipe(20, start=Path("/runs/start/model"), lora_rank=8))
     assert started.model.name_or_path == "/runs/start/model" and started.model.lora.rank == 8
     settings = {"steps": 20, "checkpoint_step": 10, "date": "d", "device": "gpu", "versions": {},
-                "mixed_precision": "no", "tolerance": sc.tolerances("no"), "lora_rank": 4}
+                "mixed_precision": "no", "tolerance": sv.tolerances("no"), "lora_rank": 4}
     assert "recipe in scripts/sharded_check.py with LoRA (rank 4; only the adapters train), 1 process" in \
-        sc.markdown_table([], settings)
-    assert "with LoRA" not in sc.markdown_table([], dict(settings, lora_rank=None))
+        sv.markdown_table([], settings)
+    assert "with LoRA" not in sv.markdown_table([], dict(settings, lora_rank=None))
     with pytest.raises(SystemExit):
         sc.parse_args(["--out", "r", "--lora", "0"])
 
@@ -240,7 +243,7 @@ def test_zero3_config_is_accelerates_and_refused_on_the_cpu():
     assert loaded.distributed_type == "DEEPSPEED" and loaded.deepspeed_config["zero_stage"] == 3
     with pytest.raises(SeqrlError, match="asks for DeepSpeed, which accelerate runs only on GPUs"):
         distributed.check_launch(str(path), "no", cpu=True)
-    for name in sc.CONFIGS.values():
+    for name in sr.CONFIGS.values():
         assert (REPO / "recipes" / "accelerate" / name).is_file()
 
 

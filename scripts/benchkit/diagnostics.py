@@ -2,8 +2,8 @@
 
 A score alone hides a model that ignores its input or emits one generic output; these small
 functions make that visible: output diversity and length, the lead-n and best-constant-output
-baselines, a paired bootstrap between two systems (Koehn 2004), and how much the model's
-cross-entropy depends on the true source.
+baselines, and how much the model's cross-entropy depends on the true source. (The paired tests
+between two systems are `seqrl compare`'s, in seqrl/compare.py.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import torch
 from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics import BLEU
 
 from seqrl.losses import xent_sum
 from seqrl.metrics import ROUGE_TYPES, corpus_scores
@@ -84,76 +84,6 @@ def best_constant_output(candidates: list[str], references: list[str], metric: s
         if score > best_score:
             best, best_score = candidate, score
     return best, best_score
-
-
-# ---------------------------------------------------------------------------------------------
-# Paired bootstrap
-
-
-def bootstrap_indices(n_examples: int, samples: int, seed: int) -> np.ndarray:
-    """(samples, n_examples) example indices drawn with replacement, as sacrebleu draws them."""
-    return np.random.default_rng(seed).choice(n_examples, size=(samples, n_examples), replace=True)
-
-
-def paired_bootstrap(metric: str, hyps_a: list[str], hyps_b: list[str], references: list[str], *,
-                     samples: int = 1000, seed: int = 0, groups: list | None = None) -> dict[str, float]:
-    """Paired bootstrap of corpus `metric`, system B minus system A (Koehn 2004).
-
-    Both systems are scored on the same resamples of the examples. Returns the full-set scores
-    "a" and "b", "delta" = b - a, the 2.5th and 97.5th percentiles of the resampled delta ("low",
-    "high"), and "p_b_not_better", the fraction of resamples where delta <= 0. Each system's
-    per-example statistics are computed once; a resample's corpus score is recomputed from the
-    summed statistics (BLEU, chrF) or the mean per-example F (ROUGE), never averaged scores.
-
-    `groups` (one label per example) makes it a cluster bootstrap: whole groups are drawn with
-    replacement, so examples that are not independent (sibling packages whose descriptions start
-    alike, so that truncated inputs and outputs are often the same) move together. With every label distinct
-    it is exactly the per-example bootstrap.
-    """
-    _check_metric(metric)
-    _check_pairs(hyps_a, references)
-    _check_pairs(hyps_b, references)
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    if groups is None:
-        group_of = np.arange(len(references))
-    elif len(groups) != len(references):
-        raise ValueError(f"paired_bootstrap: {len(groups)} group labels for {len(references)} examples; "
-                         "give one label per example")
-    else:
-        group_of = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-    n_groups = int(group_of.max()) + 1
-    stats_a, score_of = example_statistics(metric, hyps_a, references)
-    stats_b, _ = example_statistics(metric, hyps_b, references)
-    # How often each group occurs in each resample: (samples, n_groups), then each example takes its
-    # group's count; a resample's statistics are one matrix product instead of a gather.
-    idx = bootstrap_indices(n_groups, samples, seed)
-    offsets = np.arange(samples)[:, None] * n_groups
-    counts = np.bincount((idx + offsets).ravel(), minlength=samples * n_groups)
-    counts = counts.reshape(samples, n_groups)[:, group_of].astype(stats_a.dtype)
-    # Full-set sums added in order, as corpus_scores adds ROUGE's F (so "a" and "b" equal its scores).
-    a, b = score_of(np.cumsum(stats_a, axis=0)[-1]), score_of(np.cumsum(stats_b, axis=0)[-1])
-    deltas = np.array([score_of(sb) - score_of(sa) for sa, sb in zip(counts @ stats_a, counts @ stats_b)])
-    low, high = np.percentile(deltas, [2.5, 97.5])
-    return {"a": a, "b": b, "delta": b - a, "low": float(low), "high": float(high),
-            "p_b_not_better": float(np.mean(deltas <= 0))}
-
-
-def example_statistics(metric: str, hypotheses: list[str], references: list[str]):
-    """Per-example sufficient statistics of `metric` (n, columns), and `score_of(summed)`,
-    the corpus score (0-100, as `seqrl.metrics.corpus_scores`) from their column sums.
-
-    BLEU and chrF use sacrebleu's own statistics (the pieces its paired bootstrap test uses, in
-    `sacrebleu/significance.py`), kept as exact int64; ROUGE's is the per-example F-measure and a 1 (the mean's count).
-    """
-    if metric in ("bleu", "chrf"):
-        scorer = BLEU() if metric == "bleu" else CHRF()  # the defaults of corpus_bleu / corpus_chrf
-        stats = np.array(scorer._extract_corpus_statistics(hypotheses, [references]), dtype=np.int64)
-        return stats, lambda summed: scorer._compute_score_from_stats(summed.tolist()).score
-    scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
-    # Columns: F, and 1 to count the examples (a cluster resample's size varies).
-    f = np.array([[scorer.score(ref, hyp)[metric].fmeasure, 1.0] for hyp, ref in zip(hypotheses, references)])
-    return f, lambda summed: 100.0 * float(summed[0]) / float(summed[1])
 
 
 def _check_metric(metric: str) -> None:
