@@ -59,7 +59,7 @@ class DataReport:
                 f"{self.truncated_targets} targets cut to the length limit")
 
     def cache_line(self) -> str:
-        return f"data[{self.split}]: tokenized cache {self.cache} at {self.cache_path}"
+        return f"data cache[{self.split}]: {self.cache} at {self.cache_path}"
 
 
 class CorruptCache(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_second_start_tokenizes_nothing_and_reads_the_same_rows(toy_data_dir, tm
     assert count_encodes == [], "a second start must not tokenize"
     assert [r.cache for r in again] == ["hit", "hit"]
     assert [r.line() for r in again] == [r.line() for r in reports]
-    assert "tokenized cache hit at " + str(tmp_path / "cache") in again[0].cache_line()
+    assert again[0].cache_line() == f"data cache[train]: hit at {tmp_path / 'cache'}/{again[0].cache_path.split('/')[-1]}"
     for split in SPLITS:
         assert rows(second[split]) == rows(first[split])
         assert second[split].cache_files, "the split must be memory-mapped from the cache"
@@ -287,7 +288,7 @@ def _batches(tmp_path: Path, data_dir: Path, processes: int, capsys) -> list[dic
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-3000:]
         stdout = proc.stdout
-    assert stdout.count("tokenized cache built at") == 2, stdout  # printed once, by the main process
+    assert len(re.findall(r"^data cache\[\w+\]: built at ", stdout, re.MULTILINE)) == 2, stdout  # printed once, by the main process
     entries = sorted(p.name for p in (tmp_path / f"cache{processes}").iterdir())
     assert len(entries) == 2 and not any(e.startswith(".") for e in entries), entries  # one cache per split
     return json.loads((tmp_path / f"seen{processes}.json").read_text())
