@@ -6,6 +6,7 @@ and peak resident memory.
     python scripts/bench_data.py                                   # every size, bench/data.md
     python scripts/bench_data.py --sizes 28224 282240 --out bench/data-small.md
     python scripts/bench_data.py --code /path/to/old/checkout --arms first   # the code before the cache
+    python scripts/bench_data.py --padding 32     # padding of shuffled vs length-grouped batches
 
 The model is the tests' tiny Marian (d_model 32, 1+1 layers), so what grows with the corpus is the
 data's cost. Its 300-token BPE tokenizer is trained once on the unrepeated split and named by
@@ -54,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer-cap", type=int, default=100_000, help="tokenizer.max_train_examples with --train-tokenizer")
     p.add_argument("--no-reference", action="store_true", help="skip the 1,000-pair reference start")
     p.add_argument("--timeout", type=int, default=7200, help="seconds per start")
+    p.add_argument("--padding", type=int, default=0, metavar="BATCH",
+                   help="only print the padding of shuffled and length-grouped batches of BATCH rows")
     return p.parse_args(argv)
 
 
@@ -168,8 +171,43 @@ def table(results: list[dict], reference_mb: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def padding(tokenizer: Path, batch: int, seed: int = 0) -> str:
+    """Padded share of the source and target positions of one epoch of the (unrepeated) Bible split,
+    shuffled as by default and length-grouped (`data.group_by_length`), at `batch` rows per batch."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from seqrl.batching import LengthGroupedSampler, row_lengths
+    from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
+    from seqrl.data import load_raw, tokenize
+    from seqrl.modeling import TextModel
+    from seqrl.tokenizer import load_tokenizer
+
+    cfg = DataConfig(path=str(BIBLE), source_field="en", target_field="es", test_split=None,
+                     max_source_tokens=64, max_target_tokens=64)
+    text_model = TextModel(None, load_tokenizer(str(tokenizer)), True)
+    train = tokenize(load_raw(cfg, ["train"]), text_model, cfg)[0]["train"]
+    src = pc.list_value_length(train.data.column("source_ids")).to_numpy()
+    tgt = pc.list_value_length(train.data.column("target_ids")).to_numpy()
+    lines = []
+    for name, order in (("shuffled", np.random.default_rng(seed).permutation(len(train))),
+                        ("grouped", LengthGroupedSampler(row_lengths(train), batch, seed).order())):
+        batches = np.split(order, range(batch, len(order), batch))
+        padded = sum(src[b].max() * len(b) - src[b].sum() + tgt[b].max() * len(b) - tgt[b].sum() for b in batches)
+        total = sum((src[b].max() + tgt[b].max()) * len(b) for b in batches)
+        lines.append(f"{name}: {100 * padded / total:.1f}% of {total:,} positions are padding (batch {batch})")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.padding:
+        sys.path.insert(0, str(ROOT))
+        work = Path(args.work) if args.work else Path(args.out).parent / "bench-data-work"
+        python = [sys.executable]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+        print(padding(fixed_tokenizer(work / "tokenizer-300", python, env), args.padding))
+        return 0
     arms = [a for a in args.arms.split(",") if a]
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:

@@ -158,6 +158,7 @@ def open_or_build(ds: Dataset, root: Path, key: str, text_model: TextModel, cfg:
             shutil.rmtree(where, ignore_errors=True)
             build(ds, root, key, text_model, cfg)
             return f"rebuilt (the cache there could not be read: {err})"
+    shutil.rmtree(where, ignore_errors=True)  # (a directory without its manifest: never completed)
     build(ds, root, key, text_model, cfg)
     return "built"
 
