@@ -84,8 +84,7 @@ def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig, identitie
                             f"from seqrl itself; rename that column")
         key = cache_key(identities[split], text_model, cfg)
         with _main_processes_first(accelerator):
-            how = open_or_build(ds, root, key, text_model, cfg)
-            table, counts = open_cache(root / key, len(ds))
+            table, counts, how = open_or_build(ds, root, key, text_model, cfg)
         report = DataReport(split, len(ds), counts["empty_targets"], counts["missing_sources"],
                             counts["truncated_sources"], counts["truncated_targets"], cache=how,
                             cache_path=str(root / key))
@@ -147,20 +146,19 @@ def tokenizer_digest(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def open_or_build(ds: Dataset, root: Path, key: str, text_model: TextModel, cfg: DataConfig) -> str:
-    """Make sure `root/key` holds the tokenized split: `hit`, `built`, or `rebuilt (...)`."""
-    where = root / key
+def open_or_build(ds: Dataset, root: Path, key: str, text_model: TextModel,
+                  cfg: DataConfig) -> tuple[Dataset, dict, str]:
+    """The tokenized split from `root/key`, built there first if need be; its counts; and how it
+    was had: `hit`, `built`, or `rebuilt (why)`."""
+    where, how = root / key, "built"
     if (where / MANIFEST).is_file():
         try:
-            open_cache(where, len(ds))
-            return "hit"
+            return *open_cache(where, len(ds)), "hit"
         except CorruptCache as err:
-            shutil.rmtree(where, ignore_errors=True)
-            build(ds, root, key, text_model, cfg)
-            return f"rebuilt (the cache there could not be read: {err})"
-    shutil.rmtree(where, ignore_errors=True)  # (a directory without its manifest: never completed)
+            how = f"rebuilt (the cache there could not be read: {err})"
+    shutil.rmtree(where, ignore_errors=True)  # (corrupt, or a directory without its manifest: never completed)
     build(ds, root, key, text_model, cfg)
-    return "built"
+    return *open_cache(where, len(ds)), how
 
 
 def open_cache(where: Path, loaded: int) -> tuple[Dataset, dict]:

@@ -72,7 +72,8 @@ def training_texts(train: Dataset, source_field: str, target_field: str, source_
     random with `seed` (in their order); also how many examples that is."""
     rows = train
     if max_examples is not None and max_examples < len(train):
-        rows = train.select(np.sort(np.random.default_rng(seed).choice(len(train), max_examples, replace=False)))
+        drawn = np.sort(np.random.default_rng(seed).choice(len(train), max_examples, replace=False))
+        rows = train.select(drawn, keep_in_memory=True)  # (the indices in memory, no cache file written)
 
     def batches() -> Iterator[list[str]]:
         for name, prefix in ((source_field, source_prefix), (target_field, "")):
