@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler
 
 from seqrl import tokenized
 from seqrl.batching import LengthGroupedSampler, row_lengths
-from seqrl.config import DataConfig, TokenizerConfig
+from seqrl.config import DataConfig, TokenizerConfig, from_dict
 from seqrl.data import load_raw, tokenize
 from seqrl.errors import ConfigError
 from seqrl.tokenizer import train_tokenizer, training_texts
@@ -306,3 +306,11 @@ def test_the_cached_path_gives_the_same_global_batches_on_one_and_two_processes(
         assert one[f"{name}-resumed"] == one[f"{name}-1"][3:]
         assert one[f"{name}-0"] != one[f"{name}-1"]
     assert one["plain-0"] != one["grouped-0"]
+
+
+@pytest.mark.parametrize("field", ["data.num_proc", "tokenizer.max_train_examples"])
+def test_new_counts_must_be_positive(tiny_recipe, field):
+    section, name = field.split(".")
+    tiny_recipe.setdefault(section, {})[name] = 0
+    with pytest.raises(ConfigError, match=rf"^{field} must be > 0 \(or empty\), got 0$"):
+        from_dict(tiny_recipe)
