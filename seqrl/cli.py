@@ -213,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     text_model = modeling.load_saved(model_dir)
     check_lengths(cfg, text_model.is_seq2seq, text_model.max_positions)
     accelerator = Accelerator(cpu=cfg.run.cpu)
-    tokenized, _ = data.tokenize(data.load_raw(cfg.data, [split]), text_model, cfg.data)
+    tokenized, _ = data.tokenize(data.load_raw(cfg.data, [split]), text_model, cfg.data, accelerator)
     model = text_model.model.to(accelerator.device)
     scores = evaluate_split(text_model, model, tokenized[split], accelerator, cfg.data, cfg.eval,
                             max_examples=args.max_examples,

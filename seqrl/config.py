@@ -75,6 +75,10 @@ class TokenizerConfig:
     tgt_lang: str | None = None
     """Target language code; where the tokenizer starts targets with it, generation is forced
     to start with it too (`forced_bos_token_id`)."""
+    max_train_examples: int | None = None
+    """A tokenizer trained here reads the source and target of at most this many training
+    examples, drawn at random with `data.split_seed` (every example is still tokenized with it);
+    empty = all of them."""
 
 
 @dataclass
@@ -112,6 +116,16 @@ class DataConfig:
     empty_targets: Literal["skip", "error"] = "skip"
     """What to do with rows whose target is empty, whitespace-only or null, or whose source is null:
     skip them (counted and reported) or stop. (An empty-string source is kept: it is text.)"""
+    cache_dir: str | None = None
+    """Where tokenized splits are cached as Arrow files, one directory per split and everything its
+    ids depend on (files, tokenizer, fields, prefix, limits); later starts open them instead of
+    tokenizing. Empty = `seqrl-tokenized` in the `datasets` cache (`HF_DATASETS_CACHE`)."""
+    num_proc: int | None = None
+    """Processes that tokenize a split when it is not cached (`datasets.map(num_proc=)`); empty = one."""
+    group_by_length: bool = False
+    """Training batches of rows of similar length (less padding): the shuffled rows are sorted by
+    length within windows of 50 global batches, whose batches are then shuffled. Still a function
+    of (run.seed, epoch), the same on any number of processes."""
 
 
 @dataclass

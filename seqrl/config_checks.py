@@ -24,7 +24,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
                   "run.save_every", "run.save_every_minutes", "data.split_seed", "log.samples_every", "log.samples", "schedule.xent_steps", "schedule.xent_epochs",
                   "reinforce.kl_coef")
     _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources", "reinforce.decoding.check_every", "data.max_train_examples", "eval.max_examples", "run.max_steps",
-                      "run.max_minutes", "data.validation_from_train",
+                      "run.max_minutes", "data.validation_from_train", "data.num_proc", "tokenizer.max_train_examples",
                       "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs", "schedule.final_stage_steps",
                       "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
     _in_unit_interval(cfg, "xent.label_smoothing", "schedule.xent_weight", "reinforce.baseline.ema_decay")

@@ -1,4 +1,4 @@
-"""Load examples with `datasets`, check them, and tokenize them.
+"""Load examples with `datasets`, check them, and tokenize them (`seqrl.tokenized`, cached).
 
 Raw source and reference strings are kept next to the token ids (rewards and corpus metrics
 score text, not ids), and every other column is kept as well: custom rewards receive them.
@@ -8,40 +8,24 @@ Nothing is dropped or cut silently: empty targets and truncations are counted an
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import DatasetDict
 
+from seqrl import tokenized
+from seqrl.batching import TrainCollator, probe_batch, reward_columns  # noqa: F401  (re-exported)
 from seqrl.config import DataConfig
 from seqrl.data_checks import check_text_column, check_utf8, first_bad_json_line, first_non_utf8_line
 from seqrl.errors import DataError
 from seqrl.modeling import TextModel, looks_local
+from seqrl.tokenized import RESERVED_COLUMNS, DataReport, truncate  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 COMPRESSIONS = ("", ".gz", ".bz2", ".xz", ".zst")
-
-
-@dataclass
-class DataReport:
-    """What loading and tokenizing did to one split, for the log and for tests."""
-
-    split: str
-    loaded: int
-    empty_targets: int = 0
-    missing_sources: int = 0
-    truncated_sources: int = 0
-    truncated_targets: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        used = self.loaded - self.empty_targets - self.missing_sources
-        return (f"data[{self.split}]: {used} examples used of {self.loaded}; {self.empty_targets} empty targets "
-                f"and {self.missing_sources} missing sources skipped; {self.truncated_sources} sources and "
-                f"{self.truncated_targets} targets cut to the length limit")
 
 
 def needed_splits(cfg: DataConfig) -> list[str]:
@@ -100,9 +84,9 @@ def carve_validation(train: datasets.Dataset, cfg: DataConfig) -> tuple[datasets
     if not 0 < count < len(train):
         raise DataError(f"data.validation_from_train {size:g} of {len(train)} training examples leaves "
                         f"{'no validation' if count < 1 else 'no training'} example; choose a smaller share")
-    order = datasets.Dataset.from_dict({"i": list(range(len(train)))}).shuffle(seed=cfg.split_seed)["i"]
-    held = sorted(order[:count])
-    kept = sorted(order[count:])
+    order = np.random.default_rng(cfg.split_seed).permutation(len(train))  # (what `Dataset.shuffle` draws)
+    held = np.sort(order[:count])
+    kept = np.sort(order[count:])
     return train.select(kept), train.select(held)
 
 
@@ -144,8 +128,7 @@ def _load_source(cfg: DataConfig, splits: list[str]) -> tuple[DatasetDict, dict[
 
 def _dir_has_split(cfg: DataConfig, split: str) -> bool:
     path = Path(cfg.path) if cfg.path else None
-    return bool(path and path.is_dir() and any((path / f"{split}{ext}{comp}").is_file()
-                                               for ext in FORMATS for comp in COMPRESSIONS))
+    return bool(path and path.is_dir() and _split_files(path, split))
 
 
 def _load_dir(path: Path, splits: list[str]) -> tuple[DatasetDict, dict[str, str]]:
@@ -159,8 +142,7 @@ def _load_dir(path: Path, splits: list[str]) -> tuple[DatasetDict, dict[str, str
         return (loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})), {}
     files = {}
     for split in splits:
-        found = [path / f"{split}{ext}{comp}" for ext in FORMATS for comp in COMPRESSIONS
-                 if (path / f"{split}{ext}{comp}").is_file()]
+        found = _split_files(path, split)
         if not found:
             raise DataError(f"data.path '{path}' has no file for split '{split}' "
                             f"(looked for {split}.jsonl/.json/.csv/.parquet, optionally .gz)")
@@ -229,79 +211,42 @@ def _load_hub(cfg: DataConfig) -> DatasetDict:
                         f"dataset: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
-def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig) -> tuple[DatasetDict, list[DataReport]]:
-    """Add `source_ids`/`target_ids`; skip (or reject) empty targets; cut and count over-long ones."""
-    out, reports = DatasetDict(), []
-    for split, ds in raw.items():
-        clash = [c for c in ds.column_names if c in RESERVED_COLUMNS]
-        if clash:
-            raise DataError(f"split '{split}' has a column named '{clash[0]}', a name rewards receive "
-                            f"from seqrl itself; rename that column")
-        report = DataReport(split, len(ds))
-        sources, targets = list(ds[cfg.source_field]), list(ds[cfg.target_field])  # str or None (checked)
-        missing = [i for i, src in enumerate(sources) if src is None]
-        empty = [i for i, (src, t) in enumerate(zip(sources, targets)) if src is not None and not (t and t.strip())]
-        report.missing_sources, report.empty_targets = len(missing), len(empty)
-        if (missing or empty) and cfg.empty_targets == "error":
-            what, rows, name = ("missing sources", missing, cfg.source_field) if missing else \
-                ("empty or missing targets", empty, cfg.target_field)
-            raise DataError(f"split '{split}': {len(rows)} {what} in '{name}' (first at row {rows[0]}); "
-                            f"fix the data or set data.empty_targets: skip")
-        if missing or empty:
-            dropped = set(missing) | set(empty)
-            keep = [i for i in range(len(ds)) if i not in dropped]
-            ds, sources = ds.select(keep), [sources[i] for i in keep]
-        if len(ds) == 0:
-            raise DataError(f"split '{split}' has no example with a source and a non-empty '{cfg.target_field}'")
-        src_ids = text_model.encode_sources(sources)
-        tgt_ids = text_model.encode_targets(list(ds[cfg.target_field]))
-        src_ids, report.truncated_sources = truncate(src_ids, cfg.max_source_tokens)
-        tgt_ids, report.truncated_targets = truncate(tgt_ids, cfg.max_target_tokens)
-        out[split] = ds.add_column("source_ids", src_ids).add_column("target_ids", tgt_ids)
-        reports.append(report)
-    return out, reports
+def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig,
+             accelerator=None) -> tuple[DatasetDict, list[DataReport]]:
+    """Add `source_ids`/`target_ids` (memory-mapped from the tokenized cache, `seqrl.tokenized`);
+    skip (or reject) empty targets; cut and count over-long ones."""
+    identities = {split: source_identity(cfg, split, ds) for split, ds in raw.items()}
+    return tokenized.tokenize(raw, text_model, cfg, identities, accelerator)
 
 
-def truncate(rows: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
-    """Cut to `limit` ids keeping the last one (the end-of-sequence token)."""
-    cut = 0
-    for i, row in enumerate(rows):
-        if len(row) > limit:
-            rows[i] = row[: limit - 1] + row[-1:]
-            cut += 1
-    return rows, cut
+def source_identity(cfg: DataConfig, split: str, ds: datasets.Dataset) -> dict:
+    """What a loaded split's rows come from, for the tokenized cache's key: each local file's path,
+    size and modification time, and how the split was cut from them (carved, first N); for a hub
+    dataset, the fingerprint `datasets` gives it. Size and mtime rather than a content hash: they
+    cost nothing whatever the corpus's size (hashing gigabytes would take seconds at every start),
+    and rewriting a file changes its mtime."""
+    carved = cfg.validation_from_train is not None and split in (cfg.train_split, cfg.eval_split)
+    files = _origin_files(cfg, cfg.train_split if carved else split)
+    return {"files": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files] if files else None,
+            "fingerprint": None if files else ds._fingerprint,  # (hub datasets: their revision and config)
+            "carved": [cfg.validation_from_train, cfg.split_seed, split == cfg.eval_split] if carved else None,
+            "first": cfg.max_train_examples if split == cfg.train_split else None,
+            "rows": len(ds)}
 
 
-RESERVED_COLUMNS = ("completions", "completion_ids", "prompts", "references", "reference_ids")
+def _origin_files(cfg: DataConfig, split: str) -> list[Path]:
+    """The local files a split is read from (every file of a `save_to_disk` directory); [] for the hub."""
+    if cfg.files:
+        return [Path(cfg.files[split])] if split in cfg.files else []
+    path = Path(cfg.path) if cfg.path else None
+    if path is None or not path.is_dir():
+        return []
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return sorted(f for f in path.rglob("*") if f.is_file())
+    return _split_files(path, split)[:1]
 
 
-class TrainCollator:
-    """Training batches: model inputs for teacher forcing, plus what a REINFORCE step needs:
-    the ids as lists (prefix/rollout) and the raw columns, under the reward contract's names
-    (`prompts` = sources, `references` = targets) and under their own."""
-
-    def __init__(self, text_model: TextModel, cfg: DataConfig):
-        self.text_model, self.cfg = text_model, cfg
-
-    def __call__(self, features: list[dict]) -> dict:
-        return {"model_inputs": self.text_model.collate(features),
-                "source_ids_list": [f["source_ids"] for f in features],
-                "target_ids_list": [f["target_ids"] for f in features],
-                "columns": reward_columns(features, self.cfg)}
-
-
-def reward_columns(features: list[dict], cfg: DataConfig) -> dict[str, list]:
-    """The rows' columns for rewards: `prompts` and `references`, and every column by its own name
-    (as TRL passes them)."""
-    columns = {"prompts": [f[cfg.source_field] for f in features],
-               "references": [f[cfg.target_field] for f in features]}
-    for name in features[0]:
-        if name not in ("source_ids", "target_ids"):
-            columns[name] = [f[name] for f in features]
-    return columns
-
-
-def probe_batch(text_model: TextModel, raw_rows: list[dict], cfg: DataConfig) -> dict:
-    """What a reward sees of these rows (loaded, not yet tokenized), for the set-up probe."""
-    return {"target_ids_list": text_model.encode_targets([r[cfg.target_field] for r in raw_rows]),
-            "columns": reward_columns(raw_rows, cfg)}
+def _split_files(path: Path, split: str) -> list[Path]:
+    """The files in directory `path` that could hold `split`, in the order they are preferred."""
+    return [path / f"{split}{ext}{comp}" for ext in FORMATS for comp in COMPRESSIONS
+            if (path / f"{split}{ext}{comp}").is_file()]

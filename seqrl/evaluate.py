@@ -44,7 +44,7 @@ def evaluate_split(text_model: TextModel, model: torch.nn.Module, dataset: Datas
     """Corpus metrics of `dataset` (first `max_examples`), on rank 0; {} on other ranks."""
     n = len(dataset) if max_examples is None else min(max_examples, len(dataset))
     mine = list(range(accelerator.process_index, n, accelerator.num_processes))
-    shard = dataset.select(mine)
+    shard = dataset.select(mine, keep_in_memory=True)  # (its indices: no file beside a read-only cache)
     texts = decode(text_model, model, list(shard["source_ids"]), batch_size=eval_cfg.batch_size,
                    num_beams=eval_cfg.num_beams, max_new_tokens=eval_cfg.max_new_tokens,
                    progress=progress and accelerator.is_main_process)

@@ -16,7 +16,7 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from torch.optim.lr_scheduler import LambdaLR
 
-from seqrl import baselines, data, distributed, lora, modeling
+from seqrl import baselines, batching, data, distributed, lora, modeling
 from seqrl.baselines import Baseline, LearnedBaseline
 from seqrl.candidates import CandidateMaker
 from seqrl.config import ModelConfig, RecipeConfig
@@ -29,7 +29,7 @@ from seqrl.rewards.inputs import probe
 from seqrl.rundir import NEW_TOKENIZER
 from seqrl.runlog import RunLog
 from seqrl.schedule import Schedule, lr_factor
-from seqrl.tokenizer import train_tokenizer
+from seqrl.tokenizer import train_tokenizer, training_texts
 
 @dataclass
 class Run:
@@ -78,20 +78,21 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     tokenizer_dir = tokenizer_location(cfg, out, resume_from)
     text_model = adapt(build_text_model(cfg, accelerator, raw, tokenizer_dir), cfg.model, accelerator)
     check_lengths(cfg, text_model.is_seq2seq, text_model.max_positions)
-    tokenized, reports = data.tokenize(raw, text_model, cfg.data)
+    tokenized, reports = data.tokenize(raw, text_model, cfg.data, accelerator)
     for report in reports:
+        accelerator.print(report.cache_line())
         accelerator.print(report.line())
-    collate = data.TrainCollator(text_model, cfg.data)
+    collate = batching.TrainCollator(text_model, cfg.data)
     if reward_fns:  # model-based rewards to the device; then every reward called once, before training
         train = tokenized[cfg.data.train_split]
         for reward in reward_fns:
             reward.setup(accelerator.device, train[cfg.data.target_field])
-        probe(text_model, reward_fns, data.probe_batch(text_model, [train[i] for i in range(min(2, len(train)))],
-                                                       cfg.data))
-    loader = DataLoader(tokenized[cfg.data.train_split], batch_size=cfg.xent.batch_size, shuffle=True,
-                        collate_fn=collate)
+        probe(text_model, reward_fns, batching.probe_batch(text_model, [train[i] for i in range(min(2, len(train)))],
+                                                           cfg.data))
+    train_rows, processes = tokenized[cfg.data.train_split], accelerator.num_processes
+    loader = batching.train_loader(train_rows, cfg.xent.batch_size, cfg.data, cfg.run.seed, processes, collate)
     rl_batch = cfg.reinforce.batch_size or cfg.xent.batch_size
-    rl_loader = DataLoader(tokenized[cfg.data.train_split], batch_size=rl_batch, shuffle=True, collate_fn=collate)
+    rl_loader = batching.train_loader(train_rows, rl_batch, cfg.data, cfg.run.seed, processes, collate)
     learned = LearnedBaseline(text_model.model.config.hidden_size) if cfg.reinforce.baseline.kind == "learned" else None
     groups = [{"params": [p for p in text_model.model.parameters() if p.requires_grad]}]
     if learned is not None:  # its own constant rate (MIXER's fraction of the network's is ~0 under Adam)
@@ -197,9 +198,11 @@ def build_text_model(cfg: RecipeConfig, accelerator: Accelerator, raw: DatasetDi
         with accelerator.main_process_first():
             if accelerator.is_main_process and tokenizer_dir.name == NEW_TOKENIZER:
                 train = raw[cfg.data.train_split]
-                texts = [cfg.data.source_prefix + s for s in list(train[cfg.data.source_field]) if isinstance(s, str)]
-                texts += [t for t in list(train[cfg.data.target_field]) if isinstance(t, str)]
+                texts, examples = training_texts(train, cfg.data.source_field, cfg.data.target_field,
+                                                 cfg.data.source_prefix, cfg.tokenizer.max_train_examples,
+                                                 cfg.data.split_seed)
                 train_tokenizer(texts, cfg.tokenizer).save_pretrained(tokenizer_dir)
+                print(f"tokenizer: trained on {examples} of {len(train)} training examples")
         tok_cfg = type(cfg.tokenizer)(**{**vars(cfg.tokenizer), "name_or_path": str(tokenizer_dir)})
         text_model = modeling.build(cfg.model, tok_cfg, cfg.data)
     text_model.max_new_tokens = cfg.eval.max_new_tokens  # saved with the model: `seqrl generate`'s default

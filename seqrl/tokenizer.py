@@ -4,7 +4,10 @@ training texts, and a multilingual one's source and target languages."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from datasets import Dataset
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -60,6 +63,24 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTok
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", eos)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def training_texts(train: Dataset, source_field: str, target_field: str, source_prefix: str,
+                   max_examples: int | None, seed: int) -> tuple[Iterator[list[str]], int]:
+    """Batches of what a tokenizer trains on, read from the Arrow table a batch at a time: the
+    sources (prefixed), then the targets, of at most `max_examples` training examples drawn at
+    random with `seed` (in their order); also how many examples that is."""
+    rows = train
+    if max_examples is not None and max_examples < len(train):
+        drawn = np.sort(np.random.default_rng(seed).choice(len(train), max_examples, replace=False))
+        rows = train.select(drawn, keep_in_memory=True)  # (the indices in memory, no cache file written)
+
+    def batches() -> Iterator[list[str]]:
+        for name, prefix in ((source_field, source_prefix), (target_field, "")):
+            for batch in rows.select_columns([name]).iter(batch_size=1000):
+                yield [prefix + text for text in batch[name] if isinstance(text, str)]
+
+    return batches(), len(rows)
 
 
 def set_languages(tokenizer: PreTrainedTokenizerBase, src_lang: str | None, tgt_lang: str | None) -> int | None:

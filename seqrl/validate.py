@@ -25,7 +25,8 @@ def validate(cfg: RecipeConfig) -> list[str]:
     carved = data.carve_note(cfg.data, raw)
     lines += [carved] if carved else []
     for split, ds in raw.items():
-        empty = sum(1 for t in list(ds[cfg.data.target_field]) if not (isinstance(t, str) and t.strip()))
+        empty = sum(1 for batch in ds.select_columns([cfg.data.target_field]).iter(batch_size=1000)  # (no whole column)
+                    for t in batch[cfg.data.target_field] if not (isinstance(t, str) and t.strip()))
         lines.append(f"data[{split}]: {len(ds)} examples, {empty} empty targets, columns {ds.column_names}")
     if cfg.model.name_or_path is not None:
         text_model = modeling.build(cfg.model, cfg.tokenizer, cfg.data)
