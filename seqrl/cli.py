@@ -11,18 +11,12 @@ import json
 import logging
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from seqrl.errors import SeqrlError
-from seqrl.preemption import EXIT_PREEMPTED, SIGNALS, Preempted
-
-if TYPE_CHECKING:
-    from seqrl.config import RecipeConfig
+from seqrl.launch import add_launch_args, relaunch, wants_launch
+from seqrl.preemption import EXIT_PREEMPTED, Preempted
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -38,10 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="train with the recipe (cross-entropy, then its schedule)")
     _add_recipe_args(p)
-    p.add_argument("--num-processes", type=int, metavar="N",
-                   help="re-launch through `accelerate launch` with N processes (prints the command)")
-    p.add_argument("--accelerate-config", metavar="FILE",
-                   help="accelerate config for the re-launch (e.g. recipes/accelerate/ddp.yaml)")
+    add_launch_args(p)
 
     p = sub.add_parser("validate", help="load and check the recipe, data and model; print the resolved recipe")
     _add_recipe_args(p)
@@ -79,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    if not (args.command == "finetune" and wants_launch(args)):  # (a launcher needs neither library)
+        _quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except SeqrlError as err:
@@ -112,72 +104,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from seqrl.config import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)  # fail here, once, before starting N processes
-    if args.num_processes is not None or args.accelerate_config is not None:
-        return _relaunch(args, cfg)
+    if wants_launch(args):
+        return relaunch(args, cfg)
     from seqrl.session import finetune  # the heavy imports, after the recipe has loaded
     command = shlex.join(["seqrl", "finetune", args.recipe, *(x for item in args.overrides for x in ("--set", item))])
     final = finetune(cfg, command=command)
     if final is not None:
         print(f"done: model in {final}")
     return 0
-
-
-def launch_command(args: argparse.Namespace, mixed_precision: str = "no") -> list[str]:
-    """The `accelerate launch` command equivalent to this `seqrl finetune` call; it names the
-    recipe's `run.mixed_precision`, which is what the processes use whatever a config file says."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if args.accelerate_config:
-        if not Path(args.accelerate_config).is_file():
-            raise SeqrlError(f"--accelerate-config file not found: {args.accelerate_config}")
-        cmd += ["--config_file", args.accelerate_config, "--mixed_precision", mixed_precision]
-    else:  # plain data parallel; on a machine without GPUs these are CPU processes over gloo
-        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
-    if args.num_processes is not None:
-        if args.num_processes < 1:
-            raise SeqrlError(f"--num-processes must be >= 1, got {args.num_processes}")
-        cmd += ["--num_processes", str(args.num_processes)]
-    cmd += ["-m", "seqrl"] + (["--debug"] if args.debug else []) + ["finetune", args.recipe]
-    for item in args.overrides:
-        cmd += ["--set", item]
-    return cmd
-
-
-def _relaunch(args: argparse.Namespace, cfg: RecipeConfig) -> int:
-    """Run the `accelerate launch` command, once the set-up it asks for is known to run on this
-    machine (`seqrl.distributed.check_launch`); a stop signal sent to this process is passed on.
-    accelerate's launcher exits 1 with a report of its own when its processes stop on a signal,
-    so a run they ended with a checkpoint (its last metrics line says `preempted`) exits
-    EXIT_PREEMPTED here."""
-    from seqrl.distributed import check_launch
-
-    cmd = launch_command(args, cfg.run.mixed_precision)  # (checks the arguments first)
-    for note in check_launch(args.accelerate_config, cfg.run.mixed_precision, cfg.run.cpu):
-        print(f"seqrl finetune: warning: {note}", file=sys.stderr)
-    print("running: " + shlex.join(cmd), flush=True)
-    started = time.time()
-    child = subprocess.Popen(cmd)
-    previous = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum)) for sig in SIGNALS}
-    try:
-        code = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return EXIT_PREEMPTED if code != 0 and _ended_preempted(Path(cfg.run.output_dir), started) else code
-
-
-def _ended_preempted(output_dir: Path, since: float) -> bool:
-    """Whether this launch's processes stopped the run with a checkpoint (metrics.jsonl, written
-    since `since`, ends with the `preempted` line)."""
-    from seqrl.runlog import METRICS_FILE, read_metrics
-
-    metrics = output_dir / METRICS_FILE
-    try:
-        if not metrics.is_file() or metrics.stat().st_mtime < since:
-            return False
-        lines = read_metrics(output_dir)
-    except (SeqrlError, OSError):
-        return False
-    return bool(lines) and bool(lines[-1].get("preempted"))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

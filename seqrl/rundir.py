@@ -9,6 +9,8 @@ has passed.
 - A directory that holds another run is refused unless `run.overwrite` is set. A resume counts
   as the same run only when its checkpoint lies in `output_dir` itself; a checkpoint of another
   run continues into an empty (or overwritable) directory, never over a finished run.
+- Across machines, every machine leaves a marker in `output_dir` that the main process must
+  see (`check_shared`): a directory that is not shared stops the run with one line.
 - Set-up writes nothing but its lock and a hidden temporary tokenizer; the old run is cleared
   and the new `recipe.yaml` written by `commit`, after data, model and checkpoint have loaded.
 """
@@ -19,13 +21,14 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import socket
 import time
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
 from seqrl.errors import SeqrlError
 from seqrl.runlog import METRICS_FILE, SAMPLES_FILE
@@ -34,6 +37,8 @@ LOCK_FILE = ".seqrl.lock"
 RUN_MARKERS = ("recipe.yaml", METRICS_FILE)
 RUN_OUTPUTS = (*RUN_MARKERS, SAMPLES_FILE, "final", "best", "checkpoints", "tokenizer", "plots")
 NEW_TOKENIZER = ".tmp-tokenizer"  # a tokenizer trained by set-up, moved to tokenizer/ by commit
+MACHINE_MARKER = ".seqrl-machine-{}"  # left by each machine of a run across machines (`check_shared`)
+SHARED_DIR_WAIT_S = 60  # (NFS caches directory contents up to 60 s by default: acdirmax)
 
 
 class RunDirLock:
@@ -158,7 +163,81 @@ def claim(out: Path, overwrite: bool, resume_from: Path | None, accelerator: Acc
         problem = broadcast_object_list([problem])[0]
     if problem is not None:
         raise SeqrlError(problem)
+    try:
+        check_shared(out, accelerator)
+    except SeqrlError:
+        lock.release()
+        raise
     return lock
+
+
+def check_shared(out: Path, accelerator: Accelerator, env=os.environ) -> None:
+    """Across machines (torch's GROUP_WORLD_SIZE), `out` must be one directory that all of them
+    see: the first process of each machine leaves a marker holding a token of this start, and
+    the main process must see every one within SHARED_DIR_WAIT_S seconds (a network filesystem
+    may show a new file late); otherwise every process raises the same one line."""
+    machines, machine = int(env.get("GROUP_WORLD_SIZE", "1")), int(env.get("GROUP_RANK", "0"))
+    if machines < 2:
+        return
+    token = broadcast_object_list([secrets.token_hex(8) if accelerator.is_main_process else None])[0]
+    marker = out / MACHINE_MARKER.format(machine)
+    writes = accelerator.is_local_main_process and not accelerator.is_main_process
+    created = writes and not out.exists()
+    problem = _leave_marker(out, marker, token) if writes else None
+    problems = gather_object([problem])
+    if accelerator.is_main_process:
+        problem = next((p for p in problems if p), None) or _unseen_markers(out, machines, token, env)
+    problem = broadcast_object_list([problem])[0]
+    if writes:
+        marker.unlink(missing_ok=True)
+        if created and problem is not None:  # a directory of this machine's own, made for the marker
+            try:
+                out.rmdir()
+            except OSError:  # not empty after all: leave it
+                pass
+    if problem is not None:
+        raise SeqrlError(problem)
+
+
+def _leave_marker(out: Path, marker: Path, token: str) -> str | None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomically(marker, token)
+    except OSError as err:
+        return (f"run.output_dir '{out}' cannot be written on {socket.gethostname()} ({err.strerror}); it must be "
+                f"one directory that every machine can write")
+    return None
+
+
+def _unseen_markers(out: Path, machines: int, token: str, env) -> str | None:
+    """Wait up to SEQRL_SHARED_DIR_WAIT_S seconds for every other machine's marker (listing the
+    directory each time: NFS may answer a lookup from a stale cache); remove them once seen."""
+    try:
+        wait = float(env.get("SEQRL_SHARED_DIR_WAIT_S", SHARED_DIR_WAIT_S))
+    except ValueError:
+        return f"SEQRL_SHARED_DIR_WAIT_S must be a number of seconds, got {env['SEQRL_SHARED_DIR_WAIT_S']!r}"
+    deadline = time.monotonic() + wait
+    while True:
+        names = set(os.listdir(out))
+        markers = [out / MACHINE_MARKER.format(m) for m in range(1, machines)]
+        unseen = [m for m in range(1, machines) if markers[m - 1].name not in names or _read(markers[m - 1]) != token]
+        if not unseen:
+            for marker in markers:
+                marker.unlink(missing_ok=True)
+            return None
+        if time.monotonic() >= deadline:
+            which = f"machine{'s' if len(unseen) > 1 else ''} {', '.join(map(str, unseen))}"
+            return (f"run.output_dir '{out}' is not shared between the machines: machine 0 does not see what {which} "
+                    f"wrote there within {wait:g} s; put run.output_dir on a filesystem that every machine mounts at "
+                    f"the same path (NFS, Lustre, ...)")
+        time.sleep(0.2)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def clear_run(out: Path, also: tuple[str, ...] = ()) -> None:
