@@ -84,40 +84,22 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         accelerator.print(report.line())
     collate = batching.TrainCollator(text_model, cfg.data)
     if reward_fns:  # model-based rewards to the device; then every reward called once, before training
-        train = tokenized[cfg.data.train_split]
-        for reward in reward_fns:
-            reward.setup(accelerator.device, train[cfg.data.target_field])
-        probe(text_model, reward_fns, batching.probe_batch(text_model, [train[i] for i in range(min(2, len(train)))],
-                                                           cfg.data))
+        probe_rewards(cfg, accelerator.device, text_model, tokenized[cfg.data.train_split], reward_fns)
     train_rows, processes = tokenized[cfg.data.train_split], accelerator.num_processes
     loader = batching.train_loader(train_rows, cfg.xent.batch_size, cfg.data, cfg.run.seed, processes, collate)
     rl_batch = cfg.reinforce.batch_size or cfg.xent.batch_size
     rl_loader = batching.train_loader(train_rows, rl_batch, cfg.data, cfg.run.seed, processes, collate)
     learned = LearnedBaseline(text_model.model.config.hidden_size) if cfg.reinforce.baseline.kind == "learned" else None
-    groups = [{"params": [p for p in text_model.model.parameters() if p.requires_grad]}]
-    if learned is not None:  # its own constant rate (MIXER's fraction of the network's is ~0 under Adam)
-        groups.append({"params": learned.parameters(), "lr": cfg.reinforce.baseline.lr})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                  weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(cfg, text_model.model, learned)
     model, optimizer, loader, rl_loader, *rest = accelerator.prepare(
         text_model.model, optimizer, loader, rl_loader, *([learned] if learned is not None else []))
     accum = cfg.optim.grad_accum_steps
     schedule = Schedule(cfg.schedule, max(1, len(loader) // accum), max(1, len(rl_loader) // accum),
                         cfg.data.max_target_tokens)
     total = min(schedule.total_steps, cfg.run.max_steps or schedule.total_steps)
-    rl_start = schedule.xent_steps if cfg.reinforce.lr is not None and cfg.schedule.samples() else None
-    network_factor = partial(lr_factor, warmup=cfg.optim.warmup_steps, decay=cfg.optim.decay,
-                             decay_steps=rl_start if rl_start is not None else total, rl_start=rl_start,
-                             rl_factor=(cfg.reinforce.lr or cfg.optim.lr) / cfg.optim.lr)
-    lr_scheduler = LambdaLR(optimizer, [network_factor] + [_constant] * (len(groups) - 1))
+    lr_scheduler = build_lr_schedule(cfg, optimizer, schedule.xent_steps, total)
     accelerator.register_for_checkpointing(lr_scheduler)  # stepped by hand, saved with the state
-    accelerator.print(f"model: {describe(text_model.model, cfg.model)}, vocab {len(text_model.tokenizer)}; "
-                      f"{total} optimizer steps on {accelerator.num_processes} process(es), "
-                      f"device {accelerator.device}")
-    accelerator.print(distributed.describe(accelerator))
-    for start, plan in schedule.boundaries():
-        accelerator.print(f"  from step {start}: stage {plan.stage}, last {plan.n_rl_tokens} target tokens "
-                          f"sampled, xent weight {plan.xent_weight}")
+    print_header(cfg, accelerator, text_model, schedule, total)
     reference = None
     if cfg.reinforce.kl_coef > 0 and cfg.schedule.samples():
         reference = build_reference(text_model.model, bool(cfg.model.lora),
@@ -129,6 +111,49 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
                schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir, candidates, baseline,
                build_objective(cfg.reinforce.estimator), reference)
+
+
+def probe_rewards(cfg: RecipeConfig, device: torch.device, text_model: modeling.TextModel, train, reward_fns: list
+                  ) -> None:
+    """Model-based rewards to the device, then every reward called once on two training rows."""
+    for reward in reward_fns:
+        reward.setup(device, train[cfg.data.target_field])
+    rows = [train[i] for i in range(min(2, len(train)))]
+    probe(text_model, reward_fns, batching.probe_batch(text_model, rows, cfg.data))
+
+
+def build_optimizer(cfg: RecipeConfig, model: torch.nn.Module, learned: torch.nn.Module | None
+                    ) -> torch.optim.Optimizer:
+    """AdamW over the trained weights, and the learned baseline's regressor in a group of its own."""
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if learned is not None:  # its own constant rate (MIXER's fraction of the network's is ~0 under Adam)
+        groups.append({"params": learned.parameters(), "lr": cfg.reinforce.baseline.lr})
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                             weight_decay=cfg.optim.weight_decay)
+
+
+def build_lr_schedule(cfg: RecipeConfig, optimizer: torch.optim.Optimizer, xent_steps: int, total: int) -> LambdaLR:
+    """The network's warm-up and decay (over the XENT stage only when `reinforce.lr` is set, then
+    constant at it); the learned baseline's group keeps its own rate."""
+    rl_start = xent_steps if cfg.reinforce.lr is not None and cfg.schedule.samples() else None
+    network_factor = partial(lr_factor, warmup=cfg.optim.warmup_steps, decay=cfg.optim.decay,
+                             decay_steps=rl_start if rl_start is not None else total, rl_start=rl_start,
+                             rl_factor=(cfg.reinforce.lr or cfg.optim.lr) / cfg.optim.lr)
+    return LambdaLR(optimizer, [network_factor] + [_constant] * (len(optimizer.param_groups) - 1))
+
+
+def print_header(cfg: RecipeConfig, accelerator: Accelerator, text_model: modeling.TextModel, schedule: Schedule,
+                 total: int) -> None:
+    """The run header: model, steps, processes, and the stages the run will reach."""
+    accelerator.print(f"model: {describe(text_model.model, cfg.model)}, vocab {len(text_model.tokenizer)}; "
+                      f"{total} optimizer steps on {accelerator.num_processes} process(es), "
+                      f"device {accelerator.device}")
+    accelerator.print(distributed.describe(accelerator))
+    for start, plan in schedule.boundaries():
+        if start >= total:  # (stages after run.max_steps are never reached)
+            break
+        accelerator.print(f"  from step {start}: stage {plan.stage}, last {plan.n_rl_tokens} target tokens "
+                          f"sampled, xent weight {plan.xent_weight}")
 
 
 def rollout_decoding(cfg: RecipeConfig, text_model: modeling.TextModel, accelerator: Accelerator) -> Decoding:
