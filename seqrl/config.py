@@ -325,7 +325,8 @@ class LogConfig:
     project: str = "seqrl"
     """Project/run-group name given to the trackers."""
     progress_bar: bool = True
-    """Show progress bars for training and decoding."""
+    """Show progress bars for training and decoding, where standard error is a terminal (never in a
+    redirected log, which would fill with their escape codes)."""
     samples_every: int = 100
     """Every this many sequence-level steps, write `samples` sampled rows (source, reference,
     sample, each reward, advantage) to samples.jsonl and the trackers (0 = never)."""
@@ -364,8 +365,9 @@ class RecipeConfig:
         check_recipe(self)
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
-    """Read a YAML recipe, apply `a.b=value` overrides, and return the checked config."""
+def load_recipe(path: str | Path, overrides: list[str] = (), unsets: list[str] = ()) -> RecipeConfig:
+    """Read a YAML recipe, remove the `unsets` keys (their defaults apply), apply `a.b=value`
+    overrides, and return the checked config."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
@@ -379,6 +381,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    for key in unsets:
+        remove_value(raw, key.strip(), f"--unset {key}")
     for item in overrides:
         apply_override(raw, item)
     return from_dict(raw)
@@ -415,6 +419,19 @@ def set_value(raw: dict[str, Any], key: str, value: Any, where: str = "overrides
         if not isinstance(node, dict):
             raise ConfigError(f"{where}: '{part}' is not a section")
     node[parts[-1]] = value
+
+
+def remove_value(raw: dict[str, Any], key: str, where: str = "--unset") -> None:
+    """Delete dotted `key` from a raw recipe dict, so that the schema's default applies to it; a key
+    the recipe does not hold is an error (a misspelt one would otherwise change nothing, silently)."""
+    *sections, last = key.split(".")
+    node = raw
+    for part in sections:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or last not in node:
+        raise ConfigError(f"{where}: the recipe has no '{key}' to remove (its default applies already, "
+                          f"or the name is misspelt: `seqrl recipe --defaults` lists them)")
+    del node[last]
 
 
 def read_text(path: Path, limit: int) -> str:

@@ -71,7 +71,7 @@ def train(run: Run, state: dict | None = None) -> _Loop:
     for it. Returns where the loop ended."""
     cfg, acc = run.cfg, run.accelerator
     loop = _Loop(tqdm(total=run.total_steps, desc="train", mininterval=1.0,
-                      disable=not (cfg.log.progress_bar and acc.is_main_process)))
+                      disable=None if cfg.log.progress_bar and acc.is_main_process else True))  # None: off unless a terminal
     if state:
         loop.step, loop.phase, loop.phase_epoch = state["step"], state["phase"], state["phase_epoch"]
         loop.batch_in_epoch, loop.stage = state["batch_in_epoch"], state["stage"]
