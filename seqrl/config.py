@@ -265,6 +265,9 @@ class EvalConfig:
     test_after_xent: bool = True
     """Also decode `data.test_split` when the XENT stage ends (before sequence-level training),
     logged as `test/...` at that step: XENT and final scores from the same run."""
+    test_max_examples: int | None = None
+    """Decode only the first N examples of `data.test_split`, after the XENT stage and at the end
+    (empty = all). Scores on a part of the split are not comparable with those on all of it."""
     metrics: list[Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL"]] = field(
         default_factory=lambda: ["bleu", "chrf", "rougeL"]
     )

@@ -22,7 +22,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
                   "run.save_every", "run.save_every_minutes", "data.split_seed", "log.samples_every", "log.samples", "schedule.xent_steps", "schedule.xent_epochs", "reinforce.top_k",
                   "reinforce.kl_coef")
-    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources", "reinforce.check_every", "data.max_train_examples", "eval.max_examples", "run.max_steps",
+    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources", "reinforce.check_every", "data.max_train_examples", "eval.max_examples", "eval.test_max_examples", "run.max_steps",
                       "run.max_minutes", "data.validation_from_train",
                       "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs", "schedule.final_stage_steps",
                       "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")

@@ -205,7 +205,7 @@ def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> None:
         if name == "validation":
             validate(run, loop)
         else:
-            evaluate(run, loop.step, test, None, run.out / f"predictions-{test}-xent.jsonl")
+            evaluate(run, loop.step, test, run.cfg.eval.test_max_examples, run.out / f"predictions-{test}-xent.jsonl")
 
 
 def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> None:
@@ -291,7 +291,8 @@ def finish(run: Run, loop: _Loop, command: str | None = None) -> Path:
     if loop.validated_at != step:
         validate(run, loop)
     if cfg.data.test_split:
-        evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}.jsonl")
+        evaluate(run, step, cfg.data.test_split, cfg.eval.test_max_examples,
+                 run.out / f"predictions-{cfg.data.test_split}.jsonl")
     final = run.out / "final"
     weights = gathered_weights(run)  # (every process: a collective where the weights are sharded)
     if run.accelerator.is_main_process:
