@@ -73,6 +73,11 @@ class TokenizerConfig:
     tgt_lang: str | None = None
     """Target language code; where the tokenizer starts targets with it, generation is forced
     to start with it too (`forced_bos_token_id`)."""
+    languages: list[str] = field(default_factory=list)
+    """ISO 639 codes of the data's languages for a tokenizer without language codes: `[en, es]`,
+    source then target, or one code when both sides share it (`[en]`, e.g. summarization).
+    They give the model card its `language` and task, and `language_id` its target. Empty = the
+    language part of `src_lang` / `tgt_lang`."""
 
 
 @dataclass

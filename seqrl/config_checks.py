@@ -4,6 +4,7 @@ Kept apart from `seqrl.config`, whose dataclasses hold the schema and every defa
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from seqrl.errors import ConfigError
@@ -50,6 +51,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
     _check_schedule(cfg)
     _check_reinforce(cfg)
     _check_eval(cfg)
+    _check_languages(cfg)
 
 def _check_eval(cfg: RecipeConfig) -> None:
     ev = cfg.eval
@@ -60,6 +62,19 @@ def _check_eval(cfg: RecipeConfig) -> None:
         raise ConfigError("eval.patience needs eval.best_metric and eval.every > 0 (the evaluations it counts)")
     if ev.select_window > 1 and ev.best_metric is None:
         raise ConfigError("eval.select_window needs eval.best_metric (the score whose mean it takes)")
+
+def _check_languages(cfg: RecipeConfig) -> None:
+    codes = cfg.tokenizer.languages
+    if len(codes) > 2:
+        raise ConfigError(f"tokenizer.languages: at most two codes (source, target), got {codes}")
+    for code in codes:
+        if not re.fullmatch(r"[a-z]{2,3}", code):
+            raise ConfigError(f"tokenizer.languages: '{code}' is not an ISO 639 code (two or three lowercase "
+                              f"letters, like en or spa)")
+    if codes and (cfg.tokenizer.src_lang or cfg.tokenizer.tgt_lang):
+        raise ConfigError("tokenizer.languages: give it or tokenizer.src_lang/tgt_lang (whose language part "
+                          "it is then), not both")
+
 
 def _check_lora(cfg: RecipeConfig) -> None:
     lora = cfg.model.lora
