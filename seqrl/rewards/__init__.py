@@ -15,7 +15,8 @@ values repeated for its k samples. seqrl adds `references` (the target texts) an
 adds a column to the logged samples. A list, tuple, NumPy array or 1-D tensor may be returned;
 `async def` rewards are awaited. The recipe's `kwargs` are passed on every call.
 
-Built-ins on text: bleu, chrf, ter, rouge1, rouge2, rougeL (`seqrl.rewards.text`); on token ids:
+Built-ins on text: bleu, chrf, ter, rouge1, rouge2, rougeL (`seqrl.rewards.text`); guards against
+reward hacking: length_ratio, language_id (`seqrl.rewards.guards`); on token ids:
 token_bleu, token_rouge_n, token_rouge_l (`seqrl.rewards.token`, batched in torch by
 `seqrl.rewards.fast`); scored by a model, built once from their `kwargs`: bertscore,
 embedding_similarity, classifier (`seqrl.rewards.model_based`).
@@ -41,13 +42,15 @@ from dataclasses import dataclass
 
 from seqrl.config import RewardConfig
 from seqrl.errors import SeqrlError
+from seqrl.rewards.guards import BUILTINS as GUARD_BUILTINS
+from seqrl.rewards.guards import known_language, language_id
 from seqrl.rewards.model_based import MODEL_REWARDS
 from seqrl.rewards.text import BUILTINS as TEXT_BUILTINS
 from seqrl.rewards.token import BUILTINS as TOKEN_BUILTINS
 
 CONTRACT_ARGS = {"completions", "references", "prompts", "completion_ids", "reference_ids", "trainer_state",
                  "log_extra", "log_metric"}
-BUILTINS = {**TEXT_BUILTINS, **TOKEN_BUILTINS}
+BUILTINS = {**TEXT_BUILTINS, **TOKEN_BUILTINS, **GUARD_BUILTINS}
 
 
 @dataclass
@@ -138,17 +141,33 @@ def check_values(name: str, values, expected: int) -> list[float | None]:
     return out
 
 
-def build(configs: list[RewardConfig], functions: dict[str, Callable] | None = None) -> list[Reward]:
-    """The recipe's rewards; `functions` maps names to Python callables (the Python API's)."""
-    return [_build_one(cfg, functions or {}) for cfg in configs]
+def build(configs: list[RewardConfig], functions: dict[str, Callable] | None = None,
+          target_language: str | None = None) -> list[Reward]:
+    """The recipe's rewards; `functions` maps names to Python callables (the Python API's);
+    `target_language` (the recipe's, `seqrl.languages`) is `language_id`'s unless its kwargs say."""
+    return [_build_one(cfg, functions or {}, target_language) for cfg in configs]
 
 
-def _build_one(cfg: RewardConfig, functions: dict[str, Callable]) -> Reward:
+def _target_language(kwargs: dict, target: str | None) -> dict:
+    """`language_id`'s kwargs with its target language, checked against CLD2's codes at set-up."""
+    language = kwargs.get("language", target)
+    if language is None:
+        raise RewardError("reward 'language_id': no target language; set tokenizer.languages: [source, target] "
+                          "(or tokenizer.tgt_lang), or the reward's kwargs: {language: es}")
+    if not isinstance(language, str) or not known_language(language):
+        raise RewardError(f"reward 'language_id': {language!r} is not a CLD2 language code (ISO 639-1, like es "
+                          f"or de); give the reward's kwargs: {{language: ...}}")
+    return {**kwargs, "language": language}
+
+
+def _build_one(cfg: RewardConfig, functions: dict[str, Callable], target_language: str | None = None) -> Reward:
     kwargs = dict(cfg.kwargs)
     if cfg.name in MODEL_REWARDS:  # an object built once from its kwargs (its model loaded now)
         fn, kwargs = _construct(cfg.name, MODEL_REWARDS[cfg.name], kwargs), {}
     else:
         fn = functions.get(cfg.name) or BUILTINS.get(cfg.name) or _import(cfg.name)
+        if fn is language_id:
+            kwargs = _target_language(kwargs, target_language)
     if not callable(fn):
         raise RewardError(f"reward '{cfg.name}' is a {type(fn).__name__}, not a function")
     try:
