@@ -228,11 +228,15 @@ class ReinforceConfig:
 @dataclass
 class RewardConfig:
     name: str = ""
-    """A built-in reward (`bleu`, `chrf`, `ter`, `rouge1`, `rouge2`, `rougeL`) or `package.module:function`."""
+    """A built-in reward (`seqrl rewards` lists them) or `package.module:function`."""
     weight: float = 1.0
     """Weight in the summed reward."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to the reward function on every call."""
+    init_kwargs: dict[str, Any] | None = None
+    """Given, `name` is a factory (`trl.rewards:get_repetition_penalty_reward`), called once at
+    set-up with these keyword arguments (`{ngram_size: 3}`); what it returns is the reward
+    function. Empty = `name` is the reward function itself."""
 
 
 @dataclass
