@@ -295,6 +295,19 @@ class EvalConfig:
     at_start: bool = False
     """Also evaluate before the first step (logged at step 0): the starting model's score on the
     curve, and with `best_metric` a candidate for `best/`, which then only ever improves on it."""
+    watch: list[Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL"]] = field(default_factory=list)
+    """Metrics of `eval.metrics` to watch against the training reward (`[chrf]` while training on
+    BLEU): when, over the last `watch_evaluations` evaluations, the training reward's mean since
+    each previous evaluation rose every time while a watched `eval/<metric>` fell every time, one
+    warning line, `alarm/diverging_<metric>` = 1 in metrics.jsonl and the trackers, and a line in
+    the model card (`seqrl.alarms`)."""
+    watch_evaluations: int = 3
+    """How many evaluations in a row `watch` compares (at least 2)."""
+    degenerate_share: float = 0.5
+    """Warn (one line, `alarm/degenerate_<eval|test split>` = 1, a line in the model card) when at
+    least this share of an evaluation's outputs is empty, or is one and the same output; the shares
+    are logged as `outputs/<eval|test split>_empty_share` and `_top_share` at every evaluation.
+    1 = never warn."""
 
 
 @dataclass

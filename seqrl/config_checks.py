@@ -62,6 +62,22 @@ def _check_eval(cfg: RecipeConfig) -> None:
         raise ConfigError("eval.patience needs eval.best_metric and eval.every > 0 (the evaluations it counts)")
     if ev.select_window > 1 and ev.best_metric is None:
         raise ConfigError("eval.select_window needs eval.best_metric (the score whose mean it takes)")
+    _check_alarms(cfg)
+
+
+def _check_alarms(cfg: RecipeConfig) -> None:
+    ev = cfg.eval
+    missing = [m for m in ev.watch if m not in ev.metrics]
+    if missing:
+        raise ConfigError(f"eval.watch '{missing[0]}' is not computed; add it to eval.metrics ({list(ev.metrics)})")
+    if ev.watch and (cfg.schedule.kind == "xent" or not ev.every):
+        raise ConfigError("eval.watch needs a sequence-level schedule (a training reward) and eval.every > 0 "
+                          "(the evaluations it compares)")
+    if ev.watch_evaluations < 2:
+        raise ConfigError(f"eval.watch_evaluations must be >= 2 (a rise needs two points), got {ev.watch_evaluations}")
+    if not 0.0 < ev.degenerate_share <= 1.0:
+        raise ConfigError(f"eval.degenerate_share must be in (0, 1], got {ev.degenerate_share}")
+
 
 def _check_languages(cfg: RecipeConfig) -> None:
     codes = cfg.tokenizer.languages

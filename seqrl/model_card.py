@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from seqrl import alarms
 from seqrl.config import RecipeConfig, dump_recipe
 from seqrl.errors import SeqrlError
 from seqrl.languages import recipe_languages
@@ -123,6 +124,9 @@ def write_model_card(directory: Path, cfg: RecipeConfig, is_seq2seq: bool, steps
         lines += ["## Results", "", "| split / metric | score |", "|---|---|"]
         lines += [f"| {name} | {value:.2f} |" for name, value in sorted(scores.items()) if not name.endswith("seconds")]
         lines.append("")
+    warnings = alarms.notes(cfg.run.output_dir)
+    if warnings:
+        lines += ["## Alarms raised during training", ""] + [f"- {note}" for note in warnings] + [""]
     lines += ["## License", "", license_line(cfg, license_), ""]
     if command:
         lines += ["## Reproduce", "", "```bash", command, "```", ""]

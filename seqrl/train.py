@@ -22,7 +22,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from seqrl import distributed, lora, preemption
+from seqrl import alarms, distributed, lora, preemption
 from seqrl.checkpoint import save_checkpoint
 from seqrl.config import dump_recipe
 from seqrl.evaluate import evaluate_split
@@ -280,6 +280,7 @@ def evaluate(run: Run, step: int, split: str, max_examples: int | None, predicti
         metrics[f"{prefix}/seconds"] = time.perf_counter() - start
         run.runlog.write(step, metrics)
         run.accelerator.print(f"step {step} {split}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+        alarms.check(run, step, prefix, predictions)  # degenerate outputs, eval.watch (rank 0)
     return metrics
 
 

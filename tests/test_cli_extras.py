@@ -54,7 +54,8 @@ def test_recipe_defaults_lists_every_setting(cli):
     assert "optim.lr: 0.0005  # Peak learning rate of AdamW." in lines
     assert "eval.metrics: [bleu, chrf, rougeL]  # Corpus metrics reported as `eval/<name>` (sacrebleu BLEU " \
            "and chrF, rouge-score ROUGE F)." in lines
-    assert "rewards: [{kwargs: {}, name: bleu, weight: 1.0}]  # Sequence-level rewards, summed with their weights." in lines
+    assert ("rewards: [{init_kwargs: null, kwargs: {}, name: bleu, weight: 1.0}]  # Sequence-level rewards, "
+            "summed with their weights.") in lines
     assert "model.lora.rank: 16  # Rank r of each adapter (B A, with A r x in and B out x r)." in lines
     rc, out, _ = cli("recipe", "--defaults", "run.resume")
     assert rc == 0 and out.startswith("run.resume: null  # Continue from a checkpoint directory, or `auto`")
