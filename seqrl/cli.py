@@ -103,7 +103,8 @@ def _debug_anywhere(sub) -> None:
     """`--debug` after the subcommand too (`seqrl finetune r.yaml --debug`). SUPPRESS keeps a
     subcommand's absent flag from overwriting one given before it."""
     for p in sub.choices.values():
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for user errors")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks for user errors")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,5 +342,6 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"rewards": cmd_rewards, "recipe": cmd_recipe, "plot": cmd_plot, "finetune": cmd_finetune, "validate": cmd_validate, "evaluate": cmd_evaluate,
+COMMANDS = {"rewards": cmd_rewards, "recipe": cmd_recipe,
+            "plot": cmd_plot, "finetune": cmd_finetune, "validate": cmd_validate, "evaluate": cmd_evaluate,
             "generate": cmd_generate, "push": cmd_push}

@@ -70,8 +70,9 @@ def train(run: Run, state: dict | None = None) -> _Loop:
     the rest on the REINFORCE loader (its own batch size), each step running the schedule's plan
     for it. Returns where the loop ended."""
     cfg, acc = run.cfg, run.accelerator
+    # (disable=None: tqdm draws only on a terminal, so a redirected log holds no escape codes)
     loop = _Loop(tqdm(total=run.total_steps, desc="train", mininterval=1.0,
-                      disable=None if cfg.log.progress_bar and acc.is_main_process else True))  # None: off unless a terminal
+                      disable=None if cfg.log.progress_bar and acc.is_main_process else True))
     if state:
         loop.step, loop.phase, loop.phase_epoch = state["step"], state["phase"], state["phase_epoch"]
         loop.batch_in_epoch, loop.stage = state["batch_in_epoch"], state["stage"]
@@ -205,7 +206,8 @@ def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> None:
         if name == "validation":
             validate(run, loop)
         else:
-            evaluate(run, loop.step, test, run.cfg.eval.test_max_examples, run.out / f"predictions-{test}-xent.jsonl")
+            evaluate(run, loop.step, test, run.cfg.eval.test_max_examples,
+                     run.out / f"predictions-{test}-xent.jsonl")
 
 
 def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> None:

@@ -45,7 +45,8 @@ def language_id(completions: list[str], *, language: str | None = None) -> list[
     import pycld2
 
     if language is None:
-        raise ValueError("no target language: set tokenizer.languages (or tokenizer.tgt_lang), or kwargs {language: es}")
+        raise ValueError("no target language: set tokenizer.languages (or tokenizer.tgt_lang), "
+                         "or kwargs {language: es}")
     shares = []
     for text in completions:
         clean = "".join(ch for ch in text if ch.isprintable() or ch.isspace())  # CLD2 refuses control bytes
