@@ -2,8 +2,10 @@
 
     from seqrl import finetune, load_recipe
 
-    result = finetune("recipes/quickstart.yaml", overrides={"run.max_steps": 100, "run.output_dir": "runs/try"},
-                      reward_functions={"my_reward": my_reward})   # a recipe reward named my_reward
+    result = finetune("recipes/quickstart.yaml",
+                      overrides={"run.max_steps": 100, "run.output_dir": "runs/try",
+                                 "rewards": [{"name": "bleu"}, {"name": "my_reward", "weight": 0.5}]},
+                      reward_functions={"my_reward": my_reward})   # the callable of the reward my_reward
     result.final, result.metrics["test/bleu"]
 
 It runs what `seqrl finetune` runs, in this process (one process; `accelerate launch` a script
@@ -41,16 +43,29 @@ def finetune(recipe: str | Path | dict | RecipeConfig, overrides: dict[str, Any]
     """Train with a recipe (a YAML file, a raw dict as in YAML, or a `RecipeConfig`).
 
     `overrides` maps dotted fields to values (`{"optim.lr": 1e-4}`), as `--set` does. A reward in
-    the recipe whose `name` is a key of `reward_functions` is that callable (TRL's contract)."""
+    the recipe whose `name` is a key of `reward_functions` is that callable (TRL's contract); a key
+    that no reward of the recipe names is an error (it would never be called)."""
     from seqrl.runlog import last_scores
     from seqrl.session import finetune as run_recipe
 
     cfg = _recipe(recipe, overrides or {})
+    check_reward_functions(cfg, reward_functions or {})
     _fresh_accelerator_state()
     final = run_recipe(cfg, reward_functions=reward_functions or {})
     out = Path(cfg.run.output_dir)
     best = out / "best"
     return FinetuneResult(out, final, best if best.is_dir() else None, last_scores(out))
+
+
+def check_reward_functions(cfg: RecipeConfig, reward_functions: dict[str, Callable]) -> None:
+    """Every callable handed in must be a reward the recipe names: one it does not is never called."""
+    named = [r.name for r in cfg.rewards]
+    for name in reward_functions:
+        if name not in named:
+            entries = [{"name": n} for n in named] + [{"name": name, "weight": 0.5}]
+            raise ConfigError(f"finetune: reward_functions['{name}'] is not named by the recipe's rewards "
+                              f"({', '.join(named) or 'none'}), so it would never be called; name it there, "
+                              f"e.g. overrides={{'rewards': {entries}}}")
 
 
 def _recipe(recipe, overrides: dict[str, Any]) -> RecipeConfig:

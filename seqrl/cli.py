@@ -1,7 +1,7 @@
-"""`seqrl finetune | validate | evaluate | generate | plot | push`.
+"""`seqrl finetune | validate | evaluate | generate | plot | push | rewards | recipe`.
 
 User errors (bad recipe, missing file, unloadable model) print one line and exit with code 2;
-`--debug` shows the traceback instead.
+`--debug` (anywhere on the command line) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -22,15 +22,33 @@ from seqrl.preemption import EXIT_PREEMPTED, Preempted
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set optim.lr=1e-4 (repeatable)")
+                   help="override a recipe field; VALUE is YAML (1e-4, true, [a, b], {rank: 8}, null = empty), "
+                        "e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--unset", dest="unsets", action="append", default=[], metavar="KEY",
+                   help="remove a key the recipe sets, so its default applies (e.g. --unset schedule.stage_steps; "
+                        "a whole section: --unset schedule); applied before every --set (repeatable)")
+
+
+RESUME_HELP = ("To continue a stopped run (a kill, SIGTERM, run.max_minutes) from its newest checkpoint, run the "
+               "same command with --set run.resume=auto.")
+
+
+def _recipe_arguments(args: argparse.Namespace) -> list[str]:
+    """The --unset and --set arguments as given, to repeat them (a re-launch, the model card)."""
+    return [*(x for key in args.unsets for x in ("--unset", key)),
+            *(x for item in args.overrides for x in ("--set", item))]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from seqrl import __version__
+
     parser = argparse.ArgumentParser(prog="seqrl", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--version", action="version", version=f"seqrl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("finetune", help="train with the recipe (cross-entropy, then its schedule)")
+    p = sub.add_parser("finetune", help="train with the recipe (cross-entropy, then its schedule)",
+                       description="Train with the recipe (cross-entropy, then its schedule). " + RESUME_HELP)
     _add_recipe_args(p)
     add_launch_args(p)
 
@@ -65,11 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     from seqrl.compare import add_parser as add_compare_parser  # (light: numpy; the metrics load when run)
     add_compare_parser(sub)
+    sub.add_parser("rewards", help="list the built-in rewards with their options (a recipe's rewards[].kwargs)")
+    p = sub.add_parser("recipe", help="describe the recipe schema")
+    p.add_argument("--defaults", action="store_true", required=True,
+                   help="print every setting with its default and meaning (from the schema)")
+    p.add_argument("section", nargs="?", help="only this section (e.g. eval, or schedule.kind)")
+    _debug_anywhere(sub)
     return parser
+
+
+def _debug_anywhere(sub) -> None:
+    """`--debug` after the subcommand too (`seqrl finetune r.yaml --debug`). SUPPRESS keeps a
+    subcommand's absent flag from overwriting one given before it."""
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks for user errors")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.debug = getattr(args, "debug", False)
     if not (args.command == "finetune" and wants_launch(args)):  # (a launcher needs neither library)
         _quiet_libraries()
     try:
@@ -103,11 +136,11 @@ def _quiet_libraries() -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from seqrl.config import load_recipe
 
-    cfg = load_recipe(args.recipe, args.overrides)  # fail here, once, before starting N processes
+    cfg = load_recipe(args.recipe, args.overrides, args.unsets)  # fail here, once, before starting N processes
     if wants_launch(args):
         return relaunch(args, cfg)
     from seqrl.session import finetune  # the heavy imports, after the recipe has loaded
-    command = shlex.join(["seqrl", "finetune", args.recipe, *(x for item in args.overrides for x in ("--set", item))])
+    command = shlex.join(["seqrl", "finetune", args.recipe, *_recipe_arguments(args)])
     final = finetune(cfg, command=command)
     if final is not None:
         print(f"done: model in {final}")
@@ -117,7 +150,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from seqrl.config import dump_recipe, load_recipe
 
-    cfg = load_recipe(args.recipe, args.overrides)
+    cfg = load_recipe(args.recipe, args.overrides, args.unsets)
     from seqrl.validate import validate
     for line in validate(cfg):
         print(line)
@@ -129,7 +162,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from seqrl.config import load_recipe
 
-    cfg = load_recipe(args.recipe, args.overrides)
+    cfg = load_recipe(args.recipe, args.overrides, args.unsets)
     if args.max_examples is not None and args.max_examples < 1:
         raise SeqrlError(f"--max-examples must be >= 1, got {args.max_examples}")
     if args.num_beams is not None and args.num_beams < 1:
@@ -229,11 +262,30 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rewards(args: argparse.Namespace) -> int:
+    from seqrl.rewards.catalog import describe_builtins
+
+    print("\n".join(describe_builtins()))
+    print("your own: rewards: [{name: package.module:function, kwargs: {...}}] (TRL's reward contract)")
+    return 0
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from seqrl.settings import describe_settings
+
+    lines = describe_settings(args.section)
+    if not lines:
+        raise SeqrlError(f"recipe --defaults: no setting or section '{args.section}' (try eval, or optim.lr)")
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from seqrl.compare import run
 
     return run(args)
 
 
-COMMANDS = {"plot": cmd_plot, "finetune": cmd_finetune, "validate": cmd_validate, "evaluate": cmd_evaluate,
-            "generate": cmd_generate, "push": cmd_push, "compare": cmd_compare}
+COMMANDS = {"rewards": cmd_rewards, "recipe": cmd_recipe, "compare": cmd_compare,
+            "plot": cmd_plot, "finetune": cmd_finetune, "validate": cmd_validate, "evaluate": cmd_evaluate,
+            "generate": cmd_generate, "push": cmd_push}

@@ -79,6 +79,11 @@ class TokenizerConfig:
     """A tokenizer trained here reads the source and target of at most this many training
     examples, drawn at random with `data.split_seed` (every example is still tokenized with it);
     empty = all of them."""
+    languages: list[str] = field(default_factory=list)
+    """ISO 639 codes of the data's languages for a tokenizer without language codes: `[en, es]`,
+    source then target, or one code when both sides share it (`[en]`, e.g. summarization).
+    They give the model card its `language` and task, and `language_id` its target. Empty = the
+    language part of `src_lang` / `tgt_lang`."""
 
 
 @dataclass
@@ -174,11 +179,15 @@ class ScheduleConfig:
 @dataclass
 class RewardConfig:
     name: str = ""
-    """A built-in reward (`bleu`, `chrf`, `ter`, `rouge1`, `rouge2`, `rougeL`) or `package.module:function`."""
+    """A built-in reward (`seqrl rewards` lists them) or `package.module:function`."""
     weight: float = 1.0
     """Weight in the summed reward."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to the reward function on every call."""
+    init_kwargs: dict[str, Any] | None = None
+    """Given, `name` is a factory (`trl.rewards:get_repetition_penalty_reward`), called once at
+    set-up with these keyword arguments (`{ngram_size: 3}`); what it returns is the reward
+    function. Empty = `name` is the reward function itself."""
 
 
 @dataclass
@@ -216,6 +225,9 @@ class EvalConfig:
     test_after_xent: bool = True
     """Also decode `data.test_split` when the XENT stage ends (before sequence-level training),
     logged as `test/...` at that step: XENT and final scores from the same run."""
+    test_max_examples: int | None = None
+    """Decode only the first N examples of `data.test_split`, after the XENT stage and at the end
+    (empty = all). Scores on a part of the split are not comparable with those on all of it."""
     metrics: list[Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL"]] = field(
         default_factory=lambda: ["bleu", "chrf", "rougeL"]
     )
@@ -234,6 +246,19 @@ class EvalConfig:
     at_start: bool = False
     """Also evaluate before the first step (logged at step 0): the starting model's score on the
     curve, and with `best_metric` a candidate for `best/`, which then only ever improves on it."""
+    watch: list[Literal["bleu", "chrf", "rouge1", "rouge2", "rougeL"]] = field(default_factory=list)
+    """Metrics of `eval.metrics` to watch against the training reward (`[chrf]` while training on
+    BLEU): when, over the last `watch_evaluations` evaluations, the training reward's mean since
+    each previous evaluation rose every time while a watched `eval/<metric>` fell every time, one
+    warning line, `alarm/diverging_<metric>` = 1 in metrics.jsonl and the trackers, and a line in
+    the model card (`seqrl.alarms`)."""
+    watch_evaluations: int = 3
+    """How many evaluations in a row `watch` compares (at least 2)."""
+    degenerate_share: float = 0.5
+    """Warn (one line, `alarm/degenerate_<eval|test split>` = 1, a line in the model card) when at
+    least this share of an evaluation's outputs is empty, or is one and the same output; the shares
+    are logged as `outputs/<eval|test split>_empty_share` and `_top_share` at every evaluation.
+    1 = never warn."""
 
 
 @dataclass
@@ -276,7 +301,8 @@ class LogConfig:
     project: str = "seqrl"
     """Project/run-group name given to the trackers."""
     progress_bar: bool = True
-    """Show progress bars for training and decoding."""
+    """Show progress bars for training and decoding, where standard error is a terminal (never in a
+    redirected log, which would fill with their escape codes)."""
     samples_every: int = 100
     """Every this many sequence-level steps, write `samples` sampled rows (source, reference,
     sample, each reward, advantage) to samples.jsonl and the trackers (0 = never)."""
@@ -310,8 +336,9 @@ class RecipeConfig:
     """Metrics logging."""
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
-    """Read a YAML recipe, apply `a.b=value` overrides, and return the checked config."""
+def load_recipe(path: str | Path, overrides: list[str] = (), unsets: list[str] = ()) -> RecipeConfig:
+    """Read a YAML recipe, remove the `unsets` keys (their defaults apply), apply `a.b=value`
+    overrides, and return the checked config."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
@@ -325,6 +352,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    for key in unsets:
+        remove_value(raw, key.strip(), f"--unset {key}")
     for item in overrides:
         apply_override(raw, item)
     return from_dict(raw)
@@ -366,6 +395,19 @@ def set_value(raw: dict[str, Any], key: str, value: Any, where: str = "overrides
         if not isinstance(node, dict):
             raise ConfigError(f"{where}: '{part}' is not a section")
     node[parts[-1]] = value
+
+
+def remove_value(raw: dict[str, Any], key: str, where: str = "--unset") -> None:
+    """Delete dotted `key` from a raw recipe dict, so that the schema's default applies to it; a key
+    the recipe does not hold is an error (a misspelt one would otherwise change nothing, silently)."""
+    *sections, last = key.split(".")
+    node = raw
+    for part in sections:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or last not in node:
+        raise ConfigError(f"{where}: the recipe has no '{key}' to remove (its default applies already, "
+                          f"or the name is misspelt: `seqrl recipe --defaults` lists them)")
+    del node[last]
 
 
 def read_text(path: Path, limit: int) -> str:

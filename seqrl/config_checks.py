@@ -6,6 +6,7 @@ calls `check_recipe` right after loading (this module imports nothing of it: `cf
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from seqrl.errors import ConfigError
@@ -23,7 +24,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
                   "run.save_every", "run.save_every_minutes", "data.split_seed", "log.samples_every", "log.samples", "schedule.xent_steps", "schedule.xent_epochs",
                   "reinforce.kl_coef")
-    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources", "reinforce.decoding.check_every", "data.max_train_examples", "eval.max_examples", "run.max_steps",
+    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources", "reinforce.decoding.check_every", "data.max_train_examples", "eval.max_examples", "eval.test_max_examples", "run.max_steps",
                       "run.max_minutes", "data.validation_from_train", "data.num_proc", "tokenizer.max_train_examples",
                       "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs", "schedule.final_stage_steps",
                       "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
@@ -49,6 +50,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
     _check_schedule(cfg)
     _check_reinforce(cfg)
     _check_eval(cfg)
+    _check_languages(cfg)
 
 def _check_eval(cfg: RecipeConfig) -> None:
     ev = cfg.eval
@@ -59,6 +61,35 @@ def _check_eval(cfg: RecipeConfig) -> None:
         raise ConfigError("eval.patience needs eval.best_metric and eval.every > 0 (the evaluations it counts)")
     if ev.select_window > 1 and ev.best_metric is None:
         raise ConfigError("eval.select_window needs eval.best_metric (the score whose mean it takes)")
+    _check_alarms(cfg)
+
+
+def _check_alarms(cfg: RecipeConfig) -> None:
+    ev = cfg.eval
+    missing = [m for m in ev.watch if m not in ev.metrics]
+    if missing:
+        raise ConfigError(f"eval.watch '{missing[0]}' is not computed; add it to eval.metrics ({list(ev.metrics)})")
+    if ev.watch and (cfg.schedule.kind == "xent" or not ev.every):
+        raise ConfigError("eval.watch needs a sequence-level schedule (a training reward) and eval.every > 0 "
+                          "(the evaluations it compares)")
+    if ev.watch_evaluations < 2:
+        raise ConfigError(f"eval.watch_evaluations must be >= 2 (a rise needs two points), got {ev.watch_evaluations}")
+    if not 0.0 < ev.degenerate_share <= 1.0:
+        raise ConfigError(f"eval.degenerate_share must be in (0, 1], got {ev.degenerate_share}")
+
+
+def _check_languages(cfg: RecipeConfig) -> None:
+    codes = cfg.tokenizer.languages
+    if len(codes) > 2:
+        raise ConfigError(f"tokenizer.languages: at most two codes (source, target), got {codes}")
+    for code in codes:
+        if not re.fullmatch(r"[a-z]{2,3}", code):
+            raise ConfigError(f"tokenizer.languages: '{code}' is not an ISO 639 code (two or three lowercase "
+                              f"letters, like en or spa)")
+    if codes and (cfg.tokenizer.src_lang or cfg.tokenizer.tgt_lang):
+        raise ConfigError("tokenizer.languages: give it or tokenizer.src_lang/tgt_lang (whose language part "
+                          "it is then), not both")
+
 
 def _check_lora(cfg: RecipeConfig) -> None:
     lora = cfg.model.lora

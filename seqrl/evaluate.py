@@ -28,7 +28,7 @@ def decode(text_model: TextModel, model: torch.nn.Module, source_ids: list[list[
     was_training = model.training
     model.eval()
     batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="decode", disable=not progress, leave=False):
+    for start in tqdm(batches, desc="decode", disable=None if progress else True, leave=False):  # None: a terminal only
         idx = order[start:start + batch_size]
         out = text_model.generate(model, [source_ids[i] for i in idx], num_beams=num_beams,
                                   max_new_tokens=max_new_tokens)

@@ -118,6 +118,8 @@ def launch_command(args: argparse.Namespace, mixed_precision: str = "no") -> lis
     if args.num_processes is not None or machines:
         cmd += ["--num_processes", str(args.num_processes or args.num_machines)]
     cmd += ["-m", "seqrl"] + (["--debug"] if args.debug else []) + ["finetune", args.recipe]
+    for key in getattr(args, "unsets", ()):  # (the unsets first, as `load_recipe` applies them)
+        cmd += ["--unset", key]
     for item in args.overrides:
         cmd += ["--set", item]
     return cmd

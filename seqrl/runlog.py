@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.tracking import LOGGER_TYPE_TO_CLASS, filter_trackers
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
 from seqrl.config import RecipeConfig, to_dict
 from seqrl.errors import ConfigError, SeqrlError
@@ -19,16 +19,36 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 
 
+PIP_PACKAGES = {"comet_ml": "comet-ml"}
+"""Trackers whose pip package is not spelled like accelerate's name for them."""
+
+
 def check_trackers(names: list[str]) -> None:
-    """Every named tracker must be known to accelerate and importable (accelerate drops them silently)."""
+    """Every named tracker must be known to accelerate and importable (accelerate drops them silently).
+    (accelerate's `filter_trackers` logs through its state-bound logger, which raises before an
+    `Accelerator` exists: `seqrl validate` never makes one, `finetune` checks before it does.)"""
+    available = {str(t) for t in get_available_trackers()}
     for name in names:
         if name not in LOGGER_TYPE_TO_CLASS:
             guess = difflib.get_close_matches(name, list(LOGGER_TYPE_TO_CLASS), n=1)
             tip = f"; did you mean '{guess[0]}'?" if guess else f"; known: {', '.join(LOGGER_TYPE_TO_CLASS)}"
             raise ConfigError(f"log.trackers: unknown tracker '{name}'{tip}")
-        if not filter_trackers([name], logging_dir="."):  # (only whether it is installed: no directory made)
-            raise ConfigError(f"log.trackers: '{name}' is not installed; `pip install {name}` "
-                              f"or remove it from log.trackers")
+        if name not in available:
+            raise ConfigError(f"log.trackers: '{name}' is not installed; `pip install "
+                              f"{PIP_PACKAGES.get(name, name)}` or remove it from log.trackers")
+
+
+def tracker_destinations(names: list[str], output_dir: Path, project: str) -> list[str]:
+    """Where each tracker writes, for the run's header (accelerate's defaults, under which seqrl
+    starts them: `logging_dir` = the run directory, the run name = `log.project`)."""
+    where = {"tensorboard": f"{output_dir / project}/ (tensorboard --logdir {output_dir})",
+             "wandb": f"W&B project '{project}' (local files in ./wandb/ or $WANDB_DIR)",
+             "trackio": f"trackio project '{project}' (its local database: $TRACKIO_DIR, else the Hugging "
+                        f"Face cache's trackio/; `trackio show`)",
+             "mlflow": f"MLflow run '{project}' ($MLFLOW_TRACKING_URI, else ./mlruns/)",
+             "aim": f"Aim repository {output_dir}/.aim, run '{project}'"}
+    return [f"tracker {name}: {where.get(name, f'project {project!r}, where {name} is configured to write')}"
+            for name in names]
 
 
 class RunLog:
@@ -45,6 +65,8 @@ class RunLog:
         (written by the interrupted run after it), and a line torn by a kill."""
         if self.cfg.log.trackers:
             self.accelerator.init_trackers(self.cfg.log.project, config=flatten(to_dict(self.cfg)))
+            for line in tracker_destinations(self.cfg.log.trackers, self.path.parent, self.cfg.log.project):
+                self.accelerator.print(line)
         if not self.accelerator.is_main_process:
             return
         if after_step is not None:

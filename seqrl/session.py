@@ -17,6 +17,7 @@ from seqrl import distributed, lora, rewards
 from seqrl.checkpoint import changed_settings, load_checkpoint, resolve_resume
 from seqrl.config import RecipeConfig, dump_recipe
 from seqrl.errors import SeqrlError
+from seqrl.languages import recipe_languages
 from seqrl.preemption import Preempted, stop_signals_caught
 from seqrl.run import Run, setup
 from seqrl.rundir import claim, commit, is_inside
@@ -32,7 +33,8 @@ def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: s
     out = Path(cfg.run.output_dir)
     resume_from = resolve_resume(out, cfg.run.resume)
     check_trackers(cfg.log.trackers)
-    reward_fns = rewards.build(cfg.rewards, reward_functions) if cfg.schedule.samples() else []
+    reward_fns = (rewards.build(cfg.rewards, reward_functions, recipe_languages(cfg.tokenizer)[1])
+                  if cfg.schedule.samples() else [])
     cpu = use_cpu(cfg.run.cpu)
     distributed.check_hardware(cfg.run.mixed_precision, cpu or not torch.cuda.is_available())
     # Seedable sampler: the data order is a function of (seed, epoch), so resumes and runs on any

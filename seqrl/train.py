@@ -22,7 +22,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from seqrl import distributed, lora, preemption
+from seqrl import alarms, distributed, lora, preemption
 from seqrl.checkpoint import save_checkpoint
 from seqrl.config import dump_recipe
 from seqrl.evaluate import evaluate_split
@@ -70,8 +70,9 @@ def train(run: Run, state: dict | None = None) -> _Loop:
     the rest on the REINFORCE loader (its own batch size), each step running the schedule's plan
     for it. Returns where the loop ended."""
     cfg, acc = run.cfg, run.accelerator
+    # (disable=None: tqdm draws only on a terminal, so a redirected log holds no escape codes)
     loop = _Loop(tqdm(total=run.total_steps, desc="train", mininterval=1.0,
-                      disable=not (cfg.log.progress_bar and acc.is_main_process)))
+                      disable=None if cfg.log.progress_bar and acc.is_main_process else True))
     if state:
         loop.step, loop.phase, loop.phase_epoch = state["step"], state["phase"], state["phase_epoch"]
         loop.batch_in_epoch, loop.stage = state["batch_in_epoch"], state["stage"]
@@ -201,7 +202,8 @@ def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> None:
         if name == "validation":
             validate(run, loop)
         else:
-            evaluate(run, loop.step, test, None, run.out / f"predictions-{test}-xent.jsonl")
+            evaluate(run, loop.step, test, run.cfg.eval.test_max_examples,
+                     run.out / f"predictions-{test}-xent.jsonl")
 
 
 def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> None:
@@ -276,6 +278,7 @@ def evaluate(run: Run, step: int, split: str, max_examples: int | None, predicti
         metrics[f"{prefix}/seconds"] = time.perf_counter() - start
         run.runlog.write(step, metrics)
         run.accelerator.print(f"step {step} {split}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+        alarms.check(run, step, prefix, predictions)  # degenerate outputs, eval.watch (rank 0)
     return metrics
 
 
@@ -287,7 +290,8 @@ def finish(run: Run, loop: _Loop, command: str | None = None) -> Path:
     if loop.validated_at != step:
         validate(run, loop)
     if cfg.data.test_split:
-        evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}.jsonl")
+        evaluate(run, step, cfg.data.test_split, cfg.eval.test_max_examples,
+                 run.out / f"predictions-{cfg.data.test_split}.jsonl")
     final = run.out / "final"
     weights = gathered_weights(run)  # (every process: a collective where the weights are sharded)
     if run.accelerator.is_main_process:

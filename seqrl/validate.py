@@ -6,6 +6,7 @@ import torch
 
 from seqrl import data, lora, modeling, rewards
 from seqrl.config import RecipeConfig
+from seqrl.languages import recipe_languages
 from seqrl.run import check_lengths, describe
 from seqrl.runlog import check_trackers
 from seqrl.rewards.inputs import probe
@@ -20,7 +21,8 @@ def validate(cfg: RecipeConfig) -> list[str]:
     """
     lines = ["recipe: ok"]
     check_trackers(cfg.log.trackers)
-    reward_fns = rewards.build(cfg.rewards) if cfg.schedule.samples() else []
+    reward_fns = (rewards.build(cfg.rewards, target_language=recipe_languages(cfg.tokenizer)[1])
+                  if cfg.schedule.samples() else [])
     raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
     carved = data.carve_note(cfg.data, raw)
     lines += [carved] if carved else []

@@ -633,3 +633,25 @@ def test_help_exits_0(argv):
     assert proc.returncode == 0, proc.stderr
     for command in ("finetune", "validate", "evaluate", "generate"):
         assert command in proc.stdout
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "trackio"])
+@pytest.mark.parametrize("command", ["validate", "finetune"])
+def test_tracker_not_installed_names_the_package(tiny_recipe, tmp_path, cli, tracker, command):
+    """Not accelerate's "You must initialize the accelerate state" traceback: one line, at set-up."""
+    if importlib.util.find_spec(tracker):
+        pytest.skip(f"{tracker} is installed here")
+    tiny_recipe["log"]["trackers"] = [tracker]
+    rc, out, err = cli(command, write_recipe(tmp_path / "r.yaml", tiny_recipe))
+    assert_one_line_error(rc, err, f"log.trackers: '{tracker}' is not installed; `pip install {tracker}`",
+                          command=command)
+    assert not Path(tiny_recipe["run"]["output_dir"]).exists()
+
+
+def test_tracker_destinations_for_the_header(tmp_path):
+    from seqrl.runlog import tracker_destinations
+
+    lines = tracker_destinations(["tensorboard", "wandb", "trackio"], tmp_path / "run", "proj")
+    assert lines[0] == f"tracker tensorboard: {tmp_path / 'run' / 'proj'}/ (tensorboard --logdir {tmp_path / 'run'})"
+    assert lines[1].startswith("tracker wandb: W&B project 'proj'")
+    assert lines[2].startswith("tracker trackio: trackio project 'proj'")

@@ -149,7 +149,7 @@ def test_validate_calls_the_rewards_too(trl_rewards, tmp_path, capsys):
                           command="validate")
 
 
-def test_samples_reach_tensorboard(toy_data_dir, tmp_path):
+def test_samples_reach_tensorboard(toy_data_dir, tmp_path, capsys):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -157,6 +157,7 @@ def test_samples_reach_tensorboard(toy_data_dir, tmp_path):
     recipe["data"].update(source_field="en", target_field="es")
     recipe["log"].update(trackers=["tensorboard"], project="tb")
     assert run(recipe, tmp_path) == 0
+    assert f"tracker tensorboard: {tmp_path / 'run' / 'tb'}/" in capsys.readouterr().out  # the header says where
     events = list((tmp_path / "run" / "tb").rglob("events.out.tfevents.*"))
     assert events
     acc = EventAccumulator(str(events[0].parent), size_guidance={"tensors": 0}).Reload()

@@ -15,7 +15,8 @@ values repeated for its k samples. seqrl adds `references` (the target texts) an
 adds a column to the logged samples. A list, tuple, NumPy array or 1-D tensor may be returned;
 `async def` rewards are awaited. The recipe's `kwargs` are passed on every call.
 
-Built-ins on text: bleu, chrf, ter, rouge1, rouge2, rougeL (`seqrl.rewards.text`); on token ids:
+Built-ins on text: bleu, chrf, ter, rouge1, rouge2, rougeL (`seqrl.rewards.text`); guards against
+reward hacking: length_ratio, language_id (`seqrl.rewards.guards`); on token ids:
 token_bleu, token_rouge_n, token_rouge_l (`seqrl.rewards.token`, batched in torch by
 `seqrl.rewards.fast`); scored by a model, built once from their `kwargs`: bertscore,
 embedding_similarity, classifier (`seqrl.rewards.model_based`).
@@ -41,13 +42,15 @@ from dataclasses import dataclass
 
 from seqrl.config import RewardConfig
 from seqrl.errors import SeqrlError
+from seqrl.rewards.guards import BUILTINS as GUARD_BUILTINS
+from seqrl.rewards.guards import known_language, language_id
 from seqrl.rewards.model_based import MODEL_REWARDS
 from seqrl.rewards.text import BUILTINS as TEXT_BUILTINS
 from seqrl.rewards.token import BUILTINS as TOKEN_BUILTINS
 
 CONTRACT_ARGS = {"completions", "references", "prompts", "completion_ids", "reference_ids", "trainer_state",
                  "log_extra", "log_metric"}
-BUILTINS = {**TEXT_BUILTINS, **TOKEN_BUILTINS}
+BUILTINS = {**TEXT_BUILTINS, **TOKEN_BUILTINS, **GUARD_BUILTINS}
 
 
 @dataclass
@@ -138,17 +141,35 @@ def check_values(name: str, values, expected: int) -> list[float | None]:
     return out
 
 
-def build(configs: list[RewardConfig], functions: dict[str, Callable] | None = None) -> list[Reward]:
-    """The recipe's rewards; `functions` maps names to Python callables (the Python API's)."""
-    return [_build_one(cfg, functions or {}) for cfg in configs]
+def build(configs: list[RewardConfig], functions: dict[str, Callable] | None = None,
+          target_language: str | None = None) -> list[Reward]:
+    """The recipe's rewards; `functions` maps names to Python callables (the Python API's);
+    `target_language` (the recipe's, `seqrl.languages`) is `language_id`'s unless its kwargs say."""
+    return [_build_one(cfg, functions or {}, target_language) for cfg in configs]
 
 
-def _build_one(cfg: RewardConfig, functions: dict[str, Callable]) -> Reward:
+def _target_language(kwargs: dict, target: str | None) -> dict:
+    """`language_id`'s kwargs with its target language, checked against CLD2's codes at set-up."""
+    language = kwargs.get("language", target)
+    if language is None:
+        raise RewardError("reward 'language_id': no target language; set tokenizer.languages: [source, target] "
+                          "(or tokenizer.tgt_lang), or the reward's kwargs: {language: es}")
+    if not isinstance(language, str) or not known_language(language):
+        raise RewardError(f"reward 'language_id': {language!r} is not a CLD2 language code (ISO 639-1, like es "
+                          f"or de); give the reward's kwargs: {{language: ...}}")
+    return {**kwargs, "language": language}
+
+
+def _build_one(cfg: RewardConfig, functions: dict[str, Callable], target_language: str | None = None) -> Reward:
     kwargs = dict(cfg.kwargs)
-    if cfg.name in MODEL_REWARDS:  # an object built once from its kwargs (its model loaded now)
+    if cfg.init_kwargs is not None:  # a factory (TRL's get_* functions), called once now
+        fn = _from_factory(cfg.name, functions.get(cfg.name) or _factory(cfg.name), cfg.init_kwargs)
+    elif cfg.name in MODEL_REWARDS:  # an object built once from its kwargs (its model loaded now)
         fn, kwargs = _construct(cfg.name, MODEL_REWARDS[cfg.name], kwargs), {}
     else:
         fn = functions.get(cfg.name) or BUILTINS.get(cfg.name) or _import(cfg.name)
+        if fn is language_id:
+            kwargs = _target_language(kwargs, target_language)
     if not callable(fn):
         raise RewardError(f"reward '{cfg.name}' is a {type(fn).__name__}, not a function")
     try:
@@ -160,7 +181,8 @@ def _build_one(cfg: RewardConfig, functions: dict[str, Callable]) -> Reward:
     accepts = None if takes_all else {p.name for p in params}
     if not takes_all and not accepts & {"completions", "completion_ids"}:
         raise RewardError(f"reward '{cfg.name}' must accept a `completions` (or `completion_ids`) keyword "
-                          f"argument (signature: fn(completions, references, **kwargs) -> list[float])")
+                          f"argument (signature: fn(completions, references, **kwargs) -> list[float]); a "
+                          f"factory that returns one takes its arguments as init_kwargs")
     for p in params:
         if p.kind is p.VAR_POSITIONAL or (p.default is p.empty and p.kind is p.POSITIONAL_ONLY):
             raise RewardError(f"reward '{cfg.name}' takes positional-only arguments; it is called "
@@ -169,13 +191,13 @@ def _build_one(cfg: RewardConfig, functions: dict[str, Callable]) -> Reward:
     return Reward(cfg.name, cfg.weight, fn, kwargs, accepts)
 
 
-def _check_kwargs(name: str, given: set[str], accepts: set[str] | None) -> None:
+def _check_kwargs(name: str, given: set[str], accepts: set[str] | None, field: str = "kwargs") -> None:
     unknown = sorted(given - (accepts if accepts is not None else given))
     if unknown:
         options = sorted((accepts or set()) - CONTRACT_ARGS)
         guess = difflib.get_close_matches(unknown[0], options, n=1)
         tip = f"did you mean '{guess[0]}'?" if guess else f"its options are {options}"
-        raise RewardError(f"rewards '{name}': kwargs '{unknown[0]}' is not a parameter of the function; {tip}")
+        raise RewardError(f"rewards '{name}': {field} '{unknown[0]}' is not a parameter of the function; {tip}")
 
 
 def _construct(name: str, cls: type, kwargs: dict):
@@ -186,6 +208,37 @@ def _construct(name: str, cls: type, kwargs: dict):
     if missing:
         raise RewardError(f"rewards '{name}': kwargs: missing '{missing[0]}' (e.g. kwargs: {{{missing[0]}: ...}})")
     return cls(**kwargs)
+
+
+def _factory(name: str) -> Callable:
+    if name in BUILTINS or name in MODEL_REWARDS:
+        where = "kwargs" if name in MODEL_REWARDS else "nothing"
+        raise RewardError(f"rewards '{name}': init_kwargs is for a factory named as package.module:function; "
+                          f"the built-in '{name}' takes {where} at construction")
+    return _import(name)
+
+
+def _from_factory(name: str, factory: Callable, init_kwargs: dict) -> Callable:
+    """What `factory(**init_kwargs)` returns, checked to be a function, any failure one line."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        _check_kwargs(name, set(init_kwargs), set(params), "init_kwargs")
+        missing = [p for p, spec in params.items() if spec.default is spec.empty and p not in init_kwargs
+                   and spec.kind in (spec.POSITIONAL_OR_KEYWORD, spec.KEYWORD_ONLY)]
+        if missing:
+            raise RewardError(f"rewards '{name}': init_kwargs: missing '{missing[0]}' (e.g. init_kwargs: "
+                              f"{{{missing[0]}: ...}})")
+    try:
+        fn = factory(**init_kwargs)
+    except Exception as err:  # the factory's own check of its arguments (TRL raises ValueError)
+        raise RewardError(f"rewards '{name}': the factory raised {type(err).__name__}: {err}") from None
+    if not callable(fn):
+        raise RewardError(f"rewards '{name}': called with init_kwargs as a factory, it returned a "
+                          f"{type(fn).__name__}, not a reward function")
+    return fn
 
 
 def _import(path: str) -> Callable:
