@@ -90,7 +90,7 @@ def test_factory_failures_are_one_line(factories):
 
 def test_factories_run_from_yaml(factories, tiny_recipe, tmp_path, cli):
     tiny_recipe.update(schedule={"kind": "mixer", "xent_steps": 1, "stage_steps": 1, "delta": 4},
-                       reinforce={"num_samples": 2}, rewards=[
+                       reinforce={"candidates": {"num_samples": 2}}, rewards=[
                            {"name": "bleu"},
                            {"name": f"{factories}:get_soft_overlong_punishment",
                             "init_kwargs": {"max_completion_len": 6, "soft_punish_cache": 2}},
