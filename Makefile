@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: setup
-	$(BIN)/seqrl finetune recipes/quickstart.yaml
+	$(BIN)/seqrl finetune recipes/quickstart.yaml --set run.overwrite=true
 
 test: setup
 	$(BIN)/python -m pytest -q

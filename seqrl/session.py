@@ -51,6 +51,8 @@ def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: s
         for note in notes:
             print(f"seqrl finetune: warning: {note}", file=sys.stderr)
     lock = claim(out, cfg.run.overwrite, resume_from, accelerator)  # held until the run ends
+    if cfg.run.resume == "auto" and resume_from is None:
+        accelerator.print(f"run.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh")
     run = None
     try:
         with stop_signals_caught():
@@ -116,7 +118,7 @@ def start(run: Run, resume_from: Path | None, state: dict | None) -> None:
                 acc.print(f"resuming with settings changed since the checkpoint: {changed}")
         trackers_dir = (run.cfg.log.project,) if run.cfg.log.trackers else ()  # (accelerate's logging_dir/project)
         commit(run.out, resume_from is None or not is_inside(resume_from, run.out), recipe, run.tokenizer_dir,
-               trackers_dir)
+               trackers_dir, run.cfg.run.overwrite)
     acc.wait_for_everyone()
     run.runlog.open(after_step=state["step"] if state else None)
 
