@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils.constants import FSDP_MODEL_NAME, MODEL_NAME, SAFE_WEIGHTS_NAME
 from safetensors import safe_open
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, first_sentence
 from seqrl.lora import check_trained
 from seqrl.reference import Reference
 from seqrl.runlog import flatten
@@ -183,12 +183,17 @@ def load_checkpoint(accelerator: Accelerator, path: Path, lora_model: torch.nn.M
         if entry == MODEL_FILE:
             with safe_open(str(path / MODEL_FILE), framework="pt") as saved:
                 keys = list(saved.keys())
+            if lora_model is not None and keys and not any(".lora_" in k for k in keys):
+                raise SeqrlError(f"run.resume: checkpoint {path} holds every weight of its model (a recipe without "
+                                 f"model.lora), and this recipe trains LoRA adapters only (model.lora); use its "
+                                 f"own recipe")
             if lora_model is not None:
                 check_trained(lora_model, keys)
                 kwargs["strict"] = False  # (load_state passes it to the model's load_state_dict)
             elif any(".lora_" in k for k in keys):
-                raise SeqrlError(f"run.resume: checkpoint {path} holds LoRA adapters, and this recipe trains every "
-                                 f"weight (no model.lora); use its own recipe")
+                raise SeqrlError(f"run.resume: checkpoint {path} holds LoRA adapters only (a recipe with "
+                                 f"model.lora), and this recipe trains every weight (no model.lora); use its own "
+                                 f"recipe")
         accelerator.load_state(str(path), **kwargs)
     except SeqrlError:
         raise
@@ -201,7 +206,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path, lora_model: torch.nn.M
             name = name.removeprefix("base_model.model.")  # (a LoRA model's names)
             raise SeqrlError(f"run.resume: checkpoint {path} does not fit this recipe's model: {name} is "
                              f"{shape(saved)} there, {shape(wanted)} here; use its own recipe") from None
-        detail = text.split(". ")[0][:100]  # the first sentence
+        detail = first_sentence(text, 160)
         raise SeqrlError(f"run.resume: cannot load checkpoint {path} ({type(err).__name__}: {detail}); "
                          f"it is damaged or from another recipe") from None
     return state

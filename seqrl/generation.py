@@ -47,7 +47,7 @@ from transformers.generation.logits_process import (
     SuppressTokensLogitsProcessor,
 )
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, first_sentence
 from seqrl.estimators import token_logprobs
 
 # Settings rollouts cannot honour (they reshape scores instead of masking them, or act outside the
@@ -92,8 +92,7 @@ def resolve(model, tokenizer, overrides: dict[str, Any], target_language_token: 
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:160]
+    return first_sentence(err, 160) if str(err).strip() else type(err).__name__
 
 
 class Constraints:

@@ -27,7 +27,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 
 from seqrl import distributed
 from seqrl.config import LoraSettings
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, first_sentence
 
 OWN_DEFAULTS = {"marian": ["q_proj", "v_proj"], "mbart": ["q_proj", "v_proj"], "m2m_100": ["q_proj", "v_proj"],
                 "pegasus": ["q_proj", "v_proj"], "encoder-decoder": ["query", "value"]}
@@ -53,7 +53,7 @@ def apply(model: torch.nn.Module, settings: LoraSettings) -> PeftModel:
         return get_peft_model(model, config)
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"
         raise SeqrlError(f"model.lora.target_modules {targets} match no layer of the model "
-                         f"({str(err).splitlines()[0][:60]}...); it has {_linear_names(model)}") from None
+                         f"({first_sentence(err, 100)}); it has {_linear_names(model)}") from None
 
 
 def _linear_names(model: torch.nn.Module) -> str:

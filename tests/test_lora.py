@@ -129,7 +129,17 @@ def test_resuming_a_lora_checkpoint_into_a_full_run_is_refused(stand_in_dir, toy
     assert_one_line_error(rc, capsys.readouterr().err, "run.resume", "trained on other base weights")
     rc = main(["finetune", str(tmp_path / "r.yaml"), "--set", "run.resume=auto", "--set", "model.lora=null",
                "--set", "schedule.xent_steps=4"])
-    assert_one_line_error(rc, capsys.readouterr().err, "run.resume", "holds LoRA adapters, and this recipe trains every")
+    assert_one_line_error(rc, capsys.readouterr().err, "run.resume", "holds LoRA adapters only (a recipe with "
+                          "model.lora), and this recipe trains every weight (no model.lora)")
+    # the other way: a full fine-tuning checkpoint into a LoRA recipe
+    assert main(["finetune", str(tmp_path / "r.yaml"), "--set", "model.lora=null",
+                 "--set", f"run.output_dir={tmp_path / 'full'}"]) == 0
+    capsys.readouterr()
+    rc = main(["finetune", str(tmp_path / "r.yaml"), "--set", f"run.output_dir={tmp_path / 'lora'}",
+               "--set", f"run.resume={tmp_path / 'full' / 'checkpoints' / 'step-00000003'}", "--set", "schedule.xent_steps=4"])
+    err = capsys.readouterr().err
+    assert_one_line_error(rc, err, "run.resume", "holds every weight of its model (a recipe without model.lora), "
+                          "and this recipe trains LoRA adapters only (model.lora); use its own recipe")
 
 
 @pytest.mark.parametrize("arch", ["marian", "gpt2"])

@@ -23,7 +23,7 @@ from collections import Counter
 
 import torch
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, first_sentence
 
 
 def _load(what: str, loader, name: str):
@@ -31,7 +31,7 @@ def _load(what: str, loader, name: str):
         return loader(name)
     except (OSError, ValueError) as err:
         raise SeqrlError(f"reward '{what}': model '{name}' could not be loaded (not a model directory, or a hub "
-                         f"name while offline): {str(err).splitlines()[0][:120]}") from None
+                         f"name while offline): {first_sentence(err, 160)}") from None
 
 
 def _batches(items: list, size: int):
