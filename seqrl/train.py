@@ -78,6 +78,7 @@ def train(run: Run, state: dict | None = None) -> _Loop:
         loop.best, loop.evals_since_best = state.get("best"), state.get("evals_since_best", 0)
         loop.recent = state.get("recent", [])
         loop.seconds_before = state.get("seconds", 0.0)
+        loop.window.load(state.get("windows", []), acc)
         loop.checkpoint = Path(state["path"])
         loop.bar.update(loop.step)
         run_evaluations(run, loop, state.get("pending_evaluations", []))  # due when it was preempted
@@ -210,7 +211,7 @@ def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> None:
 
 def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> None:
     state = {**loop.state(), "baseline": run.baseline.state_dict(),
-             "pending_evaluations": list(pending_evaluations)}
+             "pending_evaluations": list(pending_evaluations), "windows": loop.window.gathered()}
     if run.cfg.model.lora:
         state["lora_base"] = lora.base_fingerprint(run.model, distributed.summed(run.accelerator))
     loop.checkpoint = save_checkpoint(run.accelerator, run.out, loop.step, state, run.cfg.run.keep_checkpoints,
@@ -311,9 +312,25 @@ class _Window:
         self.sums, self.counts, self.start = {}, {}, time.perf_counter()
 
     def add(self, stats: dict[str, float]) -> None:
-        for key, value in stats.items():
+        self.add_sums(stats, dict.fromkeys(stats, 1))
+
+    def gathered(self) -> list:
+        """Every process's statistics since the last log line, for a checkpoint: a resumed run's
+        first log line then averages the same steps as the uninterrupted run's (a collective)."""
+        return gather_object([[self.sums, self.counts]])
+
+    def load(self, windows: list, accelerator: Accelerator) -> None:
+        """This process's part of `gathered` (on another number of processes, all on the first)."""
+        if len(windows) == accelerator.num_processes:
+            self.sums, self.counts = (dict(part) for part in windows[accelerator.process_index])
+        elif windows and accelerator.is_main_process:
+            for sums, counts in windows:
+                self.add_sums(sums, counts)
+
+    def add_sums(self, sums: dict[str, float], counts: dict[str, int]) -> None:
+        for key, value in sums.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
-            self.counts[key] = self.counts.get(key, 0) + 1
+            self.counts[key] = self.counts.get(key, 0) + counts[key]
 
     def flush(self, accelerator: Accelerator) -> dict[str, float]:
         """Averaged over steps and processes (gathered as small dicts: key sets may differ by rank)."""
