@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqrl", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors, and libraries' warnings")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("finetune", help="train with the recipe (cross-entropy, then its schedule)")
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    _quiet_libraries(args.debug)
     try:
         return COMMANDS[args.command](args)
     except SeqrlError as err:
@@ -93,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PREEMPTED
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(debug: bool = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:  # libraries' deprecation and user warnings (peft's Conv1D note...): nothing a user can act on
+        for category in (UserWarning, DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
     import datasets
     import transformers
 
