@@ -10,7 +10,8 @@ model), for users who cannot fit the optimizer state of every weight.
   weights by rounding, and with them the rest of the run).
 - Checkpoints hold the trained tensors only (`keep_trained`, an accelerate save hook); a resume
   checks that the checkpoint holds exactly this model's adapters (`check_trained`), trained on
-  these base weights (`base_fingerprint`, saved with the checkpoint).
+  these base weights and buffers (`base_fingerprint`, `buffers_fingerprint`, saved with the
+  checkpoint).
 - The KL reference is the same model with its adapters disabled (`seqrl.reference`).
 """
 
@@ -144,6 +145,18 @@ def base_fingerprint(model: torch.nn.Module, sum_over_processes=lambda t: t) -> 
             parts += local.detach().double().square().sum().cpu()
             partitioned = True
     return float(whole + sum_over_processes(parts)) if partitioned else float(whole)
+
+
+@torch.no_grad()
+def buffers_fingerprint(model: torch.nn.Module) -> float:
+    """The same for the model's floating-point buffers (Marian's and mBART's `final_logits_bias`):
+    base weights too, though not parameters. (Neither ZeRO-3 nor FSDP partitions buffers: every
+    process holds them whole.)"""
+    total = torch.zeros((), dtype=torch.float64)
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            total += buffer.detach().double().square().sum().cpu()
+    return float(total)
 
 
 def trained_names(model: torch.nn.Module) -> list[str]:

@@ -94,8 +94,10 @@ def resume(run: Run, path: Path) -> dict:
     # The base weights' fingerprint before the load: DeepSpeed and FSDP checkpoints hold the whole
     # model, and loading one puts its base weights back, which would make the comparison vacuous.
     base = lora.base_fingerprint(lora_model, distributed.summed(run.accelerator)) if lora_model is not None else None
+    buffers = lora.buffers_fingerprint(lora_model) if lora_model is not None else None
     state = {**load_checkpoint(run.accelerator, path, lora_model), "path": str(path)}
-    if lora_model is not None and state.get("lora_base") != base:
+    # (checkpoints written before buffers were fingerprinted hold no "lora_buffers")
+    if lora_model is not None and (state.get("lora_base") != base or state.get("lora_buffers", buffers) != buffers):
         raise SeqrlError(f"run.resume: the adapters of {path} were trained on other base weights (another "
                          f"model.name_or_path, or run.seed for a model built from a config); use its own recipe")
     # (checkpoints before the baselines became objects hold the ema baseline's state as "ema")

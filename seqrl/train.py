@@ -214,6 +214,7 @@ def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> No
              "pending_evaluations": list(pending_evaluations), "windows": loop.window.gathered()}
     if run.cfg.model.lora:
         state["lora_base"] = lora.base_fingerprint(run.model, distributed.summed(run.accelerator))
+        state["lora_buffers"] = lora.buffers_fingerprint(run.model)
     loop.checkpoint = save_checkpoint(run.accelerator, run.out, loop.step, state, run.cfg.run.keep_checkpoints,
                                       run.reference, dump_recipe(run.cfg))
     loop.saved_at = time.monotonic()
