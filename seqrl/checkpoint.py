@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils.constants import FSDP_MODEL_NAME, MODEL_NAME, SAFE_WEIGHTS_NAME
 from safetensors import safe_open
 
-from seqrl.errors import SeqrlError, first_sentence
+from seqrl.errors import DiskFull, SeqrlError, disk_writes, first_sentence, free_bytes, megabytes
 from seqrl.lora import check_trained
 from seqrl.reference import Reference
 from seqrl.runlog import flatten
@@ -38,29 +38,64 @@ RESUME_SETTINGS = ("run.resume", "run.overwrite", "run.output_dir", "run.max_ste
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, keep: int,
-                    reference: Reference | None = None, recipe: str | None = None) -> Path:
+                    reference: Reference | None = None, recipe: str | None = None, need: int | None = None) -> Path:
     """Save everything needed to continue after optimizer step `step` under checkpoints/step-N
-    (with the resolved `recipe` it was trained with, to name what a resume changes)."""
+    (with the resolved `recipe` it was trained with, to name what a resume changes). A write the
+    filesystem refuses (full, over quota, read-only) removes the partial directory and raises
+    `DiskFull` naming it and the space a checkpoint needs (the last one's size, else `need`);
+    the earlier checkpoints stay."""
     root = output_dir / CHECKPOINT_DIR
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
+    done = list_checkpoints(output_dir)
+    need = directory_bytes(done[-1]) if done else need
+    try:
+        with disk_writes(tmp, need):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp))
+            if accelerator.is_main_process:
+                if reference is not None:
+                    reference.save(tmp)
+                if recipe is not None:
+                    (tmp / RECIPE_FILE).write_text(recipe, encoding="utf-8")
+                (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.rename(final)
+    except DiskFull:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # (it holds the space the next try needs)
+        raise
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        if reference is not None:
-            reference.save(tmp)
-        if recipe is not None:
-            (tmp / RECIPE_FILE).write_text(recipe, encoding="utf-8")
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def estimate_bytes(model: torch.nn.Module, lora: bool, reference: Reference | None) -> int:
+    """About what a checkpoint takes: the saved model (with LoRA its adapters), AdamW's two
+    moments of every trained weight, and a frozen KL reference's copy of the model."""
+    size = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)  # noqa: E731
+    trained = size(p for p in model.parameters() if p.requires_grad)
+    whole = size(model.state_dict().values())
+    copied = whole if reference is not None and not lora else 0
+    return (trained if lora else whole) + 2 * trained + copied
+
+
+def space_warning(output_dir: Path, need: int) -> str | None:
+    """One line when `output_dir`'s filesystem has room for fewer than two checkpoints."""
+    free = free_bytes(output_dir)
+    if free >= 2 * need:
+        return None
+    return (f"{output_dir} has {megabytes(free)} free, less than two checkpoints (about {megabytes(need)} each); "
+            f"free some space or move run.output_dir, or a checkpoint will fail for lack of space")
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:

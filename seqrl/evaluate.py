@@ -16,6 +16,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from seqrl.config import DataConfig, EvalConfig
+from seqrl.errors import disk_writes
 from seqrl.metrics import corpus_scores
 from seqrl.modeling import TextModel
 
@@ -61,9 +62,13 @@ def evaluate_split(text_model: TextModel, model: torch.nn.Module, dataset: Datas
 
 
 def write_predictions(path: Path, sources: list[str], references: list[str], hypotheses: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for src, ref, hyp in zip(sources, references, hypotheses):
-            f.write(json.dumps({"source": src, "reference": ref, "hypothesis": hyp}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    try:
+        with disk_writes(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("w", encoding="utf-8") as f:
+                for src, ref, hyp in zip(sources, references, hypotheses):
+                    f.write(json.dumps({"source": src, "reference": ref, "hypothesis": hyp}, ensure_ascii=False) + "\n")
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # (a write refused halfway)

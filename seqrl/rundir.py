@@ -28,7 +28,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, disk_writes
 from seqrl.runlog import METRICS_FILE, SAMPLES_FILE
 
 LOCK_FILE = ".seqrl.lock"
@@ -67,8 +67,9 @@ class RunDirLock:
             else:
                 os.close(fd)
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, record.encode())
+        with disk_writes(path):
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, record.encode())
 
     def release(self) -> None:
         """Unlink the lock file while still holding it (so nobody locks a file about to vanish),

@@ -14,9 +14,9 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
 from seqrl import distributed, lora, rewards
-from seqrl.checkpoint import changed_settings, load_checkpoint, resolve_resume
+from seqrl.checkpoint import changed_settings, estimate_bytes, load_checkpoint, resolve_resume, space_warning
 from seqrl.config import RecipeConfig, dump_recipe
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, disk_writes
 from seqrl.preemption import Preempted, stop_signals_caught
 from seqrl.run import Run, setup
 from seqrl.rundir import claim, commit, is_inside
@@ -119,8 +119,13 @@ def start(run: Run, resume_from: Path | None, state: dict | None) -> None:
             if changed:
                 acc.print(f"resuming with settings changed since the checkpoint: {changed}")
         trackers_dir = (run.cfg.log.project,) if run.cfg.log.trackers else ()  # (accelerate's logging_dir/project)
-        commit(run.out, resume_from is None or not is_inside(resume_from, run.out), recipe, run.tokenizer_dir,
-               trackers_dir, run.cfg.run.overwrite)
+        with disk_writes(run.out):
+            commit(run.out, resume_from is None or not is_inside(resume_from, run.out), recipe, run.tokenizer_dir,
+                   trackers_dir, run.cfg.run.overwrite)
+        low = space_warning(run.out, estimate_bytes(acc.unwrap_model(run.model), bool(run.cfg.model.lora),
+                                                    run.reference))
+        if low:
+            print(f"seqrl finetune: warning: {low}", file=sys.stderr)
     acc.wait_for_everyone()
     run.runlog.open(after_step=state["step"] if state else None)
 

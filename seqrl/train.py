@@ -23,8 +23,9 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from seqrl import distributed, lora, preemption
-from seqrl.checkpoint import save_checkpoint
+from seqrl.checkpoint import estimate_bytes, save_checkpoint
 from seqrl.config import dump_recipe
+from seqrl.errors import disk_writes
 from seqrl.evaluate import evaluate_split
 from seqrl.model_card import write_model_card
 from seqrl.plots import plot_run
@@ -215,8 +216,9 @@ def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> No
     if run.cfg.model.lora:
         state["lora_base"] = lora.base_fingerprint(run.model, distributed.summed(run.accelerator))
         state["lora_buffers"] = lora.buffers_fingerprint(run.model)
+    need = estimate_bytes(run.accelerator.unwrap_model(run.model), bool(run.cfg.model.lora), run.reference)
     loop.checkpoint = save_checkpoint(run.accelerator, run.out, loop.step, state, run.cfg.run.keep_checkpoints,
-                                      run.reference, dump_recipe(run.cfg))
+                                      run.reference, dump_recipe(run.cfg), need)
     loop.saved_at = time.monotonic()
 
 
@@ -300,7 +302,9 @@ def finish(run: Run, loop: _Loop, command: str | None = None) -> Path:
         save_model_atomically(run, final, card=lambda d: write_model_card(
             d, cfg, run.text_model.is_seq2seq, step, last_scores(run.out), command), state_dict=weights)
         run.runlog.close()
-        for path in plot_run(run.out):
+        with disk_writes(run.out / "plots"):
+            plots = plot_run(run.out)
+        for path in plots:
             run.accelerator.print(f"plot: {path}")
     run.accelerator.wait_for_everyone()
     return final if run.accelerator.is_main_process else None
