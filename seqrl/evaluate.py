@@ -16,7 +16,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from seqrl.config import DataConfig, EvalConfig
-from seqrl.errors import disk_writes
+from seqrl.errors import SeqrlError, disk_writes, first_sentence
 from seqrl.metrics import corpus_scores
 from seqrl.modeling import TextModel
 
@@ -37,6 +37,22 @@ def decode(text_model: TextModel, model: torch.nn.Module, source_ids: list[list[
             texts[i] = text
     model.train(was_training)
     return texts
+
+
+def trial_decode(text_model: TextModel, model: torch.nn.Module, dataset: Dataset, eval_cfg: EvalConfig,
+                 split: str) -> None:
+    """Decode two rows of `dataset` as evaluation does (its beams and length), before training: a
+    generation setting that only fails inside `generate` stops the run at set-up, not after hours
+    of training at its first evaluation. Every process decodes the same rows (a collective under
+    ZeRO-3 and FSDP, as evaluation is)."""
+    rows = list(dataset.select(range(min(2, len(dataset))))["source_ids"])
+    try:
+        decode(text_model, model, rows, batch_size=2, num_beams=eval_cfg.num_beams,
+               max_new_tokens=eval_cfg.max_new_tokens)
+    except Exception as err:  # generate's errors have many types; all mean this recipe cannot evaluate
+        raise SeqrlError(f"model.generation: a trial decode of two {split} rows, as evaluation decodes, fails "
+                         f"({type(err).__name__}: {first_sentence(err, 120)}); check model.generation and "
+                         f"eval.num_beams") from None
 
 
 def evaluate_split(text_model: TextModel, model: torch.nn.Module, dataset: Dataset, accelerator: Accelerator,

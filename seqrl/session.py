@@ -17,6 +17,7 @@ from seqrl import distributed, lora, rewards
 from seqrl.checkpoint import changed_settings, estimate_bytes, load_checkpoint, resolve_resume, space_warning
 from seqrl.config import RecipeConfig, dump_recipe
 from seqrl.errors import SeqrlError, disk_writes
+from seqrl.evaluate import trial_decode
 from seqrl.preemption import Preempted, stop_signals_caught
 from seqrl.run import Run, setup
 from seqrl.rundir import claim, commit, is_inside
@@ -57,6 +58,8 @@ def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: s
     try:
         with stop_signals_caught():
             run = setup(cfg, accelerator, out, reward_fns, resume_from)
+            split = cfg.data.eval_split if cfg.data.eval_split in run.datasets else cfg.data.train_split
+            trial_decode(run.text_model, accelerator.unwrap_model(run.model), run.datasets[split], cfg.eval, split)
             state = resume(run, resume_from) if resume_from else None
             start(run, resume_from, state)
             loop = train(run, state)

@@ -189,3 +189,35 @@ class _Refusing:
 
     def close(self) -> None:
         self.file.close()
+
+
+# -- settings read late, checked at set-up ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["finetune", "validate"])
+@pytest.mark.parametrize("setting,needle", [
+    ("model.generation.no_repeat_ngram_size=banana", "model.generation.no_repeat_ngram_size must be a whole number"),
+    ("model.generation.forced_bos_token_id=99999", "model.generation.forced_bos_token_id: 99999 is not a token id "
+                                                   "of this model (0 to "),
+])
+def test_generation_settings_fail_at_setup_not_at_the_first_evaluation(tiny_recipe, tmp_path, capsys, command,
+                                                                        setting, needle):
+    path = _write(tmp_path, tiny_recipe)
+    rc = main([command, str(path), "--set", setting])
+    assert_one_line_error(rc, capsys.readouterr().err, needle, command=command)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists(), "no training step ran"
+
+
+def test_a_decode_that_fails_fails_before_training(tiny_recipe, tmp_path, capsys, monkeypatch):
+    """What the value checks cannot see (here generate itself raising) stops the run at the
+    trial decode of two validation rows, before the first step, in finetune and validate."""
+    def broken(self, model, source_ids, **kwargs):
+        raise IndexError("index 99999 is out of bounds for dimension 1 with size 120")
+
+    monkeypatch.setattr(TextModel, "generate", broken)
+    path = _write(tmp_path, tiny_recipe)
+    for command in ("finetune", "validate"):
+        rc = main([command, str(path)])
+        assert_one_line_error(rc, capsys.readouterr().err, "model.generation: a trial decode of two validation rows",
+                              "IndexError: index 99999 is out of bounds", command=command)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
