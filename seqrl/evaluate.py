@@ -21,22 +21,47 @@ from seqrl.metrics import corpus_scores
 from seqrl.modeling import TextModel
 
 
+class EvaluationStopped(Exception):
+    """A stop signal (`signum`) ended an evaluation at a batch boundary; nothing of it was written."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"evaluation stopped by signal {signum}")
+        self.signum = signum
+
+
 def decode(text_model: TextModel, model: torch.nn.Module, source_ids: list[list[int]], *,
-           batch_size: int, num_beams: int, max_new_tokens: int, progress: bool = False) -> list[str]:
-    """Decode sources in length-sorted batches (less padding); return texts in input order."""
+           batch_size: int, num_beams: int, max_new_tokens: int, progress: bool = False,
+           stop=None, rounds: int = 0) -> list[str]:
+    """Decode sources in length-sorted batches (less padding); return texts in input order.
+    `stop()`, asked after each batch and then until `rounds` questions were asked (the same count
+    on every process, for a collective answer), returns a stop signal's number (0 = go on), which
+    raises `EvaluationStopped`: a preempted run does not wait for the evaluation to end."""
     order = sorted(range(len(source_ids)), key=lambda i: len(source_ids[i]))
     texts: list[str] = [""] * len(source_ids)
     was_training = model.training
     model.eval()
     batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="decode", disable=not progress, leave=False):
-        idx = order[start:start + batch_size]
-        out = text_model.generate(model, [source_ids[i] for i in idx], num_beams=num_beams,
-                                  max_new_tokens=max_new_tokens)
-        for i, text in zip(idx, text_model.decode(out)):
-            texts[i] = text
-    model.train(was_training)
+    asked = 0
+    try:
+        for start in tqdm(batches, desc="decode", disable=not progress, leave=False):
+            idx = order[start:start + batch_size]
+            out = text_model.generate(model, [source_ids[i] for i in idx], num_beams=num_beams,
+                                      max_new_tokens=max_new_tokens)
+            for i, text in zip(idx, text_model.decode(out)):
+                texts[i] = text
+            asked += 1
+            _ask(stop)
+        for _ in range(asked, rounds if stop is not None else 0):
+            _ask(stop)
+    finally:
+        model.train(was_training)
     return texts
+
+
+def _ask(stop) -> None:
+    signum = stop() if stop is not None else 0
+    if signum:
+        raise EvaluationStopped(int(signum))
 
 
 def trial_decode(text_model: TextModel, model: torch.nn.Module, dataset: Dataset, eval_cfg: EvalConfig,
@@ -57,14 +82,17 @@ def trial_decode(text_model: TextModel, model: torch.nn.Module, dataset: Dataset
 
 def evaluate_split(text_model: TextModel, model: torch.nn.Module, dataset: Dataset, accelerator: Accelerator,
                    data_cfg: DataConfig, eval_cfg: EvalConfig, *, max_examples: int | None,
-                   predictions_path: Path | None = None, progress: bool = True) -> dict[str, float]:
-    """Corpus metrics of `dataset` (first `max_examples`), on rank 0; {} on other ranks."""
+                   predictions_path: Path | None = None, progress: bool = True, stop=None) -> dict[str, float]:
+    """Corpus metrics of `dataset` (first `max_examples`), on rank 0; {} on other ranks. `stop`:
+    as for `decode` (every process asks it as often as the largest shard has batches)."""
     n = len(dataset) if max_examples is None else min(max_examples, len(dataset))
     mine = list(range(accelerator.process_index, n, accelerator.num_processes))
     shard = dataset.select(mine)
+    largest = -(-n // accelerator.num_processes)
     texts = decode(text_model, model, list(shard["source_ids"]), batch_size=eval_cfg.batch_size,
                    num_beams=eval_cfg.num_beams, max_new_tokens=eval_cfg.max_new_tokens,
-                   progress=progress and accelerator.is_main_process)
+                   progress=progress and accelerator.is_main_process, stop=stop,
+                   rounds=-(-largest // eval_cfg.batch_size))
     pairs = gather_object(list(zip(mine, texts)))
     if not accelerator.is_main_process:
         return {}

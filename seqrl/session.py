@@ -63,10 +63,10 @@ def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: s
             state = resume(run, resume_from) if resume_from else None
             start(run, resume_from, state)
             loop = train(run, state)
+            final = finish(run, loop, command) if not loop.preempted else None
             if loop.preempted:
                 raise Preempted(f"stopped by {loop.preempted} after step {loop.step}, checkpoint written to "
                                 f"{loop.checkpoint}; to continue, run the same command with --set run.resume=auto")
-            final = finish(run, loop, command)
     except Preempted:  # every process stopped at the same step: a clean end
         teardown(accelerator, run, clean=True)
         raise

@@ -4,8 +4,11 @@ disk (a real tmpfs where it can be mounted, a simulated ENOSPC otherwise)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import TINY_CONFIGS
+from conftest import TINY_CONFIGS, make_pairs, write_jsonl
 from seqrl.checkpoint import list_checkpoints
 from seqrl.cli import main
 from seqrl.errors import first_sentence
@@ -221,3 +224,76 @@ def test_a_decode_that_fails_fails_before_training(tiny_recipe, tmp_path, capsys
         assert_one_line_error(rc, capsys.readouterr().err, "model.generation: a trial decode of two validation rows",
                               "IndexError: index 99999 is out of bounds", command=command)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# -- preemption inside evaluation and inside best/ -------------------------------------------------
+
+BATCH_SECONDS = 0.5
+
+
+def _slow_decode(monkeypatch, signal_at_call: int | None, sent: list):
+    """TextModel.generate taking BATCH_SECONDS a batch (a real validation pass takes minutes); on
+    call `signal_at_call` it sends SIGTERM to this process and notes the time."""
+    real, calls = TextModel.generate, []
+
+    def slow(self, model, source_ids, **kwargs):
+        calls.append(1)
+        if len(calls) == signal_at_call:
+            sent.extend([time.monotonic(), time.time()])
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(BATCH_SECONDS)
+        return real(self, model, source_ids, **kwargs)
+
+    monkeypatch.setattr(TextModel, "generate", slow)
+
+
+def test_sigterm_during_evaluation_stops_it_at_the_next_batch(tiny_recipe, tmp_path, monkeypatch, capsys):
+    """A 40-batch (20-s) validation at step 2: SIGTERM at its second batch ends the run with exit
+    75 within a few seconds, with a checkpoint at step 2 (written within about a batch); the
+    resumed run runs that validation again (one eval line at step 2) and finishes."""
+    tiny_recipe["schedule"]["xent_steps"] = 3
+    tiny_recipe["data"]["test_split"] = None
+    tiny_recipe["eval"].update({"every": 2, "batch_size": 1, "max_examples": 40})
+    write_jsonl(Path(tiny_recipe["data"]["path"]) / "validation.jsonl", make_pairs(240)[200:])
+    path = _write(tmp_path, tiny_recipe)
+    sent: list[float] = []
+    _slow_decode(monkeypatch, signal_at_call=1 + 2, sent=sent)  # (call 1: the trial decode at set-up)
+    assert main(["finetune", str(path)]) == 75
+    seconds = time.monotonic() - sent[0]
+    out = Path(tiny_recipe["run"]["output_dir"])
+    written = (out / "checkpoints" / "step-00000002" / "trainer_state.json").stat().st_mtime - sent[1]
+    with capsys.disabled():  # (shown with -s)
+        print(f"\nsignal during evaluation -> checkpoint written {written:.2f} s, exit 75 {seconds:.2f} s after it")
+    assert written < 4 * BATCH_SECONDS and seconds < 20 * BATCH_SECONDS, "the evaluation was not cut short"
+    assert "stopped by SIGTERM after step 2" in capsys.readouterr().err
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
+    assert not any("eval/bleu" in line for line in (out / "metrics.jsonl").read_text().splitlines())
+    monkeypatch.undo()
+    assert main(["finetune", str(path), "--set", "run.resume=auto"]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "eval/bleu" in line] == [2, 3]
+    assert (out / "final").is_dir()
+
+
+def test_sigterm_while_best_is_written_leaves_a_whole_best(tiny_recipe, tmp_path, monkeypatch):
+    """SIGTERM arrives while best/ is being written: the write completes into its temporary
+    directory and is renamed into place; the run then stops with a checkpoint (exit 75)."""
+    tiny_recipe["schedule"]["xent_steps"] = 4
+    tiny_recipe["data"]["test_split"] = None
+    tiny_recipe["eval"].update({"every": 2, "best_metric": "chrf", "max_examples": 4})
+    path = _write(tmp_path, tiny_recipe)
+    real_save = TextModel.save
+
+    def save_with_a_signal(self, directory, model, state_dict=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+        partial = Path(directory)
+        real_save(self, partial, model, state_dict)
+        assert partial.name == ".tmp-best", "written beside best/, not into it"
+
+    monkeypatch.setattr(TextModel, "save", save_with_a_signal)
+    assert main(["finetune", str(path)]) == 75
+    out = Path(tiny_recipe["run"]["output_dir"])
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 2
+    assert load_file(str(out / "best" / "model.safetensors"))
+    assert not (out / ".tmp-best").exists() and not (out / ".old-best").exists()
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
