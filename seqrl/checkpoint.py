@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from accelerate.utils.constants import FSDP_MODEL_NAME, MODEL_NAME, SAFE_WEIGHTS_NAME
 from safetensors import safe_open
 
@@ -49,30 +50,47 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state
     tmp = root / f".tmp-step-{step:08d}"
     done = list_checkpoints(output_dir)
     need = directory_bytes(done[-1]) if done else need
-    try:
-        with disk_writes(tmp, need):
-            if accelerator.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(tmp))
-            if accelerator.is_main_process:
-                if reference is not None:
-                    reference.save(tmp)
-                if recipe is not None:
-                    (tmp / RECIPE_FILE).write_text(recipe, encoding="utf-8")
-                (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
-                shutil.rmtree(final, ignore_errors=True)
-                tmp.rename(final)
-    except DiskFull:
-        if accelerator.is_main_process:
+    main = accelerator.is_main_process
+
+    def make_room() -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+
+    def complete() -> None:
+        if reference is not None:
+            reference.save(tmp)
+        if recipe is not None:
+            (tmp / RECIPE_FILE).write_text(recipe, encoding="utf-8")
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+
+    # A refused write is caught, not raised at once, so that every process reaches the same
+    # barriers and raises the same error (unsharded set-ups write without collectives between).
+    problem = _refused(make_room, tmp, need) if main else None
+    accelerator.wait_for_everyone()
+    problem = problem or _refused(lambda: accelerator.save_state(str(tmp)), tmp, need)
+    problem = problem or (_refused(complete, tmp, need) if main else None)
+    problem = next((p for p in gather_object([problem]) if p), None)
+    if problem:
+        if main:
             shutil.rmtree(tmp, ignore_errors=True)  # (it holds the space the next try needs)
-        raise
+        raise DiskFull(problem)
     if accelerator.is_main_process:
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _refused(write, path: Path, need: int | None) -> str | None:
+    """Run `write`; the one-line message when the filesystem refused it (None when it did not)."""
+    try:
+        with disk_writes(path, need):
+            write()
+    except DiskFull as err:
+        return str(err)
+    return None
 
 
 def directory_bytes(path: Path) -> int:
