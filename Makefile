@@ -21,7 +21,7 @@ lint: setup
 	$(BIN)/ruff check seqrl tests scripts
 
 quickstart: setup
-	$(BIN)/seqrl finetune recipes/quickstart.yaml
+	$(BIN)/seqrl finetune recipes/quickstart.yaml --set run.overwrite=true
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from accelerate.utils.constants import FSDP_MODEL_NAME, MODEL_NAME, SAFE_WEIGHTS_NAME
 from safetensors import safe_open
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import DiskFull, SeqrlError, disk_writes, first_sentence, free_bytes, megabytes
 from seqrl.lora import check_trained
 from seqrl.reference import Reference
 from seqrl.runlog import flatten
@@ -38,18 +39,24 @@ RESUME_SETTINGS = ("run.resume", "run.overwrite", "run.output_dir", "run.max_ste
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state: dict, keep: int,
-                    reference: Reference | None = None, recipe: str | None = None) -> Path:
+                    reference: Reference | None = None, recipe: str | None = None, need: int | None = None) -> Path:
     """Save everything needed to continue after optimizer step `step` under checkpoints/step-N
-    (with the resolved `recipe` it was trained with, to name what a resume changes)."""
+    (with the resolved `recipe` it was trained with, to name what a resume changes). A write the
+    filesystem refuses (full, over quota, read-only) removes the partial directory and raises
+    `DiskFull` naming it and the space a checkpoint needs (the last one's size, else `need`);
+    the earlier checkpoints stay."""
     root = output_dir / CHECKPOINT_DIR
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    if accelerator.is_main_process:
+    done = list_checkpoints(output_dir)
+    need = directory_bytes(done[-1]) if done else need
+    main = accelerator.is_main_process
+
+    def make_room() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
+
+    def complete() -> None:
         if reference is not None:
             reference.save(tmp)
         if recipe is not None:
@@ -57,10 +64,56 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, state
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+
+    # A refused write is caught, not raised at once, so that every process reaches the same
+    # barriers and raises the same error (unsharded set-ups write without collectives between).
+    problem = _refused(make_room, tmp, need) if main else None
+    accelerator.wait_for_everyone()
+    problem = problem or _refused(lambda: accelerator.save_state(str(tmp)), tmp, need)
+    problem = problem or (_refused(complete, tmp, need) if main else None)
+    problem = next((p for p in gather_object([problem]) if p), None)
+    if problem:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)  # (it holds the space the next try needs)
+        raise DiskFull(problem)
+    if accelerator.is_main_process:
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _refused(write, path: Path, need: int | None) -> str | None:
+    """Run `write`; the one-line message when the filesystem refused it (None when it did not)."""
+    try:
+        with disk_writes(path, need):
+            write()
+    except DiskFull as err:
+        return str(err)
+    return None
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def estimate_bytes(model: torch.nn.Module, lora: bool, reference: Reference | None) -> int:
+    """About what a checkpoint takes: the saved model (with LoRA its adapters), AdamW's two
+    moments of every trained weight, and a frozen KL reference's copy of the model."""
+    size = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)  # noqa: E731
+    trained = size(p for p in model.parameters() if p.requires_grad)
+    whole = size(model.state_dict().values())
+    copied = whole if reference is not None and not lora else 0
+    return (trained if lora else whole) + 2 * trained + copied
+
+
+def space_warning(output_dir: Path, need: int) -> str | None:
+    """One line when `output_dir`'s filesystem has room for fewer than two checkpoints."""
+    free = free_bytes(output_dir)
+    if free >= 2 * need:
+        return None
+    return (f"{output_dir} has {megabytes(free)} free, less than two checkpoints (about {megabytes(need)} each); "
+            f"free some space or move run.output_dir, or a checkpoint will fail for lack of space")
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -183,12 +236,17 @@ def load_checkpoint(accelerator: Accelerator, path: Path, lora_model: torch.nn.M
         if entry == MODEL_FILE:
             with safe_open(str(path / MODEL_FILE), framework="pt") as saved:
                 keys = list(saved.keys())
+            if lora_model is not None and keys and not any(".lora_" in k for k in keys):
+                raise SeqrlError(f"run.resume: checkpoint {path} holds every weight of its model (a recipe without "
+                                 f"model.lora), and this recipe trains LoRA adapters only (model.lora); use its "
+                                 f"own recipe")
             if lora_model is not None:
                 check_trained(lora_model, keys)
                 kwargs["strict"] = False  # (load_state passes it to the model's load_state_dict)
             elif any(".lora_" in k for k in keys):
-                raise SeqrlError(f"run.resume: checkpoint {path} holds LoRA adapters, and this recipe trains every "
-                                 f"weight (no model.lora); use its own recipe")
+                raise SeqrlError(f"run.resume: checkpoint {path} holds LoRA adapters only (a recipe with "
+                                 f"model.lora), and this recipe trains every weight (no model.lora); use its own "
+                                 f"recipe")
         accelerator.load_state(str(path), **kwargs)
     except SeqrlError:
         raise
@@ -201,7 +259,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path, lora_model: torch.nn.M
             name = name.removeprefix("base_model.model.")  # (a LoRA model's names)
             raise SeqrlError(f"run.resume: checkpoint {path} does not fit this recipe's model: {name} is "
                              f"{shape(saved)} there, {shape(wanted)} here; use its own recipe") from None
-        detail = text.split(". ")[0][:100]  # the first sentence
+        detail = first_sentence(text, 160)
         raise SeqrlError(f"run.resume: cannot load checkpoint {path} ({type(err).__name__}: {detail}); "
                          f"it is damaged or from another recipe") from None
     return state

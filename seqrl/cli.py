@@ -12,6 +12,8 @@ import logging
 import os
 import shlex
 import sys
+import time
+import warnings
 from pathlib import Path
 
 from seqrl.errors import SeqrlError
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from seqrl import __version__
 
     parser = argparse.ArgumentParser(prog="seqrl", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors, and libraries' warnings")
     parser.add_argument("--version", action="version", version=f"seqrl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.debug = getattr(args, "debug", False)
     if not (args.command == "finetune" and wants_launch(args)):  # (a launcher needs neither library)
-        _quiet_libraries()
+        _quiet_libraries(args.debug)
     try:
         return COMMANDS[args.command](args)
     except SeqrlError as err:
@@ -121,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PREEMPTED
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(debug: bool = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:  # libraries' deprecation and user warnings (peft's Conv1D note...): nothing a user can act on
+        for category in (UserWarning, DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
     import datasets
     import transformers
 

@@ -174,8 +174,9 @@ class RunConfig:
     continued. SIGTERM or SIGUSR1 always end a run with a checkpoint (exit status 75)."""
     keep_checkpoints: int = 2
     """Keep only the newest N checkpoints."""
-    overwrite: bool = False
-    """Allow an `output_dir` that already holds a run (its files are replaced)."""
+    overwrite: bool | Literal["delete"] = False
+    """Allow an `output_dir` that already holds a run: `true` moves the earlier run's files aside
+    to `<output_dir>.replaced-<UTC time>/`, `delete` removes them (either said in one line)."""
     resume: str | None = None
     """Continue from a checkpoint directory, or `auto` = the newest one in `output_dir` (a fresh
     start if there is none). The recipe must be the one the checkpoint was made with."""

@@ -8,6 +8,9 @@ Nothing is dropped or cut silently: empty targets and truncations are counted an
 from __future__ import annotations
 
 import logging
+import lzma
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -18,7 +21,7 @@ from seqrl import tokenized
 from seqrl.batching import TrainCollator, probe_batch, reward_columns  # noqa: F401  (re-exported)
 from seqrl.config import DataConfig
 from seqrl.data_checks import check_text_column, check_utf8, first_bad_json_line, first_non_utf8_line
-from seqrl.errors import DataError
+from seqrl.errors import DataError, first_sentence
 from seqrl.modeling import TextModel, looks_local
 from seqrl.tokenized import RESERVED_COLUMNS, DataReport, truncate  # noqa: F401  (re-exported)
 
@@ -175,11 +178,16 @@ def _load_files(files: dict[str, str], where: str) -> DatasetDict:
 
 def _diagnose(path: Path, fmt: str, err: BaseException) -> str:
     """The file's first bad line where we can find it (Arrow reports positions within its
-    blocks, not lines), else the innermost error."""
-    non_utf8 = first_non_utf8_line(path)
-    if non_utf8:
-        return f"line {non_utf8} is not UTF-8"
-    return (first_bad_json_line(path) if fmt == "json" else None) or _root_cause(err)
+    blocks, not lines), else the innermost error. A compressed file that cannot be decompressed
+    (cut short, damaged) is said to be so, not read again."""
+    try:
+        non_utf8 = first_non_utf8_line(path)
+        if non_utf8:
+            return f"line {non_utf8} is not UTF-8"
+        return (first_bad_json_line(path) if fmt == "json" else None) or _root_cause(err)
+    except (EOFError, OSError, lzma.LZMAError, zlib.error) as broken:  # (gzip.BadGzipFile is an OSError)
+        return (f"it cannot be decompressed, cut short or damaged ({type(broken).__name__}: "
+                f"{first_sentence(broken, 100)}); copy or compress it again")
 
 
 def _root_cause(err: BaseException) -> str:

@@ -1,5 +1,11 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero (no traceback)."""
 
+import errno
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class SeqrlError(Exception):
     """A problem with the user's input (recipe, data, model, files): message says what to do."""
@@ -11,3 +17,77 @@ class ConfigError(SeqrlError):
 
 class DataError(SeqrlError):
     """Data that cannot be used: missing file, wrong field name, empty split."""
+
+
+# A sentence ends at . ! or ? followed by a space and a capital (or the end); not after these
+# abbreviations, nor inside numbers (1.5), names (model.safetensors) or paths (./a/b).
+_ABBREVIATIONS = ("e.g", "i.e", "etc", "vs", "cf", "approx", "incl", "no", "fig", "resp")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
+
+
+def first_sentence(text: str, limit: int = 300) -> str:
+    """The first sentence of a (library's) message, on one line, for a one-line error. Never cut
+    inside a sentence, except one longer than `limit` characters, which ends at a word with '...'."""
+    text = " ".join(str(text).split())
+    end = len(text)
+    for match in _SENTENCE_END.finditer(text):
+        word = text[:match.start()].rsplit(" ", 1)[-1].rstrip(".!?").lower()
+        if word in _ABBREVIATIONS or len(word) == 1:  # "e.g. Foo", "J. Smith"
+            continue
+        end = match.start()
+        break
+    sentence = text[:end].removesuffix(".")  # (it is set inside a sentence of seqrl's)
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return sentence
+
+
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system"}
+# torch.save reports a failed write as a RuntimeError from its zip writer, without the errno.
+_TORCH_WRITE_FAILED = ("file write failed", "inline_container", "unexpected pos")
+
+
+class DiskFull(SeqrlError):
+    """A write of the run failed for lack of space or write access (ENOSPC, EDQUOT, EROFS)."""
+
+
+def disk_fault(err: BaseException, path: Path | str, need: int | None = None) -> DiskFull | None:
+    """The one-line error for `err`, raised while writing `path`, when the filesystem refused the
+    write (`need`: the bytes that write takes, when known); None for any other error."""
+    if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+        why = f"{DISK_ERRNOS[err.errno]} ({errno.errorcode[err.errno]})"
+    elif isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITE_FAILED) \
+            and free_bytes(path) < max(need or 0, 1 << 20):
+        why = "no space left on the device"
+    else:
+        return None
+    space = f"; a checkpoint needs about {megabytes(need)}, {megabytes(free_bytes(path))} free" if need else ""
+    return DiskFull(f"cannot write {path}: {why}{space}; free space, then rerun with --set run.resume=auto")
+
+
+@contextmanager
+def disk_writes(path: Path | str, need: int | None = None):
+    """Turn a refused write under the block into `disk_fault`'s one line naming `path`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        fault = disk_fault(err, path, need)
+        if fault is None:
+            raise
+        raise fault from None
+
+
+def free_bytes(path: Path | str) -> int:
+    """Free bytes on the filesystem of `path` (or of its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"

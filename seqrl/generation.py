@@ -47,7 +47,7 @@ from transformers.generation.logits_process import (
     SuppressTokensLogitsProcessor,
 )
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, first_sentence
 from seqrl.losses import token_logprobs
 
 # Settings rollouts cannot honour (they reshape scores instead of masking them, or act outside the
@@ -81,6 +81,7 @@ def resolve(model, tokenizer, overrides: dict[str, Any], target_language_token: 
             guess = difflib.get_close_matches(key, sorted(known), n=1)
             tip = f"; did you mean 'model.generation.{guess[0]}'?" if guess else ""
             raise SeqrlError(f"unknown key 'model.generation.{key}' (not a GenerationConfig setting){tip}")
+        check_value(key, value, vocabulary_size(model, tokenizer))
         setattr(config, key, value)
     for key, neutral in UNSUPPORTED.items():
         value = getattr(config, key, neutral)
@@ -95,9 +96,52 @@ def resolve(model, tokenizer, overrides: dict[str, Any], target_language_token: 
     return config
 
 
+# Settings that hold token ids (an int, or lists of them), checked against the vocabulary.
+TOKEN_IDS = ("forced_bos_token_id", "forced_eos_token_id", "decoder_start_token_id", "pad_token_id", "bos_token_id",
+             "eos_token_id", "suppress_tokens", "begin_suppress_tokens", "bad_words_ids")
+_KINDS = {bool: "true or false", int: "a whole number >= 0", float: "a number", str: "a string"}
+
+
+def check_value(key: str, value: Any, vocabulary: int) -> None:
+    """`model.generation.<key>`: token ids within the vocabulary; other settings of the type (and,
+    for counts, the range) of transformers' default (`_get_default_generation_params`), which
+    GenerationConfig itself does not check until `generate` fails on them."""
+    if value is None:
+        return
+    if key in TOKEN_IDS:
+        ids = list(_flatten(value))
+        bad = next((i for i in ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocabulary), None)
+        if bad is not None or not ids and not isinstance(value, list):
+            raise SeqrlError(f"model.generation.{key}: {bad!r} is not a token id of this model (0 to "
+                             f"{vocabulary - 1}); give ids of its vocabulary of {vocabulary}")
+        return
+    defaults = {"min_new_tokens": 0, **getattr(GenerationConfig, "_get_default_generation_params", dict)()}
+    kind = type(defaults.get(key))
+    if kind not in _KINDS or key == "early_stopping" and value == "never":  # ("never": beam search's other choice)
+        return
+    fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool)) \
+        or kind is float and isinstance(value, int) and not isinstance(value, bool)
+    if not fits or kind is int and value < 0:
+        raise SeqrlError(f"model.generation.{key} must be {_KINDS[kind]}, got {value!r}")
+
+
+def _flatten(value: Any):
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _flatten(item)
+    else:
+        yield value
+
+
+def vocabulary_size(model, tokenizer) -> int:
+    """The number of scores the model gives each position (what a token id indexes)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    size = getattr(head, "out_features", None) or getattr(getattr(head, "weight", None), "shape", [None])[0]
+    return int(size or getattr(model.config, "vocab_size", None) or len(tokenizer))
+
+
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:160]
+    return first_sentence(err, 160) if str(err).strip() else type(err).__name__
 
 
 class Constraints:

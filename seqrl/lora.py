@@ -10,7 +10,8 @@ model), for users who cannot fit the optimizer state of every weight.
   weights by rounding, and with them the rest of the run).
 - Checkpoints hold the trained tensors only (`keep_trained`, an accelerate save hook); a resume
   checks that the checkpoint holds exactly this model's adapters (`check_trained`), trained on
-  these base weights (`base_fingerprint`, saved with the checkpoint).
+  these base weights and buffers (`base_fingerprint`, `buffers_fingerprint`, saved with the
+  checkpoint).
 - The KL reference is the same model with its adapters disabled (`seqrl.reference`).
 """
 
@@ -27,7 +28,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 
 from seqrl import distributed
 from seqrl.config import LoraSettings
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, first_sentence
 
 OWN_DEFAULTS = {"marian": ["q_proj", "v_proj"], "mbart": ["q_proj", "v_proj"], "m2m_100": ["q_proj", "v_proj"],
                 "pegasus": ["q_proj", "v_proj"], "encoder-decoder": ["query", "value"]}
@@ -53,7 +54,7 @@ def apply(model: torch.nn.Module, settings: LoraSettings) -> PeftModel:
         return get_peft_model(model, config)
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"
         raise SeqrlError(f"model.lora.target_modules {targets} match no layer of the model "
-                         f"({str(err).splitlines()[0][:60]}...); it has {_linear_names(model)}") from None
+                         f"({first_sentence(err, 100)}); it has {_linear_names(model)}") from None
 
 
 def _linear_names(model: torch.nn.Module) -> str:
@@ -144,6 +145,18 @@ def base_fingerprint(model: torch.nn.Module, sum_over_processes=lambda t: t) -> 
             parts += local.detach().double().square().sum().cpu()
             partitioned = True
     return float(whole + sum_over_processes(parts)) if partitioned else float(whole)
+
+
+@torch.no_grad()
+def buffers_fingerprint(model: torch.nn.Module) -> float:
+    """The same for the model's floating-point buffers (Marian's and mBART's `final_logits_bias`):
+    base weights too, though not parameters. (Neither ZeRO-3 nor FSDP partitions buffers: every
+    process holds them whole.)"""
+    total = torch.zeros((), dtype=torch.float64)
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            total += buffer.detach().double().square().sum().cpu()
+    return float(total)
 
 
 def trained_names(model: torch.nn.Module) -> list[str]:

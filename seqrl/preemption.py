@@ -4,7 +4,10 @@ SIGKILL) and SIGUSR1 (SLURM's `--signal=USR1@N` warning) end a run cleanly.
 The handler only records the signal. The training loop looks at it after each optimizer step,
 agrees with the other processes (any one of them signalled stops them all at the same step),
 writes a checkpoint atomically and exits with `EXIT_PREEMPTED` and one line saying how to
-continue. An evaluation under way when the signal arrives finishes first.
+continue. An evaluation under way when the signal arrives stops at its next batch (all processes
+agree on it after each batch) and runs again when the run is resumed; `final/` and `best/` are
+written to a temporary directory renamed into place, so a signal (or a kill) while they are
+written leaves the previous one whole.
 """
 
 from __future__ import annotations

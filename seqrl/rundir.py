@@ -11,8 +11,9 @@ has passed.
   run continues into an empty (or overwritable) directory, never over a finished run.
 - Across machines, every machine leaves a marker in `output_dir` that the main process must
   see (`check_shared`): a directory that is not shared stops the run with one line.
-- Set-up writes nothing but its lock and a hidden temporary tokenizer; the old run is cleared
-  and the new `recipe.yaml` written by `commit`, after data, model and checkpoint have loaded.
+- Set-up writes nothing but its lock and a hidden temporary tokenizer; the old run is moved aside
+  (`RUN.replaced-<UTC time>/`, or deleted with `run.overwrite: delete`) and the new `recipe.yaml`
+  written by `commit`, after data, model and checkpoint have loaded.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, disk_writes
 from seqrl.runlog import METRICS_FILE, SAMPLES_FILE
 
 LOCK_FILE = ".seqrl.lock"
@@ -71,8 +72,9 @@ class RunDirLock:
             else:
                 os.close(fd)
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, record.encode())
+        with disk_writes(path):
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, record.encode())
 
     def release(self) -> None:
         """Unlink the lock file while still holding it (so nobody locks a file about to vanish),
@@ -130,7 +132,7 @@ def _read_holder(fd: int) -> str:
         return "its pid is not recorded yet"
 
 
-def check_output_dir(out: Path, overwrite: bool, resume_from: Path | None) -> None:
+def check_output_dir(out: Path, overwrite: bool | str, resume_from: Path | None) -> None:
     """Refuse a directory that holds another run, unless `overwrite`; a checkpoint inside `out`
     continues that run."""
     held = [m for m in RUN_MARKERS if (out / m).exists()]
@@ -148,7 +150,7 @@ def is_inside(checkpoint: Path, out: Path) -> bool:
     return out.resolve() in checkpoint.resolve().parents
 
 
-def claim(out: Path, overwrite: bool, resume_from: Path | None, accelerator: Accelerator) -> RunDirLock:
+def claim(out: Path, overwrite: bool | str, resume_from: Path | None, accelerator: Accelerator) -> RunDirLock:
     """Lock `out` (main process) and check it; every process raises the same error if either fails."""
     lock = RunDirLock(out, held=accelerator.is_main_process)
     problem = None
@@ -240,19 +242,53 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def clear_run(out: Path, also: tuple[str, ...] = ()) -> None:
-    """Remove what an earlier run left (reached only with run.overwrite or a directory without a
-    run); `also`: more names of its outputs (the trackers' directory)."""
-    for path in out.iterdir():
-        if path.name in (*RUN_OUTPUTS, *also) or path.name.startswith("predictions-"):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+def clear_run(out: Path, also: tuple[str, ...] = (), overwrite: bool | str = False) -> None:
+    """Move what an earlier run left aside to `RUN.replaced-<UTC time>/` (reached only with
+    run.overwrite or a directory without a run), or remove it with `overwrite='delete'`, saying
+    which; `also`: more names of its outputs (the trackers' directory)."""
+    old = [p for p in sorted(out.iterdir())
+           if p.name in (*RUN_OUTPUTS, *also) or p.name.startswith("predictions-")]
+    if not any(p.name in RUN_MARKERS for p in old):  # no earlier run: leftovers of a refused one
+        aside = None
+    elif overwrite == "delete":
+        aside = None
+        print(f"run.overwrite=delete: removing the earlier run in {out} ({_listing(old)})", flush=True)
+    else:
+        aside = _aside_name(out.resolve())
+        print(f"run.overwrite: moving the earlier run in {out} ({_listing(old)}) aside to {aside}/ "
+              f"(run.overwrite=delete removes it instead)", flush=True)
+        aside.mkdir()
+    for path in old:
+        if aside is not None:
+            shutil.move(path, aside / path.name)
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
-def commit(out: Path, fresh: bool, recipe_text: str, tokenizer: Path | None, also_clear: tuple[str, ...] = ()) -> None:
+def _aside_name(out: Path) -> Path:
+    """`RUN.replaced-<UTC time>` beside `out`, numbered when a run was replaced within the second."""
+    stem = f"{out.name}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    aside, number = out.with_name(stem), 1
+    while aside.exists():
+        number += 1
+        aside = out.with_name(f"{stem}-{number}")
+    return aside
+
+
+def _listing(paths: list[Path]) -> str:
+    names = [p.name + ("/" if p.is_dir() else "") for p in paths]
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def commit(out: Path, fresh: bool, recipe_text: str, tokenizer: Path | None, also_clear: tuple[str, ...] = (),
+           overwrite: bool | str = False) -> None:
     """The run's first writes, once every check has passed (main process): clear the old run if
-    this one starts afresh, put its tokenizer in place, write the resolved recipe atomically."""
+    this one starts afresh (`clear_run`: moved aside, or deleted with `overwrite='delete'`), put
+    its tokenizer in place, write the resolved recipe atomically."""
     if fresh:
-        clear_run(out, also_clear)
+        clear_run(out, also_clear, overwrite)
     if tokenizer is not None and tokenizer != out / "tokenizer":
         if tokenizer.name == NEW_TOKENIZER:
             tokenizer.rename(out / "tokenizer")

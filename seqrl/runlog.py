@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
 from seqrl.config import RecipeConfig, to_dict
-from seqrl.errors import ConfigError, SeqrlError
+from seqrl.errors import ConfigError, SeqrlError, disk_writes
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -69,6 +69,11 @@ class RunLog:
                 self.accelerator.print(line)
         if not self.accelerator.is_main_process:
             return
+        with disk_writes(self.path):
+            self._truncate(after_step)
+            self.file = self.path.open("a", encoding="utf-8")
+
+    def _truncate(self, after_step: int | None) -> None:
         if after_step is not None:
             for path in (self.path, self.path.parent / SAMPLES_FILE):
                 if path.is_file():
@@ -77,15 +82,15 @@ class RunLog:
                     tmp = path.with_suffix(".tmp")
                     tmp.write_text("".join(keep), encoding="utf-8")
                     tmp.replace(path)
-        self.file = self.path.open("a", encoding="utf-8")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: (float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
                  if not isinstance(v, str) else v for k, v in metrics.items()}
         clean["time/elapsed_s"] = round(time.perf_counter() - self.start, 2)  # since set-up finished
         if self.file is not None:
-            self.file.write(json.dumps({"step": step, **clean}) + "\n")
-            self.file.flush()
+            with disk_writes(self.path):
+                self.file.write(json.dumps({"step": step, **clean}) + "\n")
+                self.file.flush()
         numeric = {k: v for k, v in clean.items() if isinstance(v, float)}
         self.accelerator.log(numeric, step=step)
 
@@ -97,14 +102,17 @@ class RunLog:
         """Sampled rows to samples.jsonl and to every tracker that shows tables or text."""
         rows = [{"step": step, "stage": plan.stage, "delta": plan.n_rl_tokens, **row} for row in rows]
         if self.file is not None:
-            with (self.path.parent / SAMPLES_FILE).open("a", encoding="utf-8") as f:
+            with disk_writes(self.path.parent / SAMPLES_FILE), (self.path.parent / SAMPLES_FILE).open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         if rows and self.cfg.log.trackers:
             log_samples_to_trackers(self.accelerator, step, rows)
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # a line refused by a full disk: already reported by `write`
+                pass
             self.file = None
 
 

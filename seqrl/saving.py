@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from seqrl import distributed
+from seqrl.errors import disk_writes
 from seqrl.modeling import share_tied
 from seqrl.run import Run
 
@@ -35,11 +36,16 @@ def save_model_atomically(run: Run, path: Path, info: dict | None = None, card=N
     unwrapped model's own (None: those)."""
     tmp, old = path.with_name(f".tmp-{path.name}"), path.with_name(f".old-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    run.text_model.save(tmp, run.accelerator.unwrap_model(run.model), state_dict)
-    if info is not None:
-        (tmp / "best.json").write_text(json.dumps(info))
-    if card is not None:
-        card(tmp)
+    try:
+        with disk_writes(path):
+            run.text_model.save(tmp, run.accelerator.unwrap_model(run.model), state_dict)
+            if info is not None:
+                (tmp / "best.json").write_text(json.dumps(info))
+            if card is not None:
+                card(tmp)
+    except BaseException:  # a refused write, a Ctrl-C: the previous `path` stays whole
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if path.exists():
         path.rename(old)
     tmp.rename(path)

@@ -14,9 +14,10 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
 from seqrl import distributed, lora, rewards
-from seqrl.checkpoint import changed_settings, load_checkpoint, resolve_resume
+from seqrl.checkpoint import changed_settings, estimate_bytes, load_checkpoint, resolve_resume, space_warning
 from seqrl.config import RecipeConfig, dump_recipe
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, disk_writes
+from seqrl.evaluate import trial_decode
 from seqrl.languages import recipe_languages
 from seqrl.preemption import Preempted, stop_signals_caught
 from seqrl.run import Run, setup
@@ -53,17 +54,21 @@ def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: s
         for note in notes:
             print(f"seqrl finetune: warning: {note}", file=sys.stderr)
     lock = claim(out, cfg.run.overwrite, resume_from, accelerator)  # held until the run ends
+    if cfg.run.resume == "auto" and resume_from is None:
+        accelerator.print(f"run.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh")
     run = None
     try:
         with stop_signals_caught():
             run = setup(cfg, accelerator, out, reward_fns, resume_from)
+            split = cfg.data.eval_split if cfg.data.eval_split in run.datasets else cfg.data.train_split
+            trial_decode(run.text_model, accelerator.unwrap_model(run.model), run.datasets[split], cfg.eval, split)
             state = resume(run, resume_from) if resume_from else None
             start(run, resume_from, state)
             loop = train(run, state)
+            final = finish(run, loop, command) if not loop.preempted else None
             if loop.preempted:
                 raise Preempted(f"stopped by {loop.preempted} after step {loop.step}, checkpoint written to "
                                 f"{loop.checkpoint}; to continue, run the same command with --set run.resume=auto")
-            final = finish(run, loop, command)
     except Preempted:  # every process stopped at the same step: a clean end
         teardown(accelerator, run, clean=True)
         raise
@@ -94,8 +99,10 @@ def resume(run: Run, path: Path) -> dict:
     # The base weights' fingerprint before the load: DeepSpeed and FSDP checkpoints hold the whole
     # model, and loading one puts its base weights back, which would make the comparison vacuous.
     base = lora.base_fingerprint(lora_model, distributed.summed(run.accelerator)) if lora_model is not None else None
+    buffers = lora.buffers_fingerprint(lora_model) if lora_model is not None else None
     state = {**load_checkpoint(run.accelerator, path, lora_model), "path": str(path)}
-    if lora_model is not None and state.get("lora_base") != base:
+    # (checkpoints written before buffers were fingerprinted hold no "lora_buffers")
+    if lora_model is not None and (state.get("lora_base") != base or state.get("lora_buffers", buffers) != buffers):
         raise SeqrlError(f"run.resume: the adapters of {path} were trained on other base weights (another "
                          f"model.name_or_path, or run.seed for a model built from a config); use its own recipe")
     # (checkpoints before the baselines became objects hold the ema baseline's state as "ema")
@@ -117,8 +124,13 @@ def start(run: Run, resume_from: Path | None, state: dict | None) -> None:
             if changed:
                 acc.print(f"resuming with settings changed since the checkpoint: {changed}")
         trackers_dir = (run.cfg.log.project,) if run.cfg.log.trackers else ()  # (accelerate's logging_dir/project)
-        commit(run.out, resume_from is None or not is_inside(resume_from, run.out), recipe, run.tokenizer_dir,
-               trackers_dir)
+        with disk_writes(run.out):
+            commit(run.out, resume_from is None or not is_inside(resume_from, run.out), recipe, run.tokenizer_dir,
+                   trackers_dir, run.cfg.run.overwrite)
+        low = space_warning(run.out, estimate_bytes(acc.unwrap_model(run.model), bool(run.cfg.model.lora),
+                                                    run.reference))
+        if low:
+            print(f"seqrl finetune: warning: {low}", file=sys.stderr)
     acc.wait_for_everyone()
     run.runlog.open(after_step=state["step"] if state else None)
 

@@ -23,9 +23,10 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from seqrl import alarms, distributed, lora, preemption
-from seqrl.checkpoint import save_checkpoint
+from seqrl.checkpoint import estimate_bytes, save_checkpoint
 from seqrl.config import dump_recipe
-from seqrl.evaluate import evaluate_split
+from seqrl.errors import disk_writes
+from seqrl.evaluate import EvaluationStopped, evaluate_split
 from seqrl.model_card import write_model_card
 from seqrl.plots import plot_run
 from seqrl.run import Run
@@ -79,11 +80,16 @@ def train(run: Run, state: dict | None = None) -> _Loop:
         loop.best, loop.evals_since_best = state.get("best"), state.get("evals_since_best", 0)
         loop.recent = state.get("recent", [])
         loop.seconds_before = state.get("seconds", 0.0)
+        loop.window.load(state.get("windows", []), acc)
         loop.checkpoint = Path(state["path"])
         loop.bar.update(loop.step)
-        run_evaluations(run, loop, state.get("pending_evaluations", []))  # due when it was preempted
+        left, signalled = run_evaluations(run, loop, state.get("pending_evaluations", []))  # due when preempted
+        if left:
+            preempt(run, loop, signalled, left)
     elif cfg.eval.at_start:
-        validate(run, loop)
+        left, signalled = run_evaluations(run, loop, ["validation"])
+        if left:
+            preempt(run, loop, signalled, left)
     phases = [(run.loader, min(run.schedule.xent_steps, run.total_steps)), (run.rl_loader, run.total_steps)]
     for phase, (loader, end) in enumerate(phases):
         if loop.step >= end or loop.stop:
@@ -181,11 +187,14 @@ def on_step_end(run: Run, loop: _Loop) -> None:
         cfg.run.max_minutes is not None and loop.seconds() > 60 * cfg.run.max_minutes,
         bool(cfg.run.save_every_minutes) and time.monotonic() - loop.saved_at > 60 * cfg.run.save_every_minutes)
     if signalled:  # checkpoint first: the evaluations due now run when the run is resumed
-        loop.preempted = signal.Signals(int(signalled)).name
-        loop.stop = f"stopped by {loop.preempted}"
-        checkpoint(run, loop, pending_evaluations=due)
+        preempt(run, loop, signalled, due)
         return
-    run_evaluations(run, loop, due)
+    left, signalled = run_evaluations(run, loop, due)
+    if due and not left:  # a signal while best/ was written (after the evaluation's last batch)
+        signalled = agree_max(run.accelerator, preemption.requested())[0]
+    if signalled:  # a signal during an evaluation: what it left undone runs when the run is resumed
+        preempt(run, loop, signalled, left)
+        return
     if out_of_time and not loop.stop:
         loop.stop = f"run.max_minutes ({cfg.run.max_minutes:g}) reached"
     # A run with checkpoints also leaves one where it stops, so it can be continued from there.
@@ -195,24 +204,38 @@ def on_step_end(run: Run, loop: _Loop) -> None:
         checkpoint(run, loop)
 
 
-def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> None:
-    """The evaluations due at this step: `validation` (and `best/`), `test_after_xent`."""
+def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> tuple[list[str], int]:
+    """The evaluations due at this step: `validation` (and `best/`), `test_after_xent`. Returns
+    those a stop signal left undone, and the signal ([], 0 when all ran)."""
     test = run.cfg.data.test_split
-    for name in names:
-        if name == "validation":
-            validate(run, loop)
-        else:
-            evaluate(run, loop.step, test, run.cfg.eval.test_max_examples,
-                     run.out / f"predictions-{test}-xent.jsonl")
+    for done, name in enumerate(names):
+        try:
+            if name == "validation":
+                validate(run, loop)
+            else:
+                evaluate(run, loop.step, test, run.cfg.eval.test_max_examples,
+                         run.out / f"predictions-{test}-xent.jsonl")
+        except EvaluationStopped as stopped:
+            return list(names[done:]), stopped.signum
+    return [], 0
+
+
+def preempt(run: Run, loop: _Loop, signum: float, pending: list[str]) -> None:
+    """End the run on a stop signal: a checkpoint that runs the `pending` evaluations on resume."""
+    loop.preempted = signal.Signals(int(signum)).name
+    loop.stop = f"stopped by {loop.preempted}"
+    checkpoint(run, loop, pending_evaluations=pending)
 
 
 def checkpoint(run: Run, loop: _Loop, pending_evaluations: list[str] = ()) -> None:
     state = {**loop.state(), "baseline": run.baseline.state_dict(),
-             "pending_evaluations": list(pending_evaluations)}
+             "pending_evaluations": list(pending_evaluations), "windows": loop.window.gathered()}
     if run.cfg.model.lora:
         state["lora_base"] = lora.base_fingerprint(run.model, distributed.summed(run.accelerator))
+        state["lora_buffers"] = lora.buffers_fingerprint(run.model)
+    need = estimate_bytes(run.accelerator.unwrap_model(run.model), bool(run.cfg.model.lora), run.reference)
     loop.checkpoint = save_checkpoint(run.accelerator, run.out, loop.step, state, run.cfg.run.keep_checkpoints,
-                                      run.reference, dump_recipe(run.cfg))
+                                      run.reference, dump_recipe(run.cfg), need)
     loop.saved_at = time.monotonic()
 
 
@@ -271,7 +294,8 @@ def evaluate(run: Run, step: int, split: str, max_examples: int | None, predicti
     start = time.perf_counter()
     scores = evaluate_split(run.text_model, model, run.datasets[split], run.accelerator, run.cfg.data,
                             run.cfg.eval, max_examples=max_examples, predictions_path=predictions,
-                            progress=run.cfg.log.progress_bar)
+                            progress=run.cfg.log.progress_bar,
+                            stop=lambda: agree_max(run.accelerator, preemption.requested())[0])
     prefix = "eval" if split == run.cfg.data.eval_split else split
     metrics = {f"{prefix}/{k}": v for k, v in scores.items()}
     if scores:
@@ -282,23 +306,30 @@ def evaluate(run: Run, step: int, split: str, max_examples: int | None, predicti
     return metrics
 
 
-def finish(run: Run, loop: _Loop, command: str | None = None) -> Path:
+def finish(run: Run, loop: _Loop, command: str | None = None) -> Path | None:
     """Final evaluation(s) with predictions files (the validation one may give `best/`; skipped
     when the run stopped right after one), then `final/` (plain transformers directory, with a
-    model card saying how it was trained and the `command` that did it)."""
+    model card saying how it was trained and the `command` that did it). None when a stop signal
+    cut an evaluation short (`loop.preempted`: the checkpoint is written)."""
     cfg, step = run.cfg, loop.step
-    if loop.validated_at != step:
-        validate(run, loop)
-    if cfg.data.test_split:
-        evaluate(run, step, cfg.data.test_split, cfg.eval.test_max_examples,
-                 run.out / f"predictions-{cfg.data.test_split}.jsonl")
+    try:
+        if loop.validated_at != step:
+            validate(run, loop)
+        if cfg.data.test_split:
+            evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}.jsonl")
+    except EvaluationStopped as stopped:  # the resumed run, at the last step, evaluates again
+        preempt(run, loop, stopped.signum, [])
+        run.runlog.write(loop.step, {"preempted": 1})
+        return None
     final = run.out / "final"
     weights = gathered_weights(run)  # (every process: a collective where the weights are sharded)
     if run.accelerator.is_main_process:
         save_model_atomically(run, final, card=lambda d: write_model_card(
             d, cfg, run.text_model.is_seq2seq, step, last_scores(run.out), command), state_dict=weights)
         run.runlog.close()
-        for path in plot_run(run.out):
+        with disk_writes(run.out / "plots"):
+            plots = plot_run(run.out)
+        for path in plots:
             run.accelerator.print(f"plot: {path}")
     run.accelerator.wait_for_everyone()
     return final if run.accelerator.is_main_process else None
@@ -311,9 +342,25 @@ class _Window:
         self.sums, self.counts, self.start = {}, {}, time.perf_counter()
 
     def add(self, stats: dict[str, float]) -> None:
-        for key, value in stats.items():
+        self.add_sums(stats, dict.fromkeys(stats, 1))
+
+    def gathered(self) -> list:
+        """Every process's statistics since the last log line, for a checkpoint: a resumed run's
+        first log line then averages the same steps as the uninterrupted run's (a collective)."""
+        return gather_object([[self.sums, self.counts]])
+
+    def load(self, windows: list, accelerator: Accelerator) -> None:
+        """This process's part of `gathered` (on another number of processes, all on the first)."""
+        if len(windows) == accelerator.num_processes:
+            self.sums, self.counts = (dict(part) for part in windows[accelerator.process_index])
+        elif windows and accelerator.is_main_process:
+            for sums, counts in windows:
+                self.add_sums(sums, counts)
+
+    def add_sums(self, sums: dict[str, float], counts: dict[str, int]) -> None:
+        for key, value in sums.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
-            self.counts[key] = self.counts.get(key, 0) + 1
+            self.counts[key] = self.counts.get(key, 0) + counts[key]
 
     def flush(self, accelerator: Accelerator) -> dict[str, float]:
         """Averaged over steps and processes (gathered as small dicts: key sets may differ by rank)."""

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import torch
+from datasets import DatasetDict
 
 from seqrl import data, lora, modeling, rewards
 from seqrl.config import RecipeConfig
+from seqrl.evaluate import trial_decode
 from seqrl.languages import recipe_languages
 from seqrl.run import check_lengths, describe
 from seqrl.runlog import check_trackers
 from seqrl.rewards.inputs import probe
-from seqrl.tokenizer import load_tokenizer, train_tokenizer
+from seqrl.tokenizer import load_tokenizer
 
 
 def validate(cfg: RecipeConfig) -> list[str]:
     """Load the data and the model's config (and a pretrained tokenizer); return report lines.
 
     A tokenizer that the run would train is not trained here (only a small one on 1,000 targets,
-    for the rewards' trial call); the data it would see is loaded.
+    for the rewards' trial call and the model's trial decode); the data it would see is loaded.
     """
     lines = ["recipe: ok"]
     check_trackers(cfg.log.trackers)
@@ -39,14 +41,13 @@ def validate(cfg: RecipeConfig) -> list[str]:
     else:
         config = modeling.architecture_config(cfg.model)
         is_seq2seq, positions = config.is_encoder_decoder, getattr(config, "max_position_embeddings", None)
+        texts = None
         if cfg.tokenizer.name_or_path is not None:
-            tokenizer = load_tokenizer(cfg.tokenizer.name_or_path)
-            lines.append(f"tokenizer: {cfg.tokenizer.name_or_path} loads (vocab {len(tokenizer)})")
-        else:  # (only for the rewards' trial call below: the run trains its own on all the data)
+            lines.append(f"tokenizer: {cfg.tokenizer.name_or_path} loads (vocab {len(load_tokenizer(cfg.tokenizer.name_or_path))})")
+        else:  # (only for the trial calls below: the run trains its own on all the data)
             texts = [t for t in list(raw[cfg.data.train_split].select(range(min(1000, len(raw[cfg.data.train_split]))))
                                      [cfg.data.target_field]) if t]
-            tokenizer = train_tokenizer(texts, cfg.tokenizer)
-        text_model = modeling.TextModel(None, tokenizer, bool(is_seq2seq))
+        text_model = modeling.build(cfg.model, cfg.tokenizer, cfg.data, training_texts=texts)
         lines.append(f"model: {cfg.model.architecture} config builds; "
                      f"{'tokenizer given' if cfg.tokenizer.name_or_path else 'tokenizer trained at run start'}")
     if reward_fns:  # called once, as training's set-up does, on two training rows
@@ -59,4 +60,8 @@ def validate(cfg: RecipeConfig) -> list[str]:
     check_lengths(cfg, is_seq2seq, positions)
     lines.append(f"lengths: fit the model's {positions} positions "
                  f"({'encoder-decoder' if is_seq2seq else 'decoder-only'})")
+    split = cfg.data.eval_split if cfg.data.eval_split in raw else cfg.data.train_split
+    two = DatasetDict({split: raw[split].select(range(min(2, len(raw[split]))))})
+    trial_decode(text_model, text_model.model, data.tokenize(two, text_model, cfg.data)[0][split], cfg.eval, split)
+    lines.append(f"generation: two {split} rows decode as evaluation decodes them")
     return lines

@@ -377,6 +377,16 @@ def test_non_utf8_in_an_extra_column_and_a_gzip_file_are_named(tmp_path, toy_pai
         load_raw(cfg(path=str(tmp_path)), ["train"])
 
 
+def test_a_truncated_gzip_file_is_one_line(tmp_path, toy_pairs):
+    """Cut short (a copy interrupted): said so in one line, not a traceback from re-reading it."""
+    whole = gzip.compress("".join(f'{{"en": "{p["en"]}", "es": "{p["es"]}"}}\n' for p in toy_pairs).encode())
+    (tmp_path / "train.jsonl.gz").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataError, match=r"could not read .*train.jsonl.gz as json: it cannot be decompressed, cut "
+                                         r"short or damaged \(EOFError: Compressed file ended before the end-of-stream "
+                                         r"marker was reached\); copy or compress it again$"):
+        load_raw(cfg(path=str(tmp_path)), ["train"])
+
+
 def test_a_broken_json_line_is_named_by_its_line(tmp_path, toy_pairs):
     rows = "".join(f'{{"en": "{p["en"]}", "es": "{p["es"]}"}}\n' for p in toy_pairs[:30])
     lines = rows.splitlines(keepends=True)

@@ -163,6 +163,14 @@ def test_unknown_language_codes_and_tokenizers_without_languages(stand_in_dir):
                                   "model.generation.repetition_penalty: 1.0"),
     ({"num_beams": 4}, "model.generation.num_beams: set eval.num_beams instead"),
     ({"temperature": 0.7}, "model.generation.temperature: set reinforce.candidates.temperature instead"),
+    ({"no_repeat_ngram_size": "banana"}, r"model.generation.no_repeat_ngram_size must be a whole number >= 0, "
+                                         r"got 'banana'"),
+    ({"min_new_tokens": -2}, r"model.generation.min_new_tokens must be a whole number >= 0, got -2"),
+    ({"length_penalty": "long"}, r"model.generation.length_penalty must be a number, got 'long'"),
+    ({"forced_bos_token_id": 99999}, r"model.generation.forced_bos_token_id: 99999 is not a token id of this model "
+                                     r"\(0 to \d+\)"),
+    ({"suppress_tokens": [3, -1]}, r"model.generation.suppress_tokens: -1 is not a token id"),
+    ({"bad_words_ids": [[3, "x"]]}, r"model.generation.bad_words_ids: 'x' is not a token id"),
 ])
 def test_generation_overrides_are_checked(stand_in_dir, generation, needle):
     with pytest.raises(SeqrlError, match=needle):

@@ -129,7 +129,17 @@ def test_resuming_a_lora_checkpoint_into_a_full_run_is_refused(stand_in_dir, toy
     assert_one_line_error(rc, capsys.readouterr().err, "run.resume", "trained on other base weights")
     rc = main(["finetune", str(tmp_path / "r.yaml"), "--set", "run.resume=auto", "--set", "model.lora=null",
                "--set", "schedule.xent_steps=4"])
-    assert_one_line_error(rc, capsys.readouterr().err, "run.resume", "holds LoRA adapters, and this recipe trains every")
+    assert_one_line_error(rc, capsys.readouterr().err, "run.resume", "holds LoRA adapters only (a recipe with "
+                          "model.lora), and this recipe trains every weight (no model.lora)")
+    # the other way: a full fine-tuning checkpoint into a LoRA recipe
+    assert main(["finetune", str(tmp_path / "r.yaml"), "--set", "model.lora=null",
+                 "--set", f"run.output_dir={tmp_path / 'full'}"]) == 0
+    capsys.readouterr()
+    rc = main(["finetune", str(tmp_path / "r.yaml"), "--set", f"run.output_dir={tmp_path / 'lora'}",
+               "--set", f"run.resume={tmp_path / 'full' / 'checkpoints' / 'step-00000003'}", "--set", "schedule.xent_steps=4"])
+    err = capsys.readouterr().err
+    assert_one_line_error(rc, err, "run.resume", "holds every weight of its model (a recipe without model.lora), "
+                          "and this recipe trains LoRA adapters only (model.lora); use its own recipe")
 
 
 @pytest.mark.parametrize("arch", ["marian", "gpt2"])
@@ -207,7 +217,7 @@ def test_base_fingerprint_of_zero3_partitions_is_the_whole_models():
     assert base_fingerprint(_zero3_like(other, 0, 3), lambda t: t) != parts[0]
 
 
-@pytest.mark.parametrize("same_base", [True, False])
+@pytest.mark.parametrize("same_base", [True, False, "buffer"])
 def test_resume_fingerprints_the_base_before_a_whole_model_checkpoint_loads(monkeypatch, tmp_path, same_base):
     """A DeepSpeed or FSDP checkpoint holds the base weights too, and loading it puts them back: the
     comparison has to use the recipe's base as it was before the load. (Measured: a ZeRO-3 LoRA
@@ -215,24 +225,29 @@ def test_resume_fingerprints_the_base_before_a_whole_model_checkpoint_loads(monk
     from types import SimpleNamespace
 
     from seqrl import session
-    from seqrl.lora import base_fingerprint
+    from seqrl.lora import base_fingerprint, buffers_fingerprint
 
     model = torch.nn.Linear(3, 2)
     model.weight.requires_grad_(False)  # the frozen base; the bias stands for the adapters
+    model.register_buffer("final_logits_bias", torch.zeros(1, 2))  # a base weight that is a buffer (Marian's)
     trained_on = copy.deepcopy(model)
-    if not same_base:
+    if same_base is False:
         trained_on.weight.data[0, 0] += 1.0
+    if same_base == "buffer":  # changed in place: the parameters' fingerprint alone misses it
+        trained_on.final_logits_bias[0, 1] = 0.5
 
     def load_whole_model(accelerator, path, lora_model):
         lora_model.weight.data.copy_(trained_on.weight.data)
-        return {"step": 3, "lora_base": base_fingerprint(trained_on), "baseline": {}}
+        lora_model.final_logits_bias.copy_(trained_on.final_logits_bias)
+        return {"step": 3, "lora_base": base_fingerprint(trained_on), "lora_buffers": buffers_fingerprint(trained_on),
+                "baseline": {}}
 
     loaded = []
     monkeypatch.setattr(session, "load_checkpoint", load_whole_model)
     run = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(lora=object())), model=model, reference=None,
                           accelerator=SimpleNamespace(print=lambda *a: None),
                           baseline=SimpleNamespace(load_state_dict=loaded.append))
-    if same_base:
+    if same_base is True:
         assert session.resume(run, tmp_path)["step"] == 3 and loaded == [{}]
     else:
         with pytest.raises(SeqrlError, match="trained on other base weights"):

@@ -112,3 +112,33 @@ def test_model_reward_errors_are_one_line(name, kwargs, needle):
 def test_classifier_label_not_in_the_models_labels(classifier_dir):
     with pytest.raises(SeqrlError, match=r"label 'positive' is not one of the model's labels \['bad', 'good'\]"):
         build([RewardConfig(name="classifier", kwargs={"model": str(classifier_dir), "label": "positive"})])
+
+
+def test_a_classifier_without_its_head_is_refused():
+    """MiniLM has no classification head: transformers would add a random one, and every text
+    would score about 0.5; one line naming the missing weights instead."""
+    with pytest.raises(SeqrlError, match=r"reward 'classifier': model '.*' lacks 2 weight\(s\) this reward uses, which "
+                                         r"would be initialised at random \(e.g. classifier.bias, classifier.weight\); "
+                                         r"give a sequence classifier"):
+        build([RewardConfig(name="classifier", kwargs={"model": MINILM})])
+
+
+@pytest.fixture(scope="module")
+def layerless_dir(tmp_path_factory) -> Path:
+    """MiniLM's files with a model.safetensors that holds its embeddings only (no layers)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    directory = tmp_path_factory.mktemp("layerless") / "minilm"
+    shutil.copytree(MINILM, directory)
+    weights = load_file(str(directory / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "embeddings" in k}, str(directory / "model.safetensors"))
+    return directory
+
+
+@pytest.mark.parametrize("name", ["bertscore", "embedding_similarity"])
+def test_a_model_without_the_layers_a_reward_reads_is_refused(layerless_dir, name):
+    with pytest.raises(SeqrlError, match=rf"reward '{name}': model '.*' lacks \d+ weight\(s\) this reward uses, which "
+                                         r"would be initialised at random \(e.g. (encoder|layer)\..*\)"):
+        build([RewardConfig(name=name, kwargs={"model": str(layerless_dir)})])

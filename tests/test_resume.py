@@ -4,6 +4,7 @@ stage and once in a MIXER stage. Also: checkpoints are atomic and pruned to the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,7 +36,7 @@ def _recipe(data_dir: Path, out: Path, lora: bool = False) -> dict:
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 4},
         "run": {"output_dir": str(out), "seed": 1, "save_every": 1, "keep_checkpoints": 3},
-        "log": {"every": 1, "progress_bar": False},
+        "log": {"every": 4, "progress_bar": False},  # kills fall inside a logging window
     }
 
 
@@ -96,8 +97,14 @@ def test_sigkill_then_resume_is_bitwise_equal(reference_run, kill_at):
     assert resumed.keys() == reference.keys()
     different = [k for k in reference if not (resumed[k] == reference[k]).all()]
     assert not different, f"killed at checkpoint {killed_at}: {len(different)} tensors differ, e.g. {different[0]}"
-    steps = [yaml.safe_load(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps), "metrics.jsonl must not repeat the steps after the checkpoint"
+    assert _metrics(out) == _metrics(tmp / "reference"), "metrics.jsonl differs from the uninterrupted run's"
+
+
+def _metrics(out: Path) -> list[dict]:
+    """metrics.jsonl without what depends on the clock (times, rates): line for line, the same
+    numbers in a resumed run as in an uninterrupted one (the logging window is in the checkpoint)."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if not (k.startswith("time/") or k.endswith(("_per_s", "/seconds")))} for line in lines]
 
 
 def test_checkpoints_are_pruned_and_complete(reference_run):

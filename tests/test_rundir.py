@@ -235,3 +235,55 @@ def test_time_based_checkpoints_and_the_default(tiny_recipe, tmp_path):
     assert not (out / "checkpoints").exists()
     assert main(["finetune", str(path), "--set", "run.overwrite=true", "--set", "run.save_every_minutes=1e-9"]) == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000004"]
+
+
+# -- no silent replacement ------------------------------------------------------------------------
+
+
+def test_overwrite_moves_the_earlier_run_aside_and_says_so(finished_run, capsys):
+    recipe, path = finished_run
+    out = Path(recipe["run"]["output_dir"])
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(["finetune", str(path), "--set", "run.overwrite=true", "--set", "schedule.xent_steps=1"]) == 0
+    printed = capsys.readouterr().out
+    [aside] = out.parent.glob(f"{out.name}.replaced-*")
+    line = next(line for line in printed.splitlines() if line.startswith("run.overwrite:"))
+    assert f"moving the earlier run in {out}" in line and f"aside to {aside}/" in line
+    assert "final/" in line and "checkpoints/" in line and "metrics.jsonl" in line
+    moved = snapshot(aside)
+    assert {k: v for k, v in before.items() if k != LOCK_FILE} == moved, "the earlier run moved whole"
+    assert (out / "checkpoints" / "step-00000001").is_dir() and not (out / "checkpoints" / "step-00000002").exists()
+
+
+def test_overwrite_delete_removes_the_earlier_run_and_says_so(finished_run, capsys):
+    recipe, path = finished_run
+    out = Path(recipe["run"]["output_dir"])
+    capsys.readouterr()
+    assert main(["finetune", str(path), "--set", "run.overwrite=delete", "--set", "schedule.xent_steps=1"]) == 0
+    assert f"run.overwrite=delete: removing the earlier run in {out} (" in capsys.readouterr().out
+    assert not list(out.parent.glob(f"{out.name}.replaced-*"))
+    assert not (out / "checkpoints" / "step-00000002").exists()
+
+
+def test_overwrite_refuses_other_words(finished_run, capsys):
+    _, path = finished_run
+    assert main(["finetune", str(path), "--set", "run.overwrite=remove"]) == 2
+    assert "run.overwrite" in capsys.readouterr().err
+
+
+def test_resume_auto_with_nothing_to_resume_says_it_starts_fresh(tiny_recipe, tmp_path, capsys):
+    tiny_recipe["data"]["test_split"] = None
+    tiny_recipe["run"]["resume"] = "auto"
+    path = write_recipe(tmp_path / "recipe.yaml", tiny_recipe)
+    assert main(["finetune", str(path)]) == 0
+    out = Path(tiny_recipe["run"]["output_dir"])
+    assert f"run.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh" in capsys.readouterr().out
+
+
+def test_shipped_recipes_do_not_overwrite():
+    """A copied recipe never replaces an earlier run; `make quickstart` asks for it on its command line."""
+    root = Path(__file__).resolve().parent.parent
+    for recipe in sorted((root / "recipes").rglob("*.yaml")):
+        assert "overwrite" not in (yaml.safe_load(recipe.read_text()).get("run") or {}), recipe
+    assert "seqrl finetune recipes/quickstart.yaml --set run.overwrite=true" in (root / "Makefile").read_text()

@@ -18,12 +18,14 @@ eval mode, on the training device), called like any reward with its process's ow
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import torch
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import SeqrlError, first_sentence
 
 
 def _load(what: str, loader, name: str):
@@ -31,7 +33,24 @@ def _load(what: str, loader, name: str):
         return loader(name)
     except (OSError, ValueError) as err:
         raise SeqrlError(f"reward '{what}': model '{name}' could not be loaded (not a model directory, or a hub "
-                         f"name while offline): {str(err).splitlines()[0][:120]}") from None
+                         f"name while offline): {first_sentence(err, 160)}") from None
+
+
+def _load_model(what: str, auto_class, name: str, reads=lambda key: True, kind: str = ""):
+    """`auto_class.from_pretrained(name)`, refused when a weight the reward reads (`reads(key)`)
+    is not in the checkpoint: transformers would initialise it at random and only warn (a
+    classifier's head on a model without one scores noise, about 0.5 for every text)."""
+    model, info = _load(what, lambda n: auto_class.from_pretrained(n, output_loading_info=True), name)
+    missing = sorted(k for k in info.get("missing_keys", ()) if reads(k))
+    if missing:
+        raise SeqrlError(f"reward '{what}': model '{name}' lacks {len(missing)} weight(s) this reward uses, which "
+                         f"would be initialised at random (e.g. {', '.join(missing[:2])}); give {kind or 'a model that has them'}")
+    return model
+
+
+def _not_pooler(key: str) -> bool:
+    """BERTScore and sentence embeddings read the hidden states, never BERT's pooler."""
+    return not (key.startswith("pooler.") or ".pooler." in key)
 
 
 def _batches(items: list, size: int):
@@ -49,7 +68,8 @@ class BERTScore:
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = _load("bertscore", AutoTokenizer.from_pretrained, model)
-        encoder = _load("bertscore", AutoModel.from_pretrained, model)
+        encoder = _load_model("bertscore", AutoModel, model, lambda k: _not_pooler(k) and not k.startswith("decoder."),
+                              "an encoder with all its layers")
         self.encoder = (encoder.get_encoder() if encoder.config.is_encoder_decoder else encoder).eval()
         layers = self.encoder.config.num_hidden_layers
         if layer is not None and not 0 <= layer <= layers:
@@ -124,6 +144,12 @@ class EmbeddingSimilarity:
             raise SeqrlError("reward 'embedding_similarity' needs sentence-transformers: "
                              "`pip install sentence-transformers`") from None
         self.model = _load("embedding_similarity", lambda n: SentenceTransformer(n, device="cpu"), model)
+        transformer = _transformer_dir(Path(model))
+        if transformer is not None:  # (sentence-transformers loads it with AutoModel, warning only when weights miss)
+            from transformers import AutoModel
+
+            _load_model("embedding_similarity", AutoModel, str(transformer), _not_pooler,
+                        "a sentence-transformers model with all its layers")
         self.batch_size = batch_size
 
     def setup(self, device: torch.device, train_references: list[str]) -> None:
@@ -139,6 +165,20 @@ class EmbeddingSimilarity:
         return ((1 + cosine.clamp(-1, 1)) / 2).tolist()
 
 
+def _transformer_dir(root: Path) -> Path | None:
+    """Where a local sentence-transformers model keeps its transformer (modules.json's Transformer
+    module; a plain transformers directory is one itself); None for a hub name."""
+    if not root.is_dir():
+        return None
+    modules = root / "modules.json"
+    if not modules.is_file():
+        return root
+    for module in json.loads(modules.read_text()):
+        if module.get("type", "").endswith("Transformer"):
+            return root / module.get("path", "")
+    return None
+
+
 class Classifier:
     """The probability (or logit) of `label` from a sequence classifier, on the completion alone
     or as a pair with its source (`pair: source`) or reference (`pair: reference`)."""
@@ -148,7 +188,8 @@ class Classifier:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = _load("classifier", AutoTokenizer.from_pretrained, model)
-        self.model = _load("classifier", AutoModelForSequenceClassification.from_pretrained, model).eval()
+        self.model = _load_model("classifier", AutoModelForSequenceClassification, model,
+                                 kind="a sequence classifier trained with its head (AutoModelForSequenceClassification)").eval()
         labels = self.model.config.id2label
         if isinstance(label, str) and label not in labels.values():
             raise SeqrlError(f"reward 'classifier': label '{label}' is not one of the model's labels "
