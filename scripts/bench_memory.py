@@ -116,8 +116,8 @@ def projection_arm(args) -> dict:
 def run_arm(args) -> dict:
     """One arm in this process: set up, one warm-up step, `--steps` timed steps."""
     import torch
-
     from benchkit.seqrl_loop import make_accelerator, setup_run, watched_loop  # scripts/benchkit, beside this file
+
     from seqrl.config import from_dict
     from seqrl.train import micro_step
 

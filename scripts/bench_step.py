@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchkit.seqrl_loop import setup_run, watched_loop  # noqa: E402  scripts/benchkit, beside this file
-from benchkit.step_workload import (ARCHS, SIZES, bible_tokenizer, build_model, load_pairs,  # noqa: E402
-                                    seqrl_recipe, summarize)
+from benchkit.step_workload import ARCHS, SIZES, bible_tokenizer, build_model, load_pairs, seqrl_recipe, summarize  # noqa: E402
+
 from seqrl.config import from_dict  # noqa: E402
 from seqrl.modeling import pad_rows  # noqa: E402
 from seqrl.rewards import fast  # noqa: E402

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 from seqrl.runlog import METRICS_FILE, read_metrics
@@ -58,12 +59,12 @@ def diverging(lines: list[dict], metrics: list[str], window: int) -> tuple[dict,
     if len(evals) < window or any(r is None for r in rewards[-window:]):
         return {}, []
     recent, trend = evals[-window:], rewards[-window:]
-    if not all(b > a for a, b in zip(trend, trend[1:])):
+    if not all(b > a for a, b in pairwise(trend)):
         return {}, []
     alarms, messages = {}, []
     for name in metrics:
         values = [m.get(f"eval/{name}") for m in recent]
-        if None not in values and all(b < a for a, b in zip(values, values[1:])):
+        if None not in values and all(b < a for a, b in pairwise(values)):
             alarms[f"alarm/diverging_{name}"] = 1.0
             messages.append(f"eval/{name} fell {values[0]:.2f} -> {values[-1]:.2f} over {window} evaluations while "
                             f"the training reward rose {trend[0]:.3f} -> {trend[-1]:.3f}: is the reward being gamed?")

@@ -76,7 +76,8 @@ def _recipe(recipe, overrides: dict[str, Any]) -> RecipeConfig:
     elif isinstance(recipe, (str, Path)):
         raw = to_dict(load_recipe(recipe))
     else:
-        raise ConfigError(f"finetune: recipe must be a YAML path, a dict or a RecipeConfig, got {type(recipe).__name__}")
+        raise ConfigError(f"finetune: recipe must be a YAML path, a dict or a RecipeConfig, "
+                          f"got {type(recipe).__name__}")
     for key, value in overrides.items():
         set_value(raw, key, value, f"overrides['{key}']")
     return from_dict(raw)

@@ -21,14 +21,14 @@ import dataclasses
 
 import torch
 
-from seqrl.decoders import Decoding
+from seqrl.decoders import DEFAULT_DECODING, Decoding
 from seqrl.modeling import TextModel
 from seqrl.rollout import Rollout, start_decode
 
 
 @torch.no_grad()
 def beam_rollout(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
-                 n_rl_tokens: int, *, num_beams: int, max_len: int, decoding: Decoding = Decoding()) -> Rollout:
+                 n_rl_tokens: int, *, num_beams: int, max_len: int, decoding: Decoding = DEFAULT_DECODING) -> Rollout:
     """k = `num_beams` candidates per source, rows grouped by source, best first."""
     was_training = model.training
     model.eval()

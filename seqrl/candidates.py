@@ -114,8 +114,8 @@ class CandidateMaker:
                    "time/compile_s": compile_s}
         position = torch.arange(len(R), device=acc.device) % rows_per_source
         decoded = position < rows_per_source - self.settings.reference
-        return Candidates(chunks, rows_per_source, rows_per_source - self.settings.reference, decoded, torch.tensor(R, device=acc.device), parts, greedy_R,
-                          log, seconds)
+        return Candidates(chunks, rows_per_source, rows_per_source - self.settings.reference, decoded,
+                          torch.tensor(R, device=acc.device), parts, greedy_R, log, seconds)
 
     def decode(self, policy, sources: list[list[int]], targets: list[list[int]], n_rl_tokens: int,
                sampling: Sampling) -> list[Rollout]:

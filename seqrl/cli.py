@@ -12,7 +12,6 @@ import logging
 import os
 import shlex
 import sys
-import time
 import warnings
 from pathlib import Path
 

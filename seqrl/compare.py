@@ -111,7 +111,8 @@ def metric_statistics(metric: str, hypotheses: list[str], references: list[str])
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
-    f = np.array([[scorer.score(ref, hyp)[metric].fmeasure, 1.0] for hyp, ref in zip(hypotheses, references)])
+    pairs = zip(hypotheses, references, strict=True)
+    f = np.array([[scorer.score(ref, hyp)[metric].fmeasure, 1.0] for hyp, ref in pairs])
     return f, lambda summed: 100.0 * float(summed[0]) / float(summed[1])
 
 
@@ -155,7 +156,7 @@ def randomization_p_value(stats_a: np.ndarray, stats_b: np.ndarray, score_of, gr
     pos = np.random.default_rng(seed).integers(2, size=(SAMPLES["ar"], n_groups), dtype=bool)[:, group_of]
     neg, pos = (~pos).astype(stats_a.dtype), pos.astype(stats_a.dtype)  # (converted once, not per product)
     shuffled_a, shuffled_b = pos @ stats_a + neg @ stats_b, neg @ stats_a + pos @ stats_b
-    trials = np.array([abs(score_of(x) - score_of(y)) for x, y in zip(shuffled_a, shuffled_b)])
+    trials = np.array([abs(score_of(x) - score_of(y)) for x, y in zip(shuffled_a, shuffled_b, strict=True)])
     return tail_p_value(trials, observed)
 
 
@@ -202,7 +203,7 @@ def check_same_examples(rows_a: list[dict], rows_b: list[dict], path_a: Path, pa
     if len(rows_a) != len(rows_b):
         raise DataError(f"{path_a} has {len(rows_a)} rows and {path_b} {len(rows_b)}: not predictions of the same "
                         "sources")
-    for number, (a, b) in enumerate(zip(rows_a, rows_b), 1):
+    for number, (a, b) in enumerate(zip(rows_a, rows_b, strict=True), 1):
         for field in ("source", "reference"):
             if a[field] != b[field]:
                 raise DataError(f"row {number} of {path_a} and {path_b} has different {field}s: they do not hold "

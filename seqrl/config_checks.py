@@ -22,11 +22,15 @@ def check_recipe(cfg: RecipeConfig) -> None:
               "run.keep_checkpoints", "schedule.delta", "reinforce.candidates.num_samples",
               "reinforce.candidates.temperature", "reinforce.baseline.lr", "reinforce.estimator.risk_alpha")
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
-                  "run.save_every", "run.save_every_minutes", "data.split_seed", "log.samples_every", "log.samples", "schedule.xent_steps", "schedule.xent_epochs",
+                  "run.save_every", "run.save_every_minutes", "data.split_seed", "log.samples_every", "log.samples",
+                  "schedule.xent_steps", "schedule.xent_epochs",
                   "reinforce.kl_coef")
-    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources", "reinforce.decoding.check_every", "data.max_train_examples", "eval.max_examples", "eval.test_max_examples", "run.max_steps",
+    _positive_or_none(cfg, "reinforce.lr", "reinforce.batch_size", "reinforce.chunk_sources",
+                      "reinforce.decoding.check_every", "data.max_train_examples", "eval.max_examples",
+                      "eval.test_max_examples", "run.max_steps",
                       "run.max_minutes", "data.validation_from_train", "data.num_proc", "tokenizer.max_train_examples",
-                      "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs", "schedule.final_stage_steps",
+                      "optim.max_grad_norm", "schedule.stage_steps", "schedule.stage_epochs",
+                      "schedule.final_stage_steps",
                       "schedule.rl_steps", "schedule.rl_epochs", "schedule.anneal_steps")
     _in_unit_interval(cfg, "xent.label_smoothing", "schedule.xent_weight", "reinforce.baseline.ema_decay")
     if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
@@ -141,7 +145,8 @@ def _check_reinforce(cfg: RecipeConfig) -> None:
     if est.kind == "risk":
         if cand.num_samples + cand.reference < 2:
             raise ConfigError(f"reinforce.estimator.kind: risk needs reinforce.candidates.num_samples >= 2 "
-                              f"candidates per source (got {cand.num_samples}), or candidates.reference: true beside one")
+                              f"candidates per source (got {cand.num_samples}), or candidates.reference: true "
+                              f"beside one")
         if base.kind in ("greedy", "learned") or base.normalize_advantages:
             what = "normalize_advantages" if base.normalize_advantages else f"kind: {base.kind}"
             raise ConfigError(f"reinforce.baseline.{what} does nothing under reinforce.estimator.kind: risk (its "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import lzma
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets

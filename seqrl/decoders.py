@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import torch
@@ -55,6 +55,8 @@ class Decoding:
     compile_log: CompileLog = field(default_factory=CompileLog, compare=False)
 
 
+DEFAULT_DECODING = Decoding()  # (eager, dynamic cache: what a rollout called without a `Decoding` gets)
+
 def resolve(kv_cache: str, compile: bool | None, check_every: int | None, model, device: torch.device,
             source_width: int) -> Decoding:
     """The recipe's `reinforce.decoding` (kv_cache, compile, check_every) for this model and device."""
@@ -77,7 +79,7 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-@lru_cache(maxsize=None)
+@cache
 def accepts(model_class: type, argument: str) -> bool:
     return argument in inspect.signature(model_class.forward).parameters
 
@@ -204,7 +206,8 @@ class CausalDecoder:
         self.positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
         self.keep = {"logits_to_keep": 1} if accepts(type(base_model(model)), "logits_to_keep") else {}
         config = base_model(model).config.get_text_config(decoder=True)
-        self.cache = _static_cache(model, config, self.mask.shape[0], self.mask.shape[1], None) if self.static else DynamicCache()
+        self.cache = (_static_cache(model, config, self.mask.shape[0], self.mask.shape[1], None) if self.static
+                      else DynamicCache())
         self.model, self.step, self.fed = model, _Step(model, decoding), 0
         if self.static:  # (N, 1, L, L): row p is what the query at position p may see
             shape_only = torch.empty(*self.mask.shape, 1, dtype=next(model.parameters()).dtype, device=mask.device)

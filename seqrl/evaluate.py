@@ -43,11 +43,12 @@ def decode(text_model: TextModel, model: torch.nn.Module, source_ids: list[list[
     batches = range(0, len(order), batch_size)
     asked = 0
     try:
-        for start in tqdm(batches, desc="decode", disable=None if progress else True, leave=False):  # (None: a tty only)
+        # (tqdm's disable=None: bars on a terminal only)
+        for start in tqdm(batches, desc="decode", disable=None if progress else True, leave=False):
             idx = order[start:start + batch_size]
             out = text_model.generate(model, [source_ids[i] for i in idx], num_beams=num_beams,
                                       max_new_tokens=max_new_tokens)
-            for i, text in zip(idx, text_model.decode(out)):
+            for i, text in zip(idx, text_model.decode(out), strict=True):
                 texts[i] = text
             asked += 1
             _ask(stop)
@@ -93,7 +94,7 @@ def evaluate_split(text_model: TextModel, model: torch.nn.Module, dataset: Datas
                    num_beams=eval_cfg.num_beams, max_new_tokens=eval_cfg.max_new_tokens,
                    progress=progress and accelerator.is_main_process, stop=stop,
                    rounds=-(-largest // eval_cfg.batch_size))
-    pairs = gather_object(list(zip(mine, texts)))
+    pairs = gather_object(list(zip(mine, texts, strict=True)))
     if not accelerator.is_main_process:
         return {}
     hyps = [text for _, text in sorted(dict(pairs).items())]
@@ -111,7 +112,7 @@ def write_predictions(path: Path, sources: list[str], references: list[str], hyp
         with disk_writes(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             with tmp.open("w", encoding="utf-8") as f:
-                for src, ref, hyp in zip(sources, references, hypotheses):
+                for src, ref, hyp in zip(sources, references, hypotheses, strict=True):
                     f.write(json.dumps({"source": src, "reference": ref, "hypothesis": hyp}, ensure_ascii=False) + "\n")
             tmp.replace(path)
     finally:

@@ -195,7 +195,7 @@ class Constraints:
         checks = torch.stack([zeros.any(), *(torch.isinf(m).any() for m in out.values())]).tolist()
         if checks[0]:
             raise RuntimeError("a logits processor changed its input in place")
-        return {t: m for (t, m), keep in zip(out.items(), checks[1:]) if keep}
+        return {t: m for (t, m), keep in zip(out.items(), checks[1:], strict=True) if keep}
 
 
 def masked_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, masks: dict[int, torch.Tensor]) -> torch.Tensor:

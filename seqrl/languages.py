@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from seqrl.config import TokenizerConfig
 
+
 def language_part(code: str | None) -> str | None:
     """`en_XX` (mBART), `eng_Latn` (NLLB), `__en__` (M2M100), `en` -> the ISO 639 code."""
     if not code:

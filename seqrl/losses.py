@@ -8,7 +8,8 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100  # label of a position that predicts nothing (padding, prompt): transformers' convention
 
 
-def xent_sum(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def xent_sum(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over the positions whose label is not IGNORE_INDEX, and their number.
 
     logits (B, T, V), labels (B, T). Computed in float32 whatever the logits' dtype, so bf16
@@ -20,7 +21,8 @@ def xent_sum(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float 
     return loss, n_tokens
 
 
-def masked_xent(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_xent(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over the scored positions, and their number."""
     loss, n_tokens = xent_sum(logits, labels, label_smoothing)
     return loss / n_tokens.clamp(min=1), n_tokens

@@ -27,7 +27,7 @@ def corpus_scores(hypotheses: list[str], references: list[str], names: list[str]
     if rouge:
         scorer = rouge_scorer.RougeScorer(rouge, use_stemmer=True)
         totals = dict.fromkeys(rouge, 0.0)
-        for hyp, ref in zip(hypotheses, references):
+        for hyp, ref in zip(hypotheses, references, strict=True):
             for name, score in scorer.score(ref, hyp).items():
                 totals[name] += score.fmeasure
         scores.update({name: 100.0 * total / len(hypotheses) for name, total in totals.items()})

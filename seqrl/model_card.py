@@ -115,8 +115,10 @@ def write_model_card(directory: Path, cfg: RecipeConfig, is_seq2seq: bool, steps
              "## Training", "",
              f"- data: `{cfg.data.path or cfg.data.files}` ({cfg.data.source_field} -> {cfg.data.target_field})",
              f"- {steps} optimizer steps; schedule `{cfg.schedule.kind}`"
-             + (f", {cfg.schedule.xent_steps} cross-entropy steps first" if cfg.schedule.xent_steps is not None else ""),
-             f"- rewards: {rewards}; baseline `{cfg.reinforce.baseline.kind}`, {cfg.reinforce.candidates.num_samples} samples per source",
+             + (f", {cfg.schedule.xent_steps} cross-entropy steps first"
+                if cfg.schedule.xent_steps is not None else ""),
+             f"- rewards: {rewards}; baseline `{cfg.reinforce.baseline.kind}`, "
+             f"{cfg.reinforce.candidates.num_samples} samples per source",
              "- weights: " + (f"LoRA rank {cfg.model.lora.rank} adapters, merged here (the adapter is in `adapter/`)"
                                if cfg.model.lora else "all trained"),
              f"- the whole recipe: `{RECIPE}`", ""]
@@ -158,5 +160,6 @@ def push(run_dir: Path, repo_id: str, private: bool) -> str:
         url = api.create_repo(repo_id, exist_ok=True, private=private)
         api.upload_folder(folder_path=str(final), repo_id=repo_id, commit_message=f"seqrl: {run_dir.name}")
     except Exception as err:  # no token, no network, no permission: the hub's many errors
-        raise SeqrlError(f"upload to {repo_id} failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}") from None
+        first_line = str(err).splitlines()[0][:160]
+        raise SeqrlError(f"upload to {repo_id} failed: {type(err).__name__}: {first_line}") from None
     return str(url)

@@ -23,9 +23,9 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PretrainedConfig,
 )
 
 from seqrl import generation
@@ -231,10 +231,7 @@ def build(model_cfg: ModelConfig, tok_cfg: TokenizerConfig, data_cfg: DataConfig
     check_local("tokenizer.name_or_path", tok_cfg.name_or_path)
     tokenizer = load_or_train(model_cfg, tok_cfg, training_texts)
     target_language = set_languages(tokenizer, tok_cfg.src_lang, tok_cfg.tgt_lang)
-    if model_cfg.name_or_path is not None:
-        model = _load_pretrained(model_cfg)
-    else:
-        model = _from_config(model_cfg, tokenizer)
+    model = _load_pretrained(model_cfg) if model_cfg.name_or_path is not None else _from_config(model_cfg, tokenizer)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise SeqrlError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
                          f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")

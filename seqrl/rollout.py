@@ -22,9 +22,9 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers.modeling_outputs import BaseModelOutput
 
-from seqrl.decoders import CausalDecoder, Decoding, Seq2SeqDecoder, accepts, base_model
-from seqrl.losses import IGNORE_INDEX
+from seqrl.decoders import DEFAULT_DECODING, CausalDecoder, Decoding, Seq2SeqDecoder, accepts, base_model
 from seqrl.generation import Constraints
+from seqrl.losses import IGNORE_INDEX
 from seqrl.modeling import TextModel, pad_rows
 from seqrl.sampling import Sampling, Uniforms, sample
 
@@ -157,7 +157,7 @@ def start_decode(text_model: TextModel, model, source_ids: list[list[int]], targ
 @torch.no_grad()
 def rollout(text_model: TextModel, model, source_ids: list[list[int]], target_ids: list[list[int]],
             n_rl_tokens: int, *, num_samples: int, max_len: int, sampling: Sampling,
-            decoding: Decoding = Decoding()) -> Rollout:
+            decoding: Decoding = DEFAULT_DECODING) -> Rollout:
     """k = `num_samples` rollouts per source, rows grouped by source (row i is source i // k)."""
     was_training = model.training
     model.eval()

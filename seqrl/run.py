@@ -13,23 +13,27 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from datasets import DatasetDict
-from torch.utils.data import DataLoader
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
 
 from seqrl import baselines, batching, data, distributed, lora, modeling
 from seqrl.baselines import Baseline, LearnedBaseline
 from seqrl.candidates import CandidateMaker
 from seqrl.config import ModelConfig, RecipeConfig
-from seqrl.decoders import Decoding, resolve as resolve_decoding
-from seqrl.objectives import Objective, build as build_objective
+from seqrl.decoders import Decoding
+from seqrl.decoders import resolve as resolve_decoding
 from seqrl.errors import SeqrlError
-from seqrl.reference import Reference, build as build_reference
+from seqrl.objectives import Objective
+from seqrl.objectives import build as build_objective
+from seqrl.reference import Reference
+from seqrl.reference import build as build_reference
 from seqrl.rewards import Reward
 from seqrl.rewards.inputs import probe
 from seqrl.rundir import NEW_TOKENIZER
 from seqrl.runlog import RunLog
 from seqrl.schedule import Schedule, lr_factor
 from seqrl.tokenizer import train_tokenizer, training_texts
+
 
 @dataclass
 class Run:

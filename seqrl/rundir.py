@@ -18,6 +18,7 @@ has passed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -193,10 +194,8 @@ def check_shared(out: Path, accelerator: Accelerator, env=os.environ) -> None:
     if writes:
         marker.unlink(missing_ok=True)
         if created and problem is not None:  # a directory of this machine's own, made for the marker
-            try:
+            with contextlib.suppress(OSError):  # not empty after all: leave it
                 out.rmdir()
-            except OSError:  # not empty after all: leave it
-                pass
     if problem is not None:
         raise SeqrlError(problem)
 

@@ -3,6 +3,7 @@ accelerate's trackers (tensorboard, wandb, ...), which must be installed when na
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+from accelerate.utils import gather_object
 
 from seqrl.config import RecipeConfig, to_dict
 from seqrl.errors import ConfigError, SeqrlError, disk_writes
@@ -102,17 +104,16 @@ class RunLog:
         """Sampled rows to samples.jsonl and to every tracker that shows tables or text."""
         rows = [{"step": step, "stage": plan.stage, "delta": plan.n_rl_tokens, **row} for row in rows]
         if self.file is not None:
-            with disk_writes(self.path.parent / SAMPLES_FILE), (self.path.parent / SAMPLES_FILE).open("a", encoding="utf-8") as f:
+            samples = self.path.parent / SAMPLES_FILE
+            with disk_writes(samples), samples.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         if rows and self.cfg.log.trackers:
             log_samples_to_trackers(self.accelerator, step, rows)
 
     def close(self) -> None:
         if self.file is not None:
-            try:
+            with contextlib.suppress(OSError):  # a line refused by a full disk: already reported by `write`
                 self.file.close()
-            except OSError:  # a line refused by a full disk: already reported by `write`
-                pass
             self.file = None
 
 
@@ -176,3 +177,46 @@ def last_scores(output_dir: str | Path) -> dict[str, float]:
     for line in read_metrics(output_dir):
         scores.update({k: v for k, v in line.items() if k.split("/")[0] in ("eval", "test") and v is not None})
     return scores
+
+
+class LogWindow:
+    """Training statistics between two log lines: means, and `*_tokens` counts as rates."""
+
+    def __init__(self):
+        self.sums, self.counts, self.start = {}, {}, time.perf_counter()
+
+    def add(self, stats: dict[str, float]) -> None:
+        self.add_sums(stats, dict.fromkeys(stats, 1))
+
+    def gathered(self) -> list:
+        """Every process's statistics since the last log line, for a checkpoint: a resumed run's
+        first log line then averages the same steps as the uninterrupted run's (a collective)."""
+        return gather_object([[self.sums, self.counts]])
+
+    def load(self, windows: list, accelerator: Accelerator) -> None:
+        """This process's part of `gathered` (on another number of processes, all on the first)."""
+        if len(windows) == accelerator.num_processes:
+            self.sums, self.counts = (dict(part) for part in windows[accelerator.process_index])
+        elif windows and accelerator.is_main_process:
+            for sums, counts in windows:
+                self.add_sums(sums, counts)
+
+    def add_sums(self, sums: dict[str, float], counts: dict[str, int]) -> None:
+        for key, value in sums.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + counts[key]
+
+    def flush(self, accelerator: Accelerator) -> dict[str, float]:
+        """Averaged over steps and processes (gathered as small dicts: key sets may differ by rank)."""
+        seconds = time.perf_counter() - self.start
+        windows = gather_object([(self.sums, self.counts)])
+        self.sums, self.counts, self.start = {}, {}, time.perf_counter()
+        keys = sorted({k for sums, _ in windows for k in sums})
+        out = {}
+        for key in keys:
+            total = sum(sums.get(key, 0.0) for sums, _ in windows)
+            if key.endswith("_tokens"):  # summed over processes: throughput of the whole run
+                out[f"train/{key}_per_s"] = total / seconds
+            else:
+                out[key] = total / sum(counts.get(key, 0) for _, counts in windows)
+        return out

@@ -10,6 +10,7 @@ import re
 import textwrap
 import types
 import typing
+from itertools import pairwise
 from typing import Any
 
 import yaml
@@ -26,7 +27,7 @@ def field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
     docs = {}
-    for stmt, nxt in zip(body, body[1:]):
+    for stmt, nxt in pairwise(body):
         if (isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
                 and isinstance(nxt.value.value, str)):
             docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)

@@ -48,8 +48,9 @@ def xent_step(model, text_model: TextModel, accelerator: Accelerator, batch: dic
     total, n_tokens = xent_sum(logits, labels, label_smoothing)
     loss = total / _per_process(accelerator, n_tokens)
     seconds = _backward(accelerator, model, loss, last=True)
-    return float(loss.detach()), {"xent_tokens": float(n_tokens), "train/xent": float(total.detach() / n_tokens.clamp(min=1)),
-                                  "time/backward_s": seconds}
+    stats = {"xent_tokens": float(n_tokens), "train/xent": float(total.detach() / n_tokens.clamp(min=1)),
+             "time/backward_s": seconds}
+    return float(loss.detach()), stats
 
 
 def mixer_step(batch: dict, plan: StagePlan, step: int, *, model, text_model: TextModel, accelerator: Accelerator,

@@ -27,7 +27,6 @@ import yaml
 
 from seqrl.errors import ConfigError
 
-
 # libyaml's parser (C) where PyYAML was built with it: ~6x faster than the pure-Python one on
 # a recipe at the size limit; the constructor and resolver, where our rules live, stay Python.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -190,7 +189,7 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{name} must be a list of {len(args)} values, got {_describe(value)}")
-        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping, got {_describe(value)}")

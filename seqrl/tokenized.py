@@ -171,7 +171,8 @@ def open_cache(where: Path, loaded: int) -> tuple[Dataset, dict]:
     except Exception as err:  # JSON, Arrow and file errors all mean the same: rebuild
         raise CorruptCache(f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}") from None
     kept = counts["loaded"] - counts["missing_sources"] - counts["empty_targets"]
-    if counts["loaded"] != loaded or len(table) != kept or (kept and not {"source_ids", "target_ids"} <= set(table.column_names)):
+    columns_missing = kept and not {"source_ids", "target_ids"} <= set(table.column_names)
+    if counts["loaded"] != loaded or len(table) != kept or columns_missing:
         raise CorruptCache(f"it holds {len(table)} rows of {counts['loaded']}, expected {loaded}")
     if FLAGS in table.column_names:
         table = table.remove_columns(FLAGS)
@@ -231,12 +232,12 @@ def encode_batch(batch: dict, encoder: TextModel, cfg: DataConfig) -> dict:
     """`map`'s function: ids (cut to the limits, EOS kept) and the row's flags."""
     sources, targets = batch[cfg.source_field], batch[cfg.target_field]
     flags = [MISSING_SOURCE if s is None else (0 if t and t.strip() else EMPTY_TARGET)
-             for s, t in zip(sources, targets)]
+             for s, t in zip(sources, targets, strict=True)]
     usable = [i for i, f in enumerate(flags) if f == 0]
     src_ids = encoder.encode_sources([sources[i] for i in usable]) if usable else []
     tgt_ids = encoder.encode_targets([targets[i] for i in usable]) if usable else []
     source_ids, target_ids = [[] for _ in flags], [[] for _ in flags]
-    for i, src, tgt in zip(usable, src_ids, tgt_ids):
+    for i, src, tgt in zip(usable, src_ids, tgt_ids, strict=True):
         source_ids[i], cut_source = cut(src, cfg.max_source_tokens)
         target_ids[i], cut_target = cut(tgt, cfg.max_target_tokens)
         flags[i] |= (CUT_SOURCE if cut_source else 0) | (CUT_TARGET if cut_target else 0)

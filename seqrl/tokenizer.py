@@ -8,7 +8,6 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 from datasets import Dataset
-
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -111,5 +110,6 @@ def language_token(tokenizer: PreTrainedTokenizerBase, code: str, field_name: st
         tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token, tokenizer.unk_token, tokenizer.mask_token))
     same_language = [c for c in codes if c.split("_")[0].lower() == code.split("_")[0].lower()]
     guess = same_language or difflib.get_close_matches(code, codes, n=1)
-    tip = f"did you mean '{guess[0]}'?" if guess else f"it knows {', '.join(codes[:6])}{', ...' if len(codes) > 6 else ''}"
+    known = f"it knows {', '.join(codes[:6])}{', ...' if len(codes) > 6 else ''}"
+    tip = f"did you mean '{guess[0]}'?" if guess else known
     raise SeqrlError(f"{field_name}: the tokenizer has no language code '{code}'; {tip}")

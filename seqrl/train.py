@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import broadcast_object_list
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
@@ -30,7 +30,7 @@ from seqrl.evaluate import EvaluationStopped, evaluate_split
 from seqrl.model_card import write_model_card
 from seqrl.plots import plot_run
 from seqrl.run import Run
-from seqrl.runlog import last_scores
+from seqrl.runlog import LogWindow, last_scores
 from seqrl.saving import gathered_weights, save_model_atomically
 from seqrl.steps import mixer_step, xent_step
 
@@ -55,7 +55,7 @@ class _Loop:
     preempted: str | None = None  # the stop signal that ended the run
     checkpoint: Path | None = None  # the newest checkpoint this run wrote
     saved_at: float = field(default_factory=time.monotonic)  # when it was written (or the run began)
-    window: "_Window" = field(default_factory=lambda: _Window())
+    window: LogWindow = field(default_factory=LogWindow)
 
     def seconds(self) -> float:
         return self.seconds_before + time.monotonic() - self.started
@@ -270,11 +270,11 @@ def track_best(run: Run, loop: _Loop, metrics: dict) -> None:
     if improved:
         loop.best = broadcast_object_list([score])[0] if run.accelerator.num_processes > 1 else score
         loop.evals_since_best = 0
-        weights = gathered_weights(run)  # (every process: a collective where the weights are sharded)
+        weights = gathered_weights(run.accelerator, run.model)  # (every process: a collective where sharded)
         if run.accelerator.is_main_process:
             chosen_on = {f"{cfg.best_metric}_mean_of_{len(loop.recent)}": score} if cfg.select_window > 1 else {}
-            save_model_atomically(run, run.out / "best", {"step": loop.step, cfg.best_metric: value, **chosen_on},
-                                  state_dict=weights)
+            save_model_atomically(run.text_model, run.accelerator.unwrap_model(run.model), run.out / "best",
+                                  {"step": loop.step, cfg.best_metric: value, **chosen_on}, state_dict=weights)
         run.accelerator.wait_for_everyone()
     else:
         loop.evals_since_best += 1
@@ -322,10 +322,13 @@ def finish(run: Run, loop: _Loop, command: str | None = None) -> Path | None:
         run.runlog.write(loop.step, {"preempted": 1})
         return None
     final = run.out / "final"
-    weights = gathered_weights(run)  # (every process: a collective where the weights are sharded)
+    weights = gathered_weights(run.accelerator, run.model)  # (every process: a collective where sharded)
     if run.accelerator.is_main_process:
-        save_model_atomically(run, final, card=lambda d: write_model_card(
-            d, cfg, run.text_model.is_seq2seq, step, last_scores(run.out), command), state_dict=weights)
+        def card(directory: Path) -> None:
+            write_model_card(directory, cfg, run.text_model.is_seq2seq, step, last_scores(run.out), command)
+
+        save_model_atomically(run.text_model, run.accelerator.unwrap_model(run.model), final, card=card,
+                              state_dict=weights)
         run.runlog.close()
         with disk_writes(run.out / "plots"):
             plots = plot_run(run.out)
@@ -333,46 +336,3 @@ def finish(run: Run, loop: _Loop, command: str | None = None) -> Path | None:
             run.accelerator.print(f"plot: {path}")
     run.accelerator.wait_for_everyone()
     return final if run.accelerator.is_main_process else None
-
-
-class _Window:
-    """Training statistics between two log lines: means, and `*_tokens` counts as rates."""
-
-    def __init__(self):
-        self.sums, self.counts, self.start = {}, {}, time.perf_counter()
-
-    def add(self, stats: dict[str, float]) -> None:
-        self.add_sums(stats, dict.fromkeys(stats, 1))
-
-    def gathered(self) -> list:
-        """Every process's statistics since the last log line, for a checkpoint: a resumed run's
-        first log line then averages the same steps as the uninterrupted run's (a collective)."""
-        return gather_object([[self.sums, self.counts]])
-
-    def load(self, windows: list, accelerator: Accelerator) -> None:
-        """This process's part of `gathered` (on another number of processes, all on the first)."""
-        if len(windows) == accelerator.num_processes:
-            self.sums, self.counts = (dict(part) for part in windows[accelerator.process_index])
-        elif windows and accelerator.is_main_process:
-            for sums, counts in windows:
-                self.add_sums(sums, counts)
-
-    def add_sums(self, sums: dict[str, float], counts: dict[str, int]) -> None:
-        for key, value in sums.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-            self.counts[key] = self.counts.get(key, 0) + counts[key]
-
-    def flush(self, accelerator: Accelerator) -> dict[str, float]:
-        """Averaged over steps and processes (gathered as small dicts: key sets may differ by rank)."""
-        seconds = time.perf_counter() - self.start
-        windows = gather_object([(self.sums, self.counts)])
-        self.sums, self.counts, self.start = {}, {}, time.perf_counter()
-        keys = sorted({k for sums, _ in windows for k in sums})
-        out = {}
-        for key in keys:
-            total = sum(sums.get(key, 0.0) for sums, _ in windows)
-            if key.endswith("_tokens"):  # summed over processes: throughput of the whole run
-                out[f"train/{key}_per_s"] = total / seconds
-            else:
-                out[key] = total / sum(counts.get(key, 0) for _, counts in windows)
-        return out

@@ -9,9 +9,9 @@ from seqrl import data, lora, modeling, rewards
 from seqrl.config import RecipeConfig
 from seqrl.evaluate import trial_decode
 from seqrl.languages import recipe_languages
+from seqrl.rewards.inputs import probe
 from seqrl.run import check_lengths, describe
 from seqrl.runlog import check_trackers
-from seqrl.rewards.inputs import probe
 from seqrl.tokenizer import load_tokenizer
 
 
@@ -43,7 +43,8 @@ def validate(cfg: RecipeConfig) -> list[str]:
         is_seq2seq, positions = config.is_encoder_decoder, getattr(config, "max_position_embeddings", None)
         texts = None
         if cfg.tokenizer.name_or_path is not None:
-            lines.append(f"tokenizer: {cfg.tokenizer.name_or_path} loads (vocab {len(load_tokenizer(cfg.tokenizer.name_or_path))})")
+            vocab = len(load_tokenizer(cfg.tokenizer.name_or_path))
+            lines.append(f"tokenizer: {cfg.tokenizer.name_or_path} loads (vocab {vocab})")
         else:  # (only for the trial calls below: the run trains its own on all the data)
             texts = [t for t in list(raw[cfg.data.train_split].select(range(min(1000, len(raw[cfg.data.train_split]))))
                                      [cfg.data.target_field]) if t]

@@ -2,7 +2,6 @@
 rises while a watched metric falls (`eval.watch`)."""
 
 import json
-import sys
 
 import pytest
 from test_cli import assert_one_line_error, cli, write_recipe  # noqa: F401 (a fixture)

@@ -20,11 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
-
-from seqrl.cli import main
-
 from conftest import TINY_CONFIGS, make_pairs, write_jsonl, write_toy_splits
 from test_cli import assert_one_line_error
+
+from seqrl.cli import main
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import make_tiny_recipe
 
 from seqrl.metrics import corpus_scores
-from conftest import make_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))  # as when run: bench_quality.py imports quality_report beside it
-from benchkit import diagnostics  # noqa: E402
 import quality_report as qr  # noqa: E402
 import selection_check  # noqa: E402
+from benchkit import diagnostics  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("bench_quality", REPO / "scripts" / "bench_quality.py")
 bq = importlib.util.module_from_spec(spec)

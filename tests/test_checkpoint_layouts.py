@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import DistributedType
+from conftest import build_tiny
 from safetensors.torch import load_file
 from torch.distributed.fsdp import StateDictType
 
-from conftest import build_tiny
 from seqrl import distributed, saving, train
 from seqrl.checkpoint import load_checkpoint, model_entry
 from seqrl.config import LoraSettings
@@ -205,9 +205,9 @@ def test_sharded_final_save_writes_the_gathered_weights(tmp_path):
     weights = known_weights(model)
     acc = StandIn(DEEPSPEED, weights=weights, model=model)
     run = stand_in_run(tmp_path, text_model, acc)
-    gathered = saving.gathered_weights(run)
+    gathered = saving.gathered_weights(run.accelerator, run.model)
     assert acc.gathered == 1
-    saving.save_model_atomically(run, tmp_path / "final", state_dict=gathered)
+    saving.save_model_atomically(text_model, acc.unwrap_model(run.model), tmp_path / "final", state_dict=gathered)
     saved = load_file(str(tmp_path / "final" / "model.safetensors"))
     # the same file as saving a model that holds those weights itself (tied names written once)
     model.load_state_dict(weights)
@@ -222,8 +222,8 @@ def test_unsharded_final_save_is_the_models_own(tmp_path):
     text_model = build_tiny("bart")
     acc = StandIn(DistributedType.MULTI_CPU, weights={"never": torch.zeros(1)}, model=text_model.model)
     run = stand_in_run(tmp_path, text_model, acc)
-    assert saving.gathered_weights(run) is None and acc.gathered == 0
-    saving.save_model_atomically(run, tmp_path / "final")
+    assert saving.gathered_weights(run.accelerator, run.model) is None and acc.gathered == 0
+    saving.save_model_atomically(text_model, acc.unwrap_model(run.model), tmp_path / "final")
     saved = load_file(str(tmp_path / "final" / "model.safetensors"))
     own = text_model.model.state_dict()
     assert all(torch.equal(saved[k], own[k]) for k in saved)
@@ -231,7 +231,7 @@ def test_unsharded_final_save_is_the_models_own(tmp_path):
 
 def test_finish_gathers_on_every_process_and_saves_on_the_main_one(tmp_path, monkeypatch):
     saves = []
-    monkeypatch.setattr(train, "save_model_atomically", lambda run, path, **kw: saves.append((path, kw)))
+    monkeypatch.setattr(train, "save_model_atomically", lambda text_model, model, path, **kw: saves.append((path, kw)))
     cfg = SimpleNamespace(data=SimpleNamespace(test_split=None))
     loop = SimpleNamespace(step=4, validated_at=4)
     other = StandIn(DEEPSPEED, main=False)

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import EN_ES, TINY_CONFIGS, TOPICS, make_pairs, make_tiny_recipe, write_toy_splits
 
 from seqrl.cli import main
 from seqrl.config import load_recipe, to_dict
 from seqrl.errors import ConfigError
-
-from conftest import EN_ES, TINY_CONFIGS, TOPICS, make_pairs, make_tiny_recipe, write_toy_splits
 
 PYTHON = sys.executable
 CONSOLE_SCRIPT = Path(sys.executable).with_name("seqrl")

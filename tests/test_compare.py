@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_pairs, write_jsonl
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
 from seqrl.cli import main
 from seqrl.compare import METRICS, SAMPLES, bootstrap_scores, compare_systems, metric_statistics
 from seqrl.metrics import corpus_scores
-from conftest import make_pairs, write_jsonl
 
 
 def _systems(n: int = 40):

@@ -8,12 +8,11 @@ import shutil
 
 import datasets
 import pytest
+from conftest import write_jsonl
 
 from seqrl.config import DataConfig
 from seqrl.data import DataReport, load_raw, tokenize
 from seqrl.errors import DataError, SeqrlError
-
-from conftest import write_jsonl
 
 SPLITS = ["train", "validation", "test"]
 SIZES = {"train": 160, "validation": 20, "test": 20}

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from accelerate.data_loader import BatchSamplerShard
+from conftest import TINY_CONFIGS, build_tiny, make_pairs, write_jsonl, write_toy_splits
 from torch.utils.data import BatchSampler
 
 from seqrl import tokenized
@@ -26,8 +27,6 @@ from seqrl.config import DataConfig, TokenizerConfig, from_dict
 from seqrl.data import load_raw, tokenize
 from seqrl.errors import ConfigError
 from seqrl.tokenizer import train_tokenizer, training_texts
-
-from conftest import TINY_CONFIGS, build_tiny, make_pairs, write_jsonl, write_toy_splits
 
 SPLITS = ["train", "validation"]
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stand_ins import FAMILIES
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from seqrl import decoders
+from seqrl.candidates import CandidateMaker
 from seqrl.decoders import Decoding, resolve
 from seqrl.errors import SeqrlError
-from seqrl.candidates import CandidateMaker
 from seqrl.rl_config import CandidatesConfig
 from seqrl.rollout import Sampling, rollout
-from stand_ins import FAMILIES
 
 STATIC = Decoding(cache="static", source_width=40)
 

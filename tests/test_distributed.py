@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import TINY_CONFIGS
+from safetensors.torch import load_file
 
 TOLERANCE = 1e-5  # max |Δ| over all parameters after 3 XENT + 4 MIXER steps (observed 4.5e-7)
 TIMEOUT = 240

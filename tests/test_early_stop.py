@@ -104,8 +104,8 @@ def test_select_window_chooses_on_the_mean_of_the_last_evaluations(window, chose
 
     from seqrl import train
     saved = []
-    monkeypatch.setattr(train, "gathered_weights", lambda run: None)
-    monkeypatch.setattr(train, "save_model_atomically", lambda run, path, info, state_dict: saved.append(info))
+    monkeypatch.setattr(train, "gathered_weights", lambda accelerator, model: None)
+    monkeypatch.setattr(train, "save_model_atomically", lambda text_model, model, path, info, state_dict: saved.append(info))
     acc = SimpleNamespace(num_processes=1, is_main_process=True, wait_for_everyone=lambda: None)
     cfg = SimpleNamespace(eval=SimpleNamespace(best_metric="bleu", patience=0, select_window=window))
     run = SimpleNamespace(cfg=cfg, accelerator=acc, out=tmp_path)

@@ -8,14 +8,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
-
-from conftest import TINY_CONFIGS, make_pairs, write_jsonl, write_toy_splits
-from seqrl.cli import main
+from conftest import TINY_CONFIGS, make_pairs, write_jsonl
 from test_cli import assert_one_line_error
+
+from seqrl.cli import main
 
 # Reward functions as TRL's docs write them: dataset columns by name, **kwargs, any sequence back.
 TRL_REWARDS = '''

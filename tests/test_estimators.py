@@ -6,11 +6,9 @@ import math
 
 import pytest
 import torch
-
-from seqrl.losses import masked_xent
-from seqrl.losses import IGNORE_INDEX
-
 from conftest import build_tiny, make_pairs
+
+from seqrl.losses import IGNORE_INDEX, masked_xent
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_pairs
+from stand_ins import FAMILIES
+
 from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
 from seqrl.errors import SeqrlError
-from seqrl.losses import IGNORE_INDEX, token_logprobs
 from seqrl.generation import masked_token_logprobs
+from seqrl.losses import IGNORE_INDEX, token_logprobs
 from seqrl.modeling import build
 from seqrl.rollout import Sampling, rollout, rollout_logits
-from stand_ins import FAMILIES
 
 LANGUAGES = {"mbart50": ("en_XX", "es_XX"), "nllb": ("eng_Latn", "spa_Latn")}
 

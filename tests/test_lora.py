@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_CONFIGS
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_cli import assert_one_line_error
+from test_generation import load
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from conftest import TINY_CONFIGS
 from seqrl.cli import main
 from seqrl.config import LoraSettings
 from seqrl.errors import SeqrlError
 from seqrl.lora import apply, merged_state_dict
-from test_cli import assert_one_line_error
-from test_generation import load
 
 FAMILIES = ["marian", "mbart50", "nllb", "t5", "bart", "gpt2"]
 

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safetensors.torch import load_file
-
 from conftest import write_toy_splits
+from safetensors.torch import load_file
 from test_distributed import TOLERANCE, _recipe, max_diff
 from test_preemption import assert_bitwise_equal
 

@@ -179,7 +179,7 @@ def test_kwargs_function_receives_everything(user_module):
 def test_named_function_receives_only_its_names(user_module):
     reward = one(f"{user_module}:only_named")
     assert reward(**INPUTS) == [1.0, 0.0, 1.0, 0.0]
-    assert sys.modules[user_module].CALLS == [{"completions": INPUTS["completions"], "topic": INPUTS["topic"]}]
+    assert [{"completions": INPUTS["completions"], "topic": INPUTS["topic"]}] == sys.modules[user_module].CALLS
 
 
 def test_config_kwargs_are_passed(user_module):

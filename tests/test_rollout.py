@@ -16,12 +16,11 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import make_pairs
 
 from seqrl.losses import IGNORE_INDEX
 from seqrl.rollout import Rollout, Sampling, prefix_lengths, rollout, rollout_logits
 from seqrl.sampling import Uniforms, sample
-
-from conftest import make_pairs
 
 GREEDY = Sampling(greedy=True)
 N_SOURCES = 6

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-
 from conftest import make_pairs
+
 from seqrl import baselines
 from seqrl.candidates import CandidateMaker
 from seqrl.config import DataConfig, RewardConfig

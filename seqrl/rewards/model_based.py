@@ -44,7 +44,8 @@ def _load_model(what: str, auto_class, name: str, reads=lambda key: True, kind: 
     missing = sorted(k for k in info.get("missing_keys", ()) if reads(k))
     if missing:
         raise SeqrlError(f"reward '{what}': model '{name}' lacks {len(missing)} weight(s) this reward uses, which "
-                         f"would be initialised at random (e.g. {', '.join(missing[:2])}); give {kind or 'a model that has them'}")
+                         f"would be initialised at random (e.g. {', '.join(missing[:2])}); "
+                         f"give {kind or 'a model that has them'}")
     return model
 
 
@@ -114,9 +115,9 @@ class BERTScore:
         # each distinct text encoded once (a source's reference repeats for its k samples)
         texts = list(dict.fromkeys(completions + references))
         ids = {t: self._ids(t) for t in texts}
-        embedded = dict(zip(texts, self._embed([ids[t] for t in texts])))
+        embedded = dict(zip(texts, self._embed([ids[t] for t in texts]), strict=True))
         pairs = []
-        for c, r in zip(completions, references):
+        for c, r in zip(completions, references, strict=True):
             sim = embedded[c] @ embedded[r].T                               # (Lc, Lr) cosine similarities
             wc, wr = self._weights(ids[c], sim.device), self._weights(ids[r], sim.device)
             precision = (sim.max(dim=1).values * wc).sum() / wc.sum()       # NaN for an empty text
@@ -189,7 +190,8 @@ class Classifier:
 
         self.tokenizer = _load("classifier", AutoTokenizer.from_pretrained, model)
         self.model = _load_model("classifier", AutoModelForSequenceClassification, model,
-                                 kind="a sequence classifier trained with its head (AutoModelForSequenceClassification)").eval()
+                                 kind="a sequence classifier trained with its head "
+                                      "(AutoModelForSequenceClassification)").eval()
         labels = self.model.config.id2label
         if isinstance(label, str) and label not in labels.values():
             raise SeqrlError(f"reward 'classifier': label '{label}' is not one of the model's labels "

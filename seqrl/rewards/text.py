@@ -24,19 +24,20 @@ def bleu(completions: list[str], references: list[str], *, smooth_method: str = 
          smooth_value: float | None = None, tokenize: str = "13a") -> list[float]:
     """sacrebleu sentence BLEU / 100."""
     metric = _bleu(smooth_method, smooth_value, tokenize)
-    return [min(metric.sentence_score(h, [r]).score / 100.0, 1.0) for h, r in zip(completions, references)]
+    return [min(metric.sentence_score(h, [r]).score / 100.0, 1.0) for h, r in zip(completions, references, strict=True)]
 
 
 def chrf(completions: list[str], references: list[str]) -> list[float]:
     """sacrebleu sentence chrF / 100."""
     metric = CHRF()
-    return [metric.sentence_score(h, [r]).score / 100.0 for h, r in zip(completions, references)]
+    return [metric.sentence_score(h, [r]).score / 100.0 for h, r in zip(completions, references, strict=True)]
 
 
 def ter(completions: list[str], references: list[str]) -> list[float]:
     """1 - min(TER, 1): edits per reference word, clipped so the reward stays in [0, 1]."""
     metric = TER()
-    return [1.0 - min(metric.sentence_score(h, [r]).score / 100.0, 1.0) for h, r in zip(completions, references)]
+    pairs = zip(completions, references, strict=True)
+    return [1.0 - min(metric.sentence_score(h, [r]).score / 100.0, 1.0) for h, r in pairs]
 
 
 @lru_cache(maxsize=8)
@@ -46,7 +47,7 @@ def _rouge(kind: str, use_stemmer: bool) -> rouge_scorer.RougeScorer:
 
 def _rouge_f(kind: str, completions: list[str], references: list[str], use_stemmer: bool) -> list[float]:
     scorer = _rouge(kind, use_stemmer)
-    return [scorer.score(r, h)[kind].fmeasure for h, r in zip(completions, references)]
+    return [scorer.score(r, h)[kind].fmeasure for h, r in zip(completions, references, strict=True)]
 
 
 def rouge1(completions: list[str], references: list[str], *, use_stemmer: bool = True) -> list[float]:

@@ -31,7 +31,8 @@ def token_bleu(completion_ids: list[list[int]], reference_ids: list[list[int]] |
                      smooth_value=smooth_value).tolist()
 
 
-def token_rouge_n(completion_ids: list[list[int]], reference_ids: list[list[int]] | None = None, *, n: int = 2) -> list[float]:
+def token_rouge_n(completion_ids: list[list[int]], reference_ids: list[list[int]] | None = None, *,
+                  n: int = 2) -> list[float]:
     """rouge-score ROUGE-N F-measure of the ids (n = 2: ROUGE-2)."""
     _require_reference_ids("token_rouge_n", reference_ids)
     return fast.rouge_n(completion_ids, reference_ids, n=n).tolist()
