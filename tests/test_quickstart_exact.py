@@ -1,0 +1,38 @@
+"""A short form of the quickstart, run as a new user runs it (a fresh `seqrl` process, one thread,
+the versions of constraints.txt), must log exactly the loss and test score recorded here: the run
+is deterministic for a set of versions and a thread count, so a change in either, or in the code's
+arithmetic, shows up here before it silently moves the README's numbers. When a change is meant
+to move them, rerun this file with RECORD=1 to print the new values, and remeasure the README."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["schedule.xent_steps=30", "schedule.stage_steps=4", "data.max_train_examples=1000",
+         "tokenizer.vocab_size=500", "optim.warmup_steps=5", "eval.every=0", "eval.max_examples=16",
+         "eval.test_max_examples=16", "eval.test_after_xent=false", "log.every=10", "log.samples_every=0"]
+# Recorded with torch 2.13.0 (CPU), transformers 5.25.0, tokenizers 0.23.3, datasets 5.2.0 (constraints.txt),
+# OMP_NUM_THREADS=1, on this project's CI machine (AMD EPYC, 2 cores).
+RECORDED = {"train/loss": 0.22228601202368736, "test/bleu": 0.0020219384081094586}
+
+
+def test_the_short_quickstart_reproduces_its_recorded_numbers(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    out = tmp_path / "run"
+    sets = [*SHORT, f"run.output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}", "run.overwrite=true"]
+    cmd = [sys.executable, "-m", "seqrl", "finetune", "recipes/quickstart.yaml",
+           *(x for item in sets for x in ("--set", item))]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    found = {"train/loss": [r["train/loss"] for r in lines if "train/loss" in r][-1],
+             "test/bleu": [r["test/bleu"] for r in lines if "test/bleu" in r][-1]}
+    if os.environ.get("RECORD"):
+        print(f"\nRECORDED = {found!r}")
+    assert found == RECORDED, f"the short quickstart logged {found}, recorded {RECORDED}"
