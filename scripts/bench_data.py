@@ -178,7 +178,7 @@ def padding(tokenizer: Path, batch: int, seed: int = 0) -> str:
     import pyarrow.compute as pc
 
     from seqrl.batching import LengthGroupedSampler, row_lengths
-    from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
+    from seqrl.config import DataConfig
     from seqrl.data import load_raw, tokenize
     from seqrl.modeling import TextModel
     from seqrl.tokenizer import load_tokenizer

@@ -116,8 +116,8 @@ def projection_arm(args) -> dict:
 def run_arm(args) -> dict:
     """One arm in this process: set up, one warm-up step, `--steps` timed steps."""
     import torch
-
     from benchkit.seqrl_loop import make_accelerator, setup_run, watched_loop  # scripts/benchkit, beside this file
+
     from seqrl.config import from_dict
     from seqrl.train import micro_step
 
@@ -182,12 +182,12 @@ def table(results: dict[str, dict], device: str) -> str:
                 mem = f"{r['peak_mb']:,.0f}"
                 if device == "cpu":
                     mem += f" ({r['peak_mb'] - r['before_model_mb']:,.0f})"
-                ratio = (lambda key: f"{r[key] / full[key]:.2f}x" if full else "")
-                mem_ratio = ratio("peak_mb")
+                ratio = {key: f"{r[key] / full[key]:.2f}x" if full else "" for key in ("peak_mb", "step_s")}
+                mem_ratio = ratio["peak_mb"]
                 if device == "cpu" and full:
                     mem_ratio += (f" ({(r['peak_mb'] - r['before_model_mb']) / (full['peak_mb'] - full['before_model_mb']):.2f}x)")
                 lines.append(f"| {name} | {kind} | {mode} | {r['trained'] / 1e6:.2f}M / {r['params'] / 1e6:.1f}M "
-                             f"| {mem} | {mem_ratio} | {r['step_s']:.2f} | {ratio('step_s')} |")
+                             f"| {mem} | {mem_ratio} | {r['step_s']:.2f} | {ratio['step_s']} |")
     for name in MODELS:
         r = results.get(f"{name}:projection")
         if r:

@@ -45,9 +45,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from quality_report import assess, table  # noqa: E402  scripts/, beside this file
+
 from seqrl.checkpoint import STATE_FILE, list_checkpoints  # noqa: E402
 from seqrl.config import load_recipe  # noqa: E402
-from quality_report import assess, table  # noqa: E402  scripts/, beside this file
 
 TASKS = {  # recipe, and the metric that selects checkpoints and is reported
     "translation": ("recipes/bench/translation.yaml", "bleu"),
@@ -200,6 +201,7 @@ def arm_overrides(cfg, extra: list[str]) -> list[str]:
 
 def this_machine() -> str:
     import os
+
     import torch
     if torch.cuda.is_available():
         return f"one {torch.cuda.get_device_name()} GPU"

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchkit.seqrl_loop import setup_run, watched_loop  # noqa: E402  scripts/benchkit, beside this file
-from benchkit.step_workload import (ARCHS, SIZES, bible_tokenizer, build_model, load_pairs,  # noqa: E402
-                                    seqrl_recipe, summarize)
+from benchkit.step_workload import ARCHS, SIZES, bible_tokenizer, build_model, load_pairs, seqrl_recipe, summarize  # noqa: E402
+
 from seqrl.config import from_dict  # noqa: E402
 from seqrl.modeling import pad_rows  # noqa: E402
 from seqrl.rewards import fast  # noqa: E402
@@ -96,7 +96,7 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
         ended = (completion == eos).long().cumsum(1)
         valid = (ended == 0) | ((ended == 1) & (completion == eos))  # up to and including EOS
         t1 = time.perf_counter()
-        hyps = [row[:n] for row, n in zip(completion.tolist(), (valid & (completion != eos)).sum(1).tolist())]
+        hyps = [row[:n] for row, n in zip(completion.tolist(), (valid & (completion != eos)).sum(1).tolist(), strict=True)]
         R = fast.bleu(hyps, [b["reference_ids"] for b in batch for _ in range(k)])
         adv = loo_advantage(R.float(), k).to(args.device)
         t2 = time.perf_counter()
@@ -120,7 +120,7 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
         if step >= args.warmup:
             times.append(t4 - t0)
             tokens.append(int(valid.sum()))
-            for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 parts[key].append(value)
     return summarize("minimal loop", times, tokens, parts)
 
@@ -233,8 +233,8 @@ def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
     w = args.warmup
     parts = {"generate": spent["generate"][w:], "reward": spent["reward"][w:],
              # the rest of TRL's preparation is mostly its extra no-grad forward for old log-probs
-             "old_logprobs": [a - b - c for a, b, c in zip(spent["prepare"][w:], spent["generate"][w:], spent["reward"][w:])],
-             "forward_backward": [a + b for a, b in zip(spent["forward"][w:], spent["backward"][w:])]}
+             "old_logprobs": [a - b - c for a, b, c in zip(spent["prepare"][w:], spent["generate"][w:], spent["reward"][w:], strict=True)],
+             "forward_backward": [a + b for a, b in zip(spent["forward"][w:], spent["backward"][w:], strict=True)]}
     steps = timer.times[w:]
     parts["optimizer"] = [t - sum(p[i] for p in parts.values()) for i, t in enumerate(steps)]  # and the rest
     return summarize("TRL RLOOTrainer", steps, sampled[w:], parts)

@@ -36,9 +36,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from bible import PrepareError  # scripts/bible/, beside this file
 from bible.align import Pair, build_pairs

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchkit import diagnostics  # noqa: E402  scripts/benchkit, beside this file
+
 from seqrl.compare import compare_systems  # noqa: E402
 from seqrl.config import load_recipe  # noqa: E402
 from seqrl.metrics import ROUGE_TYPES  # noqa: E402
@@ -38,6 +39,7 @@ def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dic
     if result is not None and ("test_final" in result or not has_final):
         return result
     import torch
+
     from seqrl import data, evaluate, modeling
     from seqrl.metrics import corpus_scores
     cfg = load_recipe(ROOT / recipe, overrides)
@@ -58,7 +60,7 @@ def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dic
             hyps = evaluate.decode(text_model, text_model.model, list(test["source_ids"]), batch_size=64, num_beams=1,
                                    max_new_tokens=cfg.eval.max_new_tokens)
         (run_dir / PREDICTIONS[name]).write_text("".join(
-            json.dumps({"reference": r, "hypothesis": h}, ensure_ascii=False) + "\n" for r, h in zip(refs, hyps)))
+            json.dumps({"reference": r, "hypothesis": h}, ensure_ascii=False) + "\n" for r, h in zip(refs, hyps, strict=True)))
         return hyps
 
     if result is None:

@@ -79,6 +79,7 @@ def load_weights(model, path: Path) -> None:
     """A checkpoint's (or saved model's) weights into `model`; a name missing from the file must be
     one the model ties to a name that is in it, or one it never saves (Marian's sinusoidal positions)."""
     from safetensors.torch import load_file
+
     from seqrl.modeling import tied_names
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -96,6 +97,7 @@ def score_run(run_dir: Path, recipe: str, metric: str, overrides: list[str]) -> 
     todo = [(n, p) for n, p in candidates(run_dir) if n not in done]
     if todo:
         import torch
+
         from seqrl import data, evaluate, modeling
         from seqrl.metrics import corpus_scores
         cfg = load_recipe(ROOT / recipe, overrides)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 import random
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -136,6 +136,29 @@ def make_tiny_recipe(data_dir: Path, output_dir: Path) -> dict:
 def tiny_recipe(toy_data_dir, tmp_path) -> dict:
     """`make_tiny_recipe` on the toy data, writing under tmp_path/run."""
     return make_tiny_recipe(toy_data_dir, tmp_path / "run")
+
+
+@pytest.fixture
+def mixer_recipe(tiny_recipe) -> dict:
+    """The tiny recipe, ready for sequence-level schedules: short targets, 2 samples, BLEU reward."""
+    tiny_recipe["data"]["max_target_tokens"] = 8
+    tiny_recipe["reinforce"] = {"candidates": {"num_samples": 2}}
+    tiny_recipe["rewards"] = [{"name": "bleu"}]
+    return tiny_recipe
+
+
+@pytest.fixture
+def cli(capsys):
+    """`cli(*args)` -> (exit code, stdout, stderr) of `seqrl.cli.main(args)`, in-process."""
+    from seqrl.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop whatever came before
+        rc = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
 from conftest import make_pairs
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 FAMILIES = ("marian", "mbart50", "nllb", "t5", "bart", "gpt2")
 TINY = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,

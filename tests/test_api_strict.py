@@ -22,7 +22,8 @@ def test_reward_function_the_recipe_does_not_name_is_an_error(tmp_path):
 
 
 def test_reward_function_named_through_overrides_passes_the_check(tmp_path):
-    from seqrl.api import _recipe as resolve, check_reward_functions
+    from seqrl.api import _recipe as resolve
+    from seqrl.api import check_reward_functions
 
     cfg = resolve(_recipe(tmp_path), {"rewards": [{"name": "bleu"}, {"name": "my_reward", "weight": 0.5}]})
     check_reward_functions(cfg, {"my_reward": lambda completions, **kw: [0.0]})  # no error

@@ -20,11 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
-
-from seqrl.cli import main
-
 from conftest import TINY_CONFIGS, make_pairs, write_jsonl, write_toy_splits
 from test_cli import assert_one_line_error
+
+from seqrl.cli import main
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 
@@ -207,6 +206,16 @@ def rerun_after_failed_setup(recipe: dict, ctx: Ctx) -> None:
     recipe["data"]["path"] = str(ctx.tmp / "no-such-dir")
     write_recipe(ctx.recipe_path, recipe)
     assert main(["finetune", str(ctx.recipe_path)]) == 2
+
+
+def output_dir_holds_a_run(recipe: dict, ctx: Ctx) -> None:
+    ctx.out.mkdir()
+    (ctx.out / "metrics.jsonl").write_text('{"step": 1}\n')
+
+
+def resume_from_a_plain_dir(recipe: dict, ctx: Ctx) -> None:
+    ctx.tmp.joinpath("plain").mkdir()
+    put("run.resume", str(ctx.tmp / "plain"))(recipe, ctx)
 
 
 def recipe_arg(*extra: str) -> Callable[[Ctx], list]:
@@ -431,15 +440,11 @@ CASES = [
          ("smooth_metod", "did you mean 'smooth_method'"),),
     Case("rewards-a-mapping", both(MIXER, put("rewards", {"name": "bleu"})), ("rewards must be a list",)),
     # output directory, resume
-    Case("output-dir-holds-a-run",
-         lambda r, ctx: (ctx.out.mkdir(), (ctx.out / "metrics.jsonl").write_text('{"step": 1}\n')) and None,
-         ("already holds a run", "run.overwrite")),
+    Case("output-dir-holds-a-run", output_dir_holds_a_run, ("already holds a run", "run.overwrite")),
     Case("rerun-after-failed-setup", rerun_after_failed_setup, ("no-such-dir",),),
     Case("resume-dir-missing", lambda r, ctx: put("run.resume", str(ctx.tmp / "no-ckpt"))(r, ctx),
          ("run.resume", "not found", "no-ckpt")),
-    Case("resume-not-a-checkpoint", lambda r, ctx: (ctx.tmp.joinpath("plain").mkdir(),
-                                                    put("run.resume", str(ctx.tmp / "plain"))(r, ctx)) and None,
-         ("run.resume", "trainer_state.json")),
+    Case("resume-not-a-checkpoint", resume_from_a_plain_dir, ("run.resume", "trainer_state.json")),
     Case("resume-truncated-weights", resume_corrupt("model.safetensors", lambda b: b[:1000]),
          ("run.resume", "cannot load checkpoint", "step-00000001")),
     Case("resume-garbage-trainer-state", resume_corrupt("trainer_state.json", lambda b: b"{not json"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqrl.baselines import EMABaseline, LearnedBaseline, batch_mean, from_greedy, leave_one_out, learned_loss
+from seqrl.baselines import EMABaseline, LearnedBaseline, batch_mean, from_greedy, learned_loss, leave_one_out
 
 T, F = True, False
 
@@ -147,7 +147,9 @@ def test_learned_baseline_trains_at_its_own_constant_rate(tiny_recipe):
     """`reinforce.baseline.lr` is the regressor's rate at every step: the network's warm-up, decay
     and RL factor do not touch it (MIXER's fraction of the network's rate is ~1e-6 under Adam)."""
     from pathlib import Path
+
     from accelerate import Accelerator
+
     from seqrl.config import from_dict
     from seqrl.run import setup
     tiny_recipe["schedule"].update(kind="mixer", xent_steps=4, stage_steps=2, delta=16)

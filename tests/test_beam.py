@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stand_ins import FAMILIES
 
 from seqrl.beam import beam_rollout
-from seqrl.generation import masked_token_logprobs
 from seqrl.candidates import CandidateMaker
 from seqrl.decoders import Decoding
+from seqrl.generation import masked_token_logprobs
 from seqrl.rl_config import CandidatesConfig
 from seqrl.rollout import Sampling, rollout, rollout_logits
-from stand_ins import FAMILIES
 
 MAX_LEN = 9
 

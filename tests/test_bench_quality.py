@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import make_tiny_recipe
 
 from seqrl.metrics import corpus_scores
-from conftest import make_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))  # as when run: bench_quality.py imports quality_report beside it
-from benchkit import diagnostics  # noqa: E402
 import quality_report as qr  # noqa: E402
 import selection_check  # noqa: E402
+from benchkit import diagnostics  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("bench_quality", REPO / "scripts" / "bench_quality.py")
 bq = importlib.util.module_from_spec(spec)
@@ -169,7 +169,7 @@ def test_table_bootstraps_whole_families_where_the_data_has_them(toy_data_dir, t
     # it in the order of the test predictions, and refuses predictions that are not those rows.
     rows = [json.loads(line) for line in (toy_data_dir / "test.jsonl").open()]
     families = [f"f{i // 3}" for i in range(len(rows))]
-    (toy_data_dir / "test.jsonl").write_text("".join(json.dumps({**r, "family": f}) + "\n" for r, f in zip(rows, families)))
+    (toy_data_dir / "test.jsonl").write_text("".join(json.dumps({**r, "family": f}) + "\n" for r, f in zip(rows, families, strict=True)))
     recipe = tmp_path / "bench.yaml"
     recipe.write_text(yaml.safe_dump(make_tiny_recipe(toy_data_dir, tmp_path / "unused")))
     run = tmp_path / "seed0" / "B"

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from accelerate.utils import DistributedType
+from conftest import build_tiny
 from safetensors.torch import load_file
 from torch.distributed.fsdp import StateDictType
 
-from conftest import build_tiny
 from seqrl import distributed, saving, train
 from seqrl.checkpoint import load_checkpoint, model_entry
 from seqrl.config import LoraSettings

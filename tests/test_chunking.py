@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import TINY_CONFIGS
 from safetensors.torch import load_file
 
-from conftest import TINY_CONFIGS
 from seqrl.cli import main
 
 NO_DROPOUT = {"marian": {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0},

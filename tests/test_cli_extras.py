@@ -5,7 +5,7 @@ import dataclasses
 import typing
 
 import pytest
-from test_cli import assert_one_line_error, cli, write_recipe  # noqa: F401 (a fixture)
+from test_cli import assert_one_line_error, write_recipe
 
 from seqrl import __version__
 from seqrl.cli import build_parser, main

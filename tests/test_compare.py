@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_pairs, write_jsonl
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
 from seqrl.cli import main
 from seqrl.compare import METRICS, SAMPLES, bootstrap_scores, compare_systems, metric_statistics
 from seqrl.metrics import corpus_scores
-from conftest import make_pairs, write_jsonl
 
 
 def _systems(n: int = 40):
@@ -27,7 +27,7 @@ def _systems(n: int = 40):
 
 def _write(path, sources, refs, hyps, **columns):
     write_jsonl(path, [{"source": s, "reference": r, "hypothesis": h, **{k: v[i] for k, v in columns.items()}}
-                       for i, (s, r, h) in enumerate(zip(sources, refs, hyps))])
+                       for i, (s, r, h) in enumerate(zip(sources, refs, hyps, strict=True))])
     return path
 
 

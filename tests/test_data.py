@@ -8,12 +8,11 @@ import shutil
 
 import datasets
 import pytest
+from conftest import write_jsonl
 
 from seqrl.config import DataConfig
 from seqrl.data import DataReport, load_raw, tokenize
 from seqrl.errors import DataError, SeqrlError
-
-from conftest import write_jsonl
 
 SPLITS = ["train", "validation", "test"]
 SIZES = {"train": 160, "validation": 20, "test": 20}
@@ -300,7 +299,7 @@ def test_truncation_keeps_eos_and_counts(toy_data_dir, tiny_text_model, architec
     assert report.truncated_targets == sum(len(t) > limit_tgt for t in full_tgt) > 0
     eos = tm.tokenizer.eos_token_id
     for src, tgt, fs, ft in zip(out["validation"]["source_ids"], out["validation"]["target_ids"],
-                                full_src, full_tgt):
+                                full_src, full_tgt, strict=True):
         assert len(src) == min(len(fs), limit_src) and len(tgt) == min(len(ft), limit_tgt)
         assert tgt[-1] == eos and src[-1] == fs[-1]
         assert src[:-1] == fs[:len(src) - 1] and tgt[:-1] == ft[:len(tgt) - 1]
@@ -370,7 +369,7 @@ def test_non_utf8_in_an_extra_column_and_a_gzip_file_are_named(tmp_path, toy_pai
     """Every text column is checked (rewards read the extra ones), compressed files too."""
     text = "".join(f'{{"en": "{p["en"]}", "es": "{p["es"]}", "topic": "{p["topic"]}"}}\n' for p in toy_pairs[:6])
     data = text.encode().replace(b'"topic": "home"', b'"topic": "h\xf6me"', 1)
-    line = next(i for i, l in enumerate(data.splitlines(), 1) if b"\xf6" in l)
+    line = next(i for i, row in enumerate(data.splitlines(), 1) if b"\xf6" in row)
     with gzip.open(tmp_path / "train.jsonl.gz", "wb") as f:
         f.write(data)
     with pytest.raises(DataError, match=rf"line {line} of .*train.jsonl.gz is not UTF-8 text \(column 'topic'\)"):

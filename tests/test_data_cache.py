@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from accelerate.data_loader import BatchSamplerShard
+from conftest import TINY_CONFIGS, build_tiny, make_pairs, write_jsonl, write_toy_splits
 from torch.utils.data import BatchSampler
 
 from seqrl import tokenized
@@ -26,8 +27,6 @@ from seqrl.config import DataConfig, TokenizerConfig, from_dict
 from seqrl.data import load_raw, tokenize
 from seqrl.errors import ConfigError
 from seqrl.tokenizer import train_tokenizer, training_texts
-
-from conftest import TINY_CONFIGS, build_tiny, make_pairs, write_jsonl, write_toy_splits
 
 SPLITS = ["train", "validation"]
 
@@ -199,7 +198,7 @@ def test_length_grouped_global_batches_are_the_same_on_one_and_two_processes():
     one = list(BatchSampler(LengthGroupedSampler(lengths, 8, seed=2), 8, drop_last=False))
     shards = [list(BatchSamplerShard(BatchSampler(LengthGroupedSampler(lengths, 8, seed=2), 4, drop_last=False),
                                      num_processes=2, process_index=p)) for p in (0, 1)]
-    assert [a + b for a, b in zip(*shards)] == one
+    assert [a + b for a, b in zip(*shards, strict=True)] == one
 
 
 def test_row_lengths_read_the_arrow_offsets(toy_data_dir, tmp_path, tiny_text_model):
@@ -299,7 +298,7 @@ def test_the_cached_path_gives_the_same_global_batches_on_one_and_two_processes(
     data_dir = write_toy_splits(tmp_path / "data", pairs)
     (one,), two = _batches(tmp_path, data_dir, 1, capsys), _batches(tmp_path, data_dir, 2, capsys)
     for key, batches in one.items():
-        assert [a + b for a, b in zip(two[0][key], two[1][key])] == batches, key
+        assert [a + b for a, b in zip(two[0][key], two[1][key], strict=True)] == batches, key
         if not key.endswith("resumed"):
             assert sorted(r for b in batches for r in b) == list(range(160)), key
     for name in ("plain", "grouped"):

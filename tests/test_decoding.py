@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stand_ins import FAMILIES
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from seqrl import decoders
+from seqrl.candidates import CandidateMaker
 from seqrl.decoders import Decoding, resolve
 from seqrl.errors import SeqrlError
-from seqrl.candidates import CandidateMaker
 from seqrl.rl_config import CandidatesConfig
 from seqrl.rollout import Sampling, rollout
-from stand_ins import FAMILIES
 
 STATIC = Decoding(cache="static", source_width=40)
+DEFAULT = Decoding()
 
 
-def rows(tm, src, tgt, n_rl, decoding=Decoding(), k=3, max_len=12, seed=3):
+def rows(tm, src, tgt, n_rl, decoding=DEFAULT, k=3, max_len=12, seed=3):
     ro = rollout(tm, tm.model, src, tgt, n_rl, num_samples=k, max_len=max_len, sampling=Sampling(seed=seed),
                  decoding=decoding)
     return ro.rows(), ro.lengths.tolist()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_pairs
 
 from seqrl.metrics import corpus_scores
-from conftest import make_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # as when a script runs
 from benchkit.diagnostics import (  # noqa: E402

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import TINY_CONFIGS
+from safetensors.torch import load_file
 
 TOLERANCE = 1e-5  # max |Δ| over all parameters after 3 XENT + 4 MIXER steps (observed 4.5e-7)
 TIMEOUT = 240
@@ -173,9 +172,9 @@ def test_ctrl_c_stops_a_two_process_run(toy_data_dir, tmp_path):
     proc.send_signal(signal.SIGINT)
     try:
         proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         proc.kill()
-        raise AssertionError("the run did not stop within 60 s of Ctrl-C")
+        raise AssertionError("the run did not stop within 60 s of Ctrl-C") from err
     assert proc.returncode != 0
 
 

@@ -19,11 +19,10 @@ import pytest
 import torch
 import yaml
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from conftest import make_tiny_recipe
 
 from seqrl import distributed
 from seqrl.errors import SeqrlError
-
-from conftest import make_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "accelerate"

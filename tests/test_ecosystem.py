@@ -8,14 +8,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
-
-from conftest import TINY_CONFIGS, make_pairs, write_jsonl, write_toy_splits
-from seqrl.cli import main
+from conftest import TINY_CONFIGS, make_pairs, write_jsonl
 from test_cli import assert_one_line_error
+
+from seqrl.cli import main
 
 # Reward functions as TRL's docs write them: dataset columns by name, **kwargs, any sequence back.
 TRL_REWARDS = '''
@@ -175,7 +173,7 @@ def test_python_api(toy_data_dir, tmp_path):
 
     def my_reward(completions, references, **kwargs):
         calls.append(len(completions))
-        return [float(len(set(c.split()) & set(r.split()))) / 5 for c, r in zip(completions, references)]
+        return [float(len(set(c.split()) & set(r.split()))) / 5 for c, r in zip(completions, references, strict=True)]
 
     recipe = mixer_recipe(toy_data_dir, tmp_path / "unused", [{"name": "my_reward"}])
     recipe["data"].update(source_field="en", target_field="es")

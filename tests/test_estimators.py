@@ -6,11 +6,9 @@ import math
 
 import pytest
 import torch
-
-from seqrl.losses import masked_xent
-from seqrl.losses import IGNORE_INDEX
-
 from conftest import build_tiny, make_pairs
+
+from seqrl.losses import IGNORE_INDEX, masked_xent
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
 
@@ -89,7 +87,7 @@ def test_one_step_lowers_loss_on_same_batch(architecture):
     pairs = make_pairs()[:8]
     src = tm.encode_sources([p["en"] for p in pairs])
     tgt = tm.encode_targets([p["es"] for p in pairs])
-    batch = tm.collate([{"source_ids": s, "target_ids": t} for s, t in zip(src, tgt)])
+    batch = tm.collate([{"source_ids": s, "target_ids": t} for s, t in zip(src, tgt, strict=True)])
     optimizer = torch.optim.AdamW(tm.model.parameters(), lr=1e-2)
 
     before, n = masked_xent(*tm.target_logits(tm.model, batch)[:2])

@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from seqrl.losses import kl_penalty, masked_mean, normalize, reinforce_loss, token_logprobs
-from seqrl.losses import IGNORE_INDEX
+from seqrl.losses import IGNORE_INDEX, kl_penalty, masked_mean, normalize, reinforce_loss, token_logprobs
 
 LN2, LN3 = math.log(2), math.log(3)
 T, F = True, False

@@ -9,7 +9,8 @@ import random
 import pytest
 import sacrebleu
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
@@ -30,12 +31,12 @@ def text(seq: list[int]) -> str:
 
 def sacre_bleu(hyps, refs, smooth="exp", smooth_value=None) -> list[float]:
     return [sacrebleu.sentence_bleu(text(h), [text(r)], tokenize="none", smooth_method=smooth,
-                                    smooth_value=smooth_value).score / 100 for h, r in zip(hyps, refs)]
+                                    smooth_value=smooth_value).score / 100 for h, r in zip(hyps, refs, strict=True)]
 
 
 def rouge(kind: str, hyps, refs) -> list[float]:
     scorer = rouge_scorer.RougeScorer([kind], use_stemmer=False)
-    return [scorer.score(text(r), text(h))[kind].fmeasure for h, r in zip(hyps, refs)]
+    return [scorer.score(text(r), text(h))[kind].fmeasure for h, r in zip(hyps, refs, strict=True)]
 
 
 def as_padded(seqs: list[list[int]], pad_id: int, extra: int = 0) -> torch.Tensor:
@@ -163,13 +164,13 @@ EDGE_CASES = {  # name: (hypothesis, reference)
 
 @pytest.mark.parametrize("smooth", SMOOTHING)
 def test_edge_cases_bleu(smooth):
-    hyps, refs = zip(*EDGE_CASES.values())
+    hyps, refs = zip(*EDGE_CASES.values(), strict=True)
     assert_close(fast.bleu(list(hyps), list(refs), smooth=smooth), sacre_bleu(hyps, refs, smooth))
 
 
 @pytest.mark.parametrize("kind", ["rouge1", "rouge2", "rougeL"])
 def test_edge_cases_rouge(kind):
-    hyps, refs = (list(x) for x in zip(*EDGE_CASES.values()))
+    hyps, refs = (list(x) for x in zip(*EDGE_CASES.values(), strict=True))
     got = fast.rouge_l(hyps, refs) if kind == "rougeL" else fast.rouge_n(hyps, refs, n=int(kind[-1]))
     assert_close(got, rouge(kind, hyps, refs))
 
@@ -259,7 +260,7 @@ BATCH_IDS = [([5, 6, 7, 8, 9], [5, 6, 7, 8, 9]), ([1, 2, 3, 4], [1, 2, 3, 5]), (
 
 
 def reward_inputs() -> dict:
-    completion_ids, reference_ids = ([list(x) for x in side] for side in zip(*BATCH_IDS))
+    completion_ids, reference_ids = ([list(x) for x in side] for side in zip(*BATCH_IDS, strict=True))
     return dict(completions=[text(h) for h in completion_ids], references=[text(r) for r in reference_ids],
                 completion_ids=completion_ids, reference_ids=reference_ids, prompts=["p"] * len(BATCH_IDS))
 
@@ -286,7 +287,7 @@ def test_registered_rewards_weighted_sum():
     inputs = reward_inputs()
     total, parts = score(build([RewardConfig(name="token_bleu", weight=0.5),
                                 RewardConfig(name="token_rouge_l", weight=2.0)]), **inputs)
-    assert total == pytest.approx([0.5 * b + 2.0 * r for b, r in zip(parts["token_bleu"], parts["token_rouge_l"])])
+    assert total == pytest.approx([0.5 * b + 2.0 * r for b, r in zip(parts["token_bleu"], parts["token_rouge_l"], strict=True)])
     assert parts["token_bleu"][0] == pytest.approx(1.0) and parts["token_rouge_l"][0] == pytest.approx(1.0)
 
 

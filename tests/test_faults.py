@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import TINY_CONFIGS, make_pairs, write_jsonl
+from safetensors.torch import load_file
+from test_cli import assert_one_line_error
+
 from seqrl.checkpoint import list_checkpoints
 from seqrl.cli import main
 from seqrl.errors import first_sentence
 from seqrl.modeling import TextModel
 from seqrl.runlog import RunLog
-from test_cli import assert_one_line_error
 
 
 def test_first_sentence_ends_at_a_sentence_not_inside_one():

@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_CONFIGS
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_cli import assert_one_line_error
+from test_generation import load
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from conftest import TINY_CONFIGS
 from seqrl.cli import main
 from seqrl.config import LoraSettings
 from seqrl.errors import SeqrlError
 from seqrl.lora import apply, merged_state_dict
-from test_cli import assert_one_line_error
-from test_generation import load
 
 FAMILIES = ["marian", "mbart50", "nllb", "t5", "bart", "gpt2"]
 
@@ -210,7 +210,7 @@ def test_base_fingerprint_of_zero3_partitions_is_the_whole_models():
     parts = [base_fingerprint(m, sum_over_processes=lambda t: t) for m in ranks]  # without the collective
     assert all(p < whole for p in parts) and sum(parts) == pytest.approx(whole, rel=1e-12)
     own = [torch.tensor(p, dtype=torch.float64) for p in parts]
-    for r, m in enumerate(ranks):  # with it: every process gets the whole model's number
+    for m in ranks:  # with it: every process gets the whole model's number
         assert base_fingerprint(m, sum_over_processes=lambda t: sum(own)) == pytest.approx(whole, rel=1e-12)
     other = copy.deepcopy(model)
     other[0].weight.data[0, 0] += 1.0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_pairs
+
 from seqrl.config import RewardConfig
 from seqrl.errors import SeqrlError
 from seqrl.rewards import build

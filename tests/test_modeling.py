@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_CONFIGS, build_tiny, make_pairs
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
@@ -16,12 +17,9 @@ from transformers import (
 from seqrl import modeling
 from seqrl.config import DataConfig, ModelConfig, TokenizerConfig
 from seqrl.errors import SeqrlError
-from seqrl.losses import masked_xent
-from seqrl.losses import IGNORE_INDEX
+from seqrl.losses import IGNORE_INDEX, masked_xent
 from seqrl.modeling import TextModel, build, load_saved
 from seqrl.tokenizer import train_tokenizer
-
-from conftest import TINY_CONFIGS, build_tiny, make_pairs
 
 PAIRS = make_pairs()
 SOURCES = [p["en"] for p in PAIRS[:5]]
@@ -30,7 +28,7 @@ TARGETS = [p["es"] for p in PAIRS[:5]]
 
 def features(tm: TextModel, n: int = 5) -> list[dict]:
     src, tgt = tm.encode_sources(SOURCES[:n]), tm.encode_targets(TARGETS[:n])
-    return [{"source_ids": s, "target_ids": t} for s, t in zip(src, tgt)]
+    return [{"source_ids": s, "target_ids": t} for s, t in zip(src, tgt, strict=True)]
 
 
 # -- building ------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_CONFIGS, write_toy_splits
 from safetensors.torch import load_file
 
-from conftest import TINY_CONFIGS, write_toy_splits
 from seqrl.checkpoint import list_checkpoints
 from seqrl.preemption import EXIT_PREEMPTED
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import yaml
+from conftest import EN_ES, make_tiny_recipe
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from conftest import EN_ES, make_tiny_recipe
 from seqrl.cli import main
 from seqrl.modeling import load_saved
 

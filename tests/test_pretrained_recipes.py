@@ -13,11 +13,11 @@ import datasets
 import pytest
 import yaml
 from accelerate.state import AcceleratorState
-
 from conftest import make_pairs, write_jsonl
-from seqrl.cli import main
 from stand_ins import build_stand_in
 from test_prepare_minilm import pm, tiny_bert
+
+from seqrl.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes" / "pretrained").glob("*.yaml"))

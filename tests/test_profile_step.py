@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from seqrl import rollout as rollout_module
 from seqrl import candidates
+from seqrl import rollout as rollout_module
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("profile_step", REPO / "scripts" / "profile_step.py")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_CONFIGS, write_toy_splits
 from safetensors.torch import load_file
 
-from conftest import TINY_CONFIGS, write_toy_splits
 from seqrl.checkpoint import list_checkpoints
 
 XENT_STEPS, TOTAL = 12, 24  # mixer: 12 XENT steps, then stages of 3 steps with delta 2 up to 8 tokens

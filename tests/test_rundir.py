@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_cli import assert_one_line_error
 
 from seqrl.cli import main
 from seqrl.errors import SeqrlError
 from seqrl.rundir import LOCK_FILE, RunDirLock
-
-from test_cli import assert_one_line_error
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 

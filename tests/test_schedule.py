@@ -66,7 +66,7 @@ def test_mixer_boundaries():
 def test_mixer_every_step_is_in_its_boundary_stage():
     s = paper_mt_schedule()
     starts = [b for b, _ in s.boundaries()] + [s.total_steps]
-    for (first, plan), end in zip(s.boundaries(), starts[1:]):
+    for (first, plan), end in zip(s.boundaries(), starts[1:], strict=True):
         assert all(s.plan(step) == plan for step in range(first, end))
 
 

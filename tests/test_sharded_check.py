@@ -25,6 +25,7 @@ SCRIPT = REPO / "scripts" / "sharded_check.py"
 sys.path.insert(0, str(REPO / "scripts"))  # as when run: the script imports scripts/benchkit/
 import benchkit.sharded_runs as sr  # noqa: E402
 import benchkit.sharded_verdicts as sv  # noqa: E402
+
 spec = importlib.util.spec_from_file_location("sharded_check", SCRIPT)
 sc = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = sc

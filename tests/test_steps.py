@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-
 from conftest import make_pairs
+
 from seqrl import baselines
 from seqrl.candidates import CandidateMaker
 from seqrl.config import DataConfig, RewardConfig
@@ -32,7 +32,7 @@ def parts(tiny_text_model):
     model = copy.deepcopy(tm.model).eval()  # (no dropout: two passes compare exactly)
     pairs = make_pairs()[:4]
     features = [{"en": p["en"], "es": p["es"], "source_ids": s, "target_ids": t} for p, s, t in
-                zip(pairs, tm.encode_sources([p["en"] for p in pairs]), tm.encode_targets([p["es"] for p in pairs]))]
+                zip(pairs, tm.encode_sources([p["en"] for p in pairs]), tm.encode_targets([p["es"] for p in pairs]), strict=True)]
     batch = TrainCollator(tm, DataConfig(path="unused", source_field="en", target_field="es"))(features)
     return tm, model, batch, Accelerator(cpu=True)
 

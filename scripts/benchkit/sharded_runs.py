@@ -11,8 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from benchkit.sharded_verdicts import (compare_weights, first_error_line, loss_verdict, losses, median_step_time,
-                                       parallelism_line, read_metrics, resume_verdict)
+from benchkit.sharded_verdicts import (
+    compare_weights,
+    first_error_line,
+    loss_verdict,
+    losses,
+    median_step_time,
+    parallelism_line,
+    read_metrics,
+    resume_verdict,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate"

@@ -41,15 +41,20 @@ SIZES = {
 }
 
 
+def _bible_train_rows() -> list[dict]:
+    with gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt") as f:
+        return [json.loads(line) for line in f]
+
+
 def bible_tokenizer(vocab: int):
     """The tokenizer every arm uses: a `vocab`-token BPE trained on the Bible data's English and Spanish verses."""
-    rows = [json.loads(line) for line in gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt")]
+    rows = _bible_train_rows()
     return train_tokenizer([r["en"] for r in rows] + [r["es"] for r in rows], TokenizerConfig(vocab_size=vocab))
 
 
 def load_pairs(tok, n: int, max_tokens: int) -> list[dict]:
     """Bible verse pairs whose English prompt is 24..max_tokens tokens and whose Spanish fits too."""
-    rows = [json.loads(line) for line in gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt")]
+    rows = _bible_train_rows()
     out = []
     for row in rows:
         # the prompt as every arm feeds it (with the tokenizer's </s>), the reference without it

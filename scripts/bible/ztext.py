@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import PrepareError
 from .versification import TESTAMENTS, index_size, verse_refs
