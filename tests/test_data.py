@@ -361,7 +361,8 @@ def test_one_number_among_json_targets(tmp_path, toy_pairs):
     rows = [dict(r) for r in toy_pairs[:6]]
     rows[4]["es"] = 3.5
     write_jsonl(tmp_path / "train.jsonl", rows)
-    with pytest.raises(DataError, match=r"data.target_field 'es' in .*train.jsonl must hold text; row 4 holds float 3.5"):
+    with pytest.raises(DataError,
+                       match=r"data.target_field 'es' in .*train.jsonl must hold text; row 4 holds float 3.5"):
         load_raw(cfg(path=str(tmp_path)), ["train"])
 
 

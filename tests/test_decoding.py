@@ -102,7 +102,8 @@ def test_resolve_picks_per_model_and_device_and_refuses_what_cannot_run():
     marked._can_compile_fullgraph = True  # (instance attribute: resolve reads the class's)
     assert resolve("auto", None, None, unmarked, cpu, 64) == Decoding("dynamic", False, 1, None)
     assert resolve("auto", None, None, unmarked, gpu, 64) == Decoding("dynamic", False, 8, None)
-    with pytest.raises(SeqrlError, match=r"^reinforce.decoding.kv_cache: static: .*_Unmarked.*set reinforce.decoding.kv_cache: auto"):
+    with pytest.raises(SeqrlError, match=r"^reinforce.decoding.kv_cache: static: .*_Unmarked.*"
+                                         r"set reinforce.decoding.kv_cache: auto"):
         resolve("static", None, None, unmarked, cpu, 64)
     with pytest.raises(SeqrlError, match=r"^reinforce.decoding.compile: true needs the static KV cache"):
         resolve("dynamic", True, None, unmarked, cpu, 64)

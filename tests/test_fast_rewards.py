@@ -220,7 +220,8 @@ def test_pairs_do_not_share_ngrams():
 def test_all_padding_row_scores_zero():
     hyps = torch.tensor([[1, 2, 3, 0], [0, 0, 0, 0], [4, 5, 0, 0]])
     refs = torch.tensor([[1, 2, 3, 0], [6, 7, 0, 0], [0, 0, 0, 0]])
-    for got in (fast.bleu(hyps, refs, pad_id=0), fast.rouge_n(hyps, refs, pad_id=0), fast.rouge_l(hyps, refs, pad_id=0)):
+    for got in (fast.bleu(hyps, refs, pad_id=0), fast.rouge_n(hyps, refs, pad_id=0),
+                fast.rouge_l(hyps, refs, pad_id=0)):
         assert got.dtype in (torch.float32, torch.float64)
         assert got[0].item() == pytest.approx(1.0) and got[1:].tolist() == [0.0, 0.0]
     everything_padding = torch.zeros(2, 3, dtype=torch.long)
@@ -287,7 +288,8 @@ def test_registered_rewards_weighted_sum():
     inputs = reward_inputs()
     total, parts = score(build([RewardConfig(name="token_bleu", weight=0.5),
                                 RewardConfig(name="token_rouge_l", weight=2.0)]), **inputs)
-    assert total == pytest.approx([0.5 * b + 2.0 * r for b, r in zip(parts["token_bleu"], parts["token_rouge_l"], strict=True)])
+    assert total == pytest.approx([0.5 * b + 2.0 * r
+                                   for b, r in zip(parts["token_bleu"], parts["token_rouge_l"], strict=True)])
     assert parts["token_bleu"][0] == pytest.approx(1.0) and parts["token_rouge_l"][0] == pytest.approx(1.0)
 
 

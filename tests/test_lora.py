@@ -136,7 +136,8 @@ def test_resuming_a_lora_checkpoint_into_a_full_run_is_refused(stand_in_dir, toy
                  "--set", f"run.output_dir={tmp_path / 'full'}"]) == 0
     capsys.readouterr()
     rc = main(["finetune", str(tmp_path / "r.yaml"), "--set", f"run.output_dir={tmp_path / 'lora'}",
-               "--set", f"run.resume={tmp_path / 'full' / 'checkpoints' / 'step-00000003'}", "--set", "schedule.xent_steps=4"])
+               "--set", f"run.resume={tmp_path / 'full' / 'checkpoints' / 'step-00000003'}",
+               "--set", "schedule.xent_steps=4"])
     err = capsys.readouterr().err
     assert_one_line_error(rc, err, "run.resume", "holds every weight of its model (a recipe without model.lora), "
                           "and this recipe trains LoRA adapters only (model.lora); use its own recipe")

@@ -99,7 +99,8 @@ def seqrl_recipe(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
         "data": {"path": str(data), "max_source_tokens": 32, "max_target_tokens": args.new_tokens},
         "schedule": {"kind": "mixer", "xent_steps": 0, "stage_steps": n_steps, "delta": args.new_tokens,
                      "xent_weight": 0.0},
-        "reinforce": {"batch_size": args.prompts, "candidates": {"num_samples": args.samples}, "baseline": {"kind": "loo"}},
+        "reinforce": {"batch_size": args.prompts, "candidates": {"num_samples": args.samples},
+                      "baseline": {"kind": "loo"}},
         "rewards": [{"name": "token_bleu"} if args.reward == "token_bleu" else
                     {"name": "bertscore", "kwargs": {"model": minilm_path(), "batch_size": 64}}],
         "optim": {"lr": 1e-4, "warmup_steps": 0, "decay": "constant", "max_grad_norm": 1.0},
