@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--code", default=None, help="a seqrl checkout to measure instead of this one (older code: "
                                                  "no cache fields are set, only `first` makes sense)")
     p.add_argument("--train-tokenizer", action="store_true", help="train the tokenizer at every start")
-    p.add_argument("--tokenizer-cap", type=int, default=100_000, help="tokenizer.max_train_examples with --train-tokenizer")
+    p.add_argument("--tokenizer-cap", type=int, default=100_000,
+                   help="tokenizer.max_train_examples with --train-tokenizer")
     p.add_argument("--no-reference", action="store_true", help="skip the 1,000-pair reference start")
     p.add_argument("--timeout", type=int, default=7200, help="seconds per start")
     p.add_argument("--padding", type=int, default=0, metavar="BATCH",

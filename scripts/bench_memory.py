@@ -133,7 +133,8 @@ def run_arm(args) -> dict:
         "data": {"path": str(args.work / "data"), "max_source_tokens": LENGTH, "max_target_tokens": LENGTH},
         "xent": {"batch_size": 64},
         "schedule": schedule,
-        "reinforce": {"batch_size": 16, "candidates": {"num_samples": 4}, "baseline": {"kind": "loo"}, **MODES[mode][1]},
+        "reinforce": {"batch_size": 16, "candidates": {"num_samples": 4}, "baseline": {"kind": "loo"},
+                      **MODES[mode][1]},
         "rewards": [{"name": "token_bleu"}],
         "optim": {"lr": 1e-4, "warmup_steps": 0, "decay": "constant"},
         "eval": {"every": 0, "max_new_tokens": LENGTH},
@@ -182,12 +183,13 @@ def table(results: dict[str, dict], device: str) -> str:
                 mem = f"{r['peak_mb']:,.0f}"
                 if device == "cpu":
                     mem += f" ({r['peak_mb'] - r['before_model_mb']:,.0f})"
-                ratio = (lambda key: f"{r[key] / full[key]:.2f}x" if full else "")
-                mem_ratio = ratio("peak_mb")
+                ratio = {key: f"{r[key] / full[key]:.2f}x" if full else "" for key in ("peak_mb", "step_s")}
+                mem_ratio = ratio["peak_mb"]
                 if device == "cpu" and full:
-                    mem_ratio += (f" ({(r['peak_mb'] - r['before_model_mb']) / (full['peak_mb'] - full['before_model_mb']):.2f}x)")
+                    own, full_own = r['peak_mb'] - r['before_model_mb'], full['peak_mb'] - full['before_model_mb']
+                    mem_ratio += f" ({own / full_own:.2f}x)"
                 lines.append(f"| {name} | {kind} | {mode} | {r['trained'] / 1e6:.2f}M / {r['params'] / 1e6:.1f}M "
-                             f"| {mem} | {mem_ratio} | {r['step_s']:.2f} | {ratio('step_s')} |")
+                             f"| {mem} | {mem_ratio} | {r['step_s']:.2f} | {ratio['step_s']} |")
     for name in MODELS:
         r = results.get(f"{name}:projection")
         if r:

@@ -86,7 +86,8 @@ ABLATIONS = {
     "B-risk-reference": ["reinforce.estimator.kind=risk", "reinforce.candidates.reference=true"],
     # a smoother q (Shen et al. chose alpha = 5e-3): the q-weights of unlikely candidates are not ~0
     "B-risk-alpha-0.1": ["reinforce.estimator.kind=risk", "reinforce.estimator.risk_alpha=0.1"],
-    "B-risk-beam-alpha-0.1": ["reinforce.estimator.kind=risk", "reinforce.candidates.kind=beam", "reinforce.estimator.risk_alpha=0.1"],
+    "B-risk-beam-alpha-0.1": ["reinforce.estimator.kind=risk", "reinforce.candidates.kind=beam",
+                              "reinforce.estimator.risk_alpha=0.1"],
     # the risk alone on the sampled suffix, without MIXER's XENT on the gold prefix beside it
     "B-risk-no-prefix-xent": ["reinforce.estimator.kind=risk", "schedule.xent_weight=0"],
     # the two remedies that arm pointed at: the risk scaled up 9x against the prefix's XENT (alone,
@@ -146,8 +147,9 @@ def xent_overrides(args, recipe: str, metric: str, seed: int) -> list[str]:
     --keep-evaluated, one at each of its evaluations as well, all kept."""
     steps = [f"run.max_steps={args.xent_steps}"] if args.xent_steps else []
     every = load_recipe(ROOT / recipe, args.overrides).eval.every if args.keep_evaluated else 1000000000
-    return [*args.overrides, f"run.seed={seed}", *XENT_ONLY, f"eval.best_metric={metric}", f"eval.patience={args.patience}",
-            f"run.max_minutes={args.xent_minutes}", "data.test_split=null", f"run.save_every={every}",
+    return [*args.overrides, f"run.seed={seed}", *XENT_ONLY, f"eval.best_metric={metric}",
+            f"eval.patience={args.patience}", f"run.max_minutes={args.xent_minutes}", "data.test_split=null",
+            f"run.save_every={every}",
             f"run.keep_checkpoints={100000 if args.keep_evaluated else 1}", *steps]
 
 
@@ -168,7 +170,8 @@ def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) ->
     shutil.copytree(xent, out, ignore=shutil.ignore_patterns("final", "plots", "predictions-*", "quality.json",
                                                            "selection.json"))
     (out / "branch.json").write_text(json.dumps({"step": state["step"], "seconds": state["seconds"]}))
-    finetune(recipe, out, [*xent_overrides(args, recipe, metric, seed), "eval.patience=0", f"eval.every={args.arm_eval_every}",
+    finetune(recipe, out, [*xent_overrides(args, recipe, metric, seed), "eval.patience=0",
+                           f"eval.every={args.arm_eval_every}",
                            f"run.max_minutes={state['seconds'] / 60 + args.budget_minutes}", "run.max_steps=null",
                            "run.resume=auto", *keep_evaluated(args)])
 
@@ -176,7 +179,8 @@ def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) ->
 def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[str], seed_dir: Path) -> None:
     start = seed_dir / "xent" / "best"
     if not (seed_dir / "xent" / "final").is_dir():  # best/ exists while XENT still runs: wait for the end
-        raise SystemExit(f"bench_quality: {seed_dir / 'xent'} has not finished; run the xent piece first (--pieces xent)")
+        raise SystemExit(f"bench_quality: {seed_dir / 'xent'} has not finished; "
+                         "run the xent piece first (--pieces xent)")
     common = [*args.overrides, f"run.seed={seed}", f"model.name_or_path={start}", "model.architecture=null",
               "model.config={}", "optim.decay=constant", f"eval.best_metric={metric}", "eval.patience=0",
               f"eval.every={args.arm_eval_every}",

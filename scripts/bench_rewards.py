@@ -17,6 +17,7 @@ LongTensors (pad_id) and on ragged lists of ids, the form the registered rewards
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
 import time
@@ -77,11 +78,11 @@ def reference_scorers() -> dict:
     rouge2 = rouge_scorer.RougeScorer(["rouge2"], use_stemmer=False)
     rouge_l = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     return {
-        "BLEU": lambda hs, rs: [sacre.sentence_score(h, [r]).score / 100 for h, r in zip(hs, rs)],
+        "BLEU": lambda hs, rs: [sacre.sentence_score(h, [r]).score / 100 for h, r in zip(hs, rs, strict=True)],
         "BLEU vs sentence_bleu": lambda hs, rs: [sacrebleu.sentence_bleu(h, [r], tokenize="none").score / 100
-                                                 for h, r in zip(hs, rs)],
-        "ROUGE-2": lambda hs, rs: [rouge2.score(r, h)["rouge2"].fmeasure for h, r in zip(hs, rs)],
-        "ROUGE-L": lambda hs, rs: [rouge_l.score(r, h)["rougeL"].fmeasure for h, r in zip(hs, rs)],
+                                                 for h, r in zip(hs, rs, strict=True)],
+        "ROUGE-2": lambda hs, rs: [rouge2.score(r, h)["rouge2"].fmeasure for h, r in zip(hs, rs, strict=True)],
+        "ROUGE-L": lambda hs, rs: [rouge_l.score(r, h)["rougeL"].fmeasure for h, r in zip(hs, rs, strict=True)],
     }
 
 
@@ -99,10 +100,10 @@ def bench_length(rng, pairs: int, length: int, repeats: int) -> list[str]:
     hyp_pad, ref_pad = as_padded(hyps), as_padded(refs)
     rows = []
     for metric, reference in reference_scorers().items():
-        ref_ms, expected = best_ms(lambda: reference(hyp_text, ref_text), max(2, repeats // 5))
+        ref_ms, expected = best_ms(functools.partial(reference, hyp_text, ref_text), max(2, repeats // 5))
         expected = torch.tensor(expected, dtype=torch.float64)
-        inputs = {"padded tensors": lambda: FAST[metric](hyp_pad, ref_pad, pad_id=PAD_ID),
-                  "ragged lists": lambda: FAST[metric](hyps, refs)}
+        inputs = {"padded tensors": functools.partial(FAST[metric], hyp_pad, ref_pad, pad_id=PAD_ID),
+                  "ragged lists": functools.partial(FAST[metric], hyps, refs)}
         for form, run in inputs.items():
             run()  # warm-up: first calls allocate
             fast_ms, got = best_ms(run, repeats)

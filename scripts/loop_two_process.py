@@ -40,7 +40,8 @@ def recipe(data: Path, out: Path) -> dict:
             "data": {"path": str(data), "source_field": "en", "target_field": "es", "max_source_tokens": 16,
                      "max_target_tokens": 8, "test_split": None},
             "xent": {"batch_size": 4}, "schedule": {"kind": "mixer", "xent_steps": 3, "stage_steps": 2, "delta": 4},
-            "reinforce": {"baseline": {"kind": "loo"}, "candidates": {"num_samples": 2}, "batch_size": 2}, "rewards": [{"name": "bleu"}],
+            "reinforce": {"baseline": {"kind": "loo"}, "candidates": {"num_samples": 2}, "batch_size": 2},
+            "rewards": [{"name": "bleu"}],
             "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 8},
             "run": {"output_dir": str(out), "overwrite": True}, "log": {"every": 1, "progress_bar": False}}
 

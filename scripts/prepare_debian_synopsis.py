@@ -181,8 +181,10 @@ def main(argv: list[str] | None = None) -> None:
         families = Counter(r["family"] for r in rows)
         family, largest = families.most_common(1)[0] if families else ("", 0)
         first = next((r["package"] for r in rows if r["family"] == family), "-")
-        print(f"{name}: {len(rows)} pairs in {len(families)} families, the largest {largest} pairs ({first}, ...) (median "
-              f"{words[len(words) // 2] if words else 0} source words, {syn[len(syn) // 2] if syn else 0} synopsis words) "
+        print(f"{name}: {len(rows)} pairs in {len(families)} families, "
+              f"the largest {largest} pairs ({first}, ...) (median "
+              f"{words[len(words) // 2] if words else 0} source words, "
+              f"{syn[len(syn) // 2] if syn else 0} synopsis words) "
               f"-> {args.out / (name + '.jsonl.gz')}")
     print(f"digests and suite dates -> {args.out / 'manifest.json'}")
 

@@ -220,7 +220,8 @@ def report(result: dict) -> str:
     summary = (f"**Rollout**: {ro['iterations']} decoding iterations ({ro['iterations_from']}; the rollout's "
                f"positions, max length - min prefix: {ro['positions']}), {ro['rows']} rows, {ro['sampled_tokens']} "
                f"sampled tokens; {ro['rollout_ms']:.1f} ms, of which {ro['model_ms']:.1f} in the model's forward calls")
-    lines += [summary, "", "| per decoding iteration | whole rollout | in the model's forward | outside it (sampling, loop) |",
+    lines += [summary, "",
+              "| per decoding iteration | whole rollout | in the model's forward | outside it (sampling, loop) |",
               "|---|---|---|---|"]
     names = {"leaf_aten_ops": "leaf aten ops" + ("" if cuda else " (CPU analogue of kernel launches)"),
              "leaf_compute_ops": "of which compute ops (views, allocations left out)",

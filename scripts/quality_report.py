@@ -60,7 +60,8 @@ def assess(recipe: str, run_dir: Path, metric: str, overrides: list[str]) -> dic
             hyps = evaluate.decode(text_model, text_model.model, list(test["source_ids"]), batch_size=64, num_beams=1,
                                    max_new_tokens=cfg.eval.max_new_tokens)
         (run_dir / PREDICTIONS[name]).write_text("".join(
-            json.dumps({"reference": r, "hypothesis": h}, ensure_ascii=False) + "\n" for r, h in zip(refs, hyps)))
+            json.dumps({"reference": r, "hypothesis": h}, ensure_ascii=False) + "\n"
+            for r, h in zip(refs, hyps, strict=True)))
         return hyps
 
     if result is None:
@@ -104,17 +105,22 @@ def trivial_baselines(recipe: str, task: str, metric: str, out: Path, overrides:
     trivial = {"copy the source" if task == "translation" else "lead-8 words":
                corpus_scores(src if task == "translation" else diagnostics.lead_words(src, 8), ref, [metric])[metric]}
     candidates = diagnostics.frequent_targets(list(raw[cfg.data.train_split][cfg.data.target_field]), 200)
-    constant, _ = diagnostics.best_constant_output(candidates, list(raw[cfg.data.eval_split][cfg.data.target_field]), metric)
-    trivial[f"best constant output ({constant!r}, chosen on validation)"] = corpus_scores([constant] * len(ref), ref, [metric])[metric]
+    eval_targets = list(raw[cfg.data.eval_split][cfg.data.target_field])
+    constant, _ = diagnostics.best_constant_output(candidates, eval_targets, metric)
+    trivial[f"best constant output ({constant!r}, chosen on validation)"] = (
+        corpus_scores([constant] * len(ref), ref, [metric])[metric])
     out.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(trivial, indent=1))
     return trivial
 
 
 def table(args, recipe: str, metric: str, task_dir: Path) -> str:
-    """Rows: finished runs (final/, or quality.json, which only finished runs get; final/ may be deleted to save space)."""
-    runs = {seed: {p.name: assess(recipe, p, metric, args.overrides) for p in sorted((task_dir / f"seed{seed}").iterdir())
-                   if (p / "final").is_dir() or (p / "quality.json").is_file()} for seed in args.seeds if (task_dir / f"seed{seed}").is_dir()}
+    """Rows: finished runs (final/, or quality.json, which only finished runs get; final/ may be deleted to save
+    space)."""
+    runs = {seed: {p.name: assess(recipe, p, metric, args.overrides)
+                   for p in sorted((task_dir / f"seed{seed}").iterdir())
+                   if (p / "final").is_dir() or (p / "quality.json").is_file()}
+            for seed in args.seeds if (task_dir / f"seed{seed}").is_dir()}
     names = sorted({name for r in runs.values() for name in r}, key=lambda n: (n != "xent", n))
     split_header = "bleu / brevity penalty / brevity penalty" if metric == "bleu" else f"{metric} precision / recall"
     lines = [f"## {args.task}: test {metric} (greedy), best checkpoint by validation {metric}\n",
@@ -129,9 +135,12 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
         sd = f"{statistics.stdev(scores):.2f}" if len(scores) > 1 else "—"
         finals = ", ".join(f"{g['test_final'][metric]:.2f}" if "test_final" in g else "—" for g in got)
         lines.append(f"| {name} | {statistics.mean(scores):.2f} | {', '.join(f'{v:.2f}' for v in scores)} | {sd} "
-                     f"| {finals} | {statistics.mean(g['distinct'] for g in got):.3f} | {statistics.mean(g['length_ratio'] for g in got):.2f} "
-                     f"| {statistics.mean(g['xent_true'] for g in got):.3f} -> {statistics.mean(g['xent_shuffled'] for g in got):.3f} "
-                     f"| {statistics.mean(g['minutes'] for g in got):.1f} | {statistics.mean(g['steps'] for g in got):.0f} "
+                     f"| {finals} | {statistics.mean(g['distinct'] for g in got):.3f} "
+                     f"| {statistics.mean(g['length_ratio'] for g in got):.2f} "
+                     f"| {statistics.mean(g['xent_true'] for g in got):.3f} "
+                     f"-> {statistics.mean(g['xent_shuffled'] for g in got):.3f} "
+                     f"| {statistics.mean(g['minutes'] for g in got):.1f} "
+                     f"| {statistics.mean(g['steps'] for g in got):.0f} "
                      f"| {other_metrics(got, metric)} | {score_split(task_dir, runs, name, metric)} |")
     for name, value in trivial_baselines(recipe, args.task, metric, task_dir, args.overrides).items():
         lines.append(f"| {name} | {value:.2f} | | | | | | | | | | |")
@@ -148,12 +157,14 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
         for arm in candidates:
             lines += ["", f"| seed | {' | '.join(f'{arm} - {other}{label}' for other in others)} |",
                       "|---" * (len(others) + 1) + "|"]
-            lines += [f"| {seed} | {' | '.join(b_minus(task_dir / f'seed{seed}', other, metric, arm, groups, model) for other in others)} |"
-                      for seed in runs]
+            for seed in runs:
+                diffs = (b_minus(task_dir / f"seed{seed}", other, metric, arm, groups, model) for other in others)
+                lines.append(f"| {seed} | {' | '.join(diffs)} |")
     ablated = [(seed, name) for seed in runs for name in runs[seed] if name.startswith("B-")]
     if ablated:
         lines += ["", "| seed | B - ablation | difference [95% interval] |", "|---|---|---|"]
-        lines += [f"| {seed} | {name} | {b_minus(task_dir / f'seed{seed}', name, metric, groups=groups)} |" for seed, name in ablated]
+        lines += [f"| {seed} | {name} | {b_minus(task_dir / f'seed{seed}', name, metric, groups=groups)} |"
+                  for seed, name in ablated]
     for seed in runs:
         lines.append(f"\n![validation {metric} vs minutes, seed {seed}](curves-seed{seed}.png)")
         plot_curves(task_dir / f"seed{seed}", metric, runs[seed], task_dir / f"curves-seed{seed}.png", args.machine)
@@ -164,7 +175,8 @@ def table(args, recipe: str, metric: str, task_dir: Path) -> str:
 
 def other_metrics(results: list[dict], metric: str) -> str:
     """The test metrics besides the reward's, mean over seeds: a gain that is only in the reward shows here."""
-    return ", ".join(f"{k} {statistics.mean(r['test'][k] for r in results):.2f}" for k in results[0]["test"] if k != metric)
+    return ", ".join(f"{k} {statistics.mean(r['test'][k] for r in results):.2f}"
+                     for k in results[0]["test"] if k != metric)
 
 
 def score_split(task_dir: Path, runs: dict, name: str, metric: str) -> str:

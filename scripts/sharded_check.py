@@ -112,7 +112,8 @@ pydantic). This checkout's .venv cannot go there (2 GB, a CPU build of torch, Py
 
 (pip download of wheels for CPython 3.12 x86-64 at this checkout's versions, and pip wheel for
 deepspeed and rouge-score, which the registry has as sources only; deepspeed with DS_BUILD_OPS=0:
-no compiled ops, and seqrl uses none: its optimizer is torch's AdamW.) Then on the GPU machine, with `.whl` carried, one command:
+no compiled ops, and seqrl uses none: its optimizer is torch's AdamW.) Then on the GPU machine, with `.whl`
+carried, one command:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit

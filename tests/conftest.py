@@ -138,6 +138,29 @@ def tiny_recipe(toy_data_dir, tmp_path) -> dict:
     return make_tiny_recipe(toy_data_dir, tmp_path / "run")
 
 
+@pytest.fixture
+def mixer_recipe(tiny_recipe) -> dict:
+    """The tiny recipe, ready for sequence-level schedules: short targets, 2 samples, BLEU reward."""
+    tiny_recipe["data"]["max_target_tokens"] = 8
+    tiny_recipe["reinforce"] = {"candidates": {"num_samples": 2}}
+    tiny_recipe["rewards"] = [{"name": "bleu"}]
+    return tiny_recipe
+
+
+@pytest.fixture
+def cli(capsys):
+    """`cli(*args)` -> (exit code, stdout, stderr) of `seqrl.cli.main(args)`, in-process."""
+    from seqrl.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop whatever came before
+        rc = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def stand_in_dir(tmp_path_factory):
     """`stand_in_dir(family)`: a tiny local stand-in of a pretrained family (`stand_ins.py`),

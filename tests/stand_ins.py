@@ -12,7 +12,7 @@ with `from_pretrained` like the real one.
 | t5 | t5-small / google/flan-t5-small | T5Tokenizer (Unigram, extra ids) | decoder_start = pad |
 | bart | facebook/bart-large-cnn | BartTokenizer (byte-level BPE) | forced_bos 0, forced_eos 2, no_repeat_ngram 3, min_length |
 | gpt2 | gpt2 | GPT2Tokenizer (byte-level BPE) | eos = bos = <|endoftext|> |
-"""
+"""  # noqa: E501  (a markdown table's rows cannot be wrapped)
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def marian(directory: Path):
         vocab.setdefault(pieces.id_to_piece(i), len(vocab))
     vocab["<pad>"] = len(vocab)
     (directory / "vocab.json").write_text(json.dumps(vocab))
-    tokenizer = MarianTokenizer(str(directory / "source.spm"), str(directory / "target.spm"), str(directory / "vocab.json"))
+    tokenizer = MarianTokenizer(str(directory / "source.spm"), str(directory / "target.spm"),
+                                str(directory / "vocab.json"))
     pad = vocab["<pad>"]
     config = MarianConfig(vocab_size=len(vocab), **TINY, pad_token_id=pad, eos_token_id=0, bos_token_id=0,
                           decoder_start_token_id=pad, forced_eos_token_id=0)

@@ -4,7 +4,7 @@ rises while a watched metric falls (`eval.watch`)."""
 import json
 
 import pytest
-from test_cli import assert_one_line_error, cli, write_recipe  # noqa: F401 (a fixture)
+from test_cli import assert_one_line_error, write_recipe
 
 from seqrl.alarms import degenerate, diverging, output_shares, reward_means
 
@@ -28,7 +28,7 @@ def test_degenerate_fires_at_the_threshold():
 def lines(rewards_between, chrf):
     """metrics.jsonl lines: the training rewards logged between evaluations, then each evaluation."""
     out, step = [], 0
-    for rewards, score in zip(rewards_between, chrf):
+    for rewards, score in zip(rewards_between, chrf, strict=True):
         for r in rewards:
             step += 1
             out.append({"step": step, "reward/total": r})

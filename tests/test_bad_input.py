@@ -208,6 +208,16 @@ def rerun_after_failed_setup(recipe: dict, ctx: Ctx) -> None:
     assert main(["finetune", str(ctx.recipe_path)]) == 2
 
 
+def output_dir_holds_a_run(recipe: dict, ctx: Ctx) -> None:
+    ctx.out.mkdir()
+    (ctx.out / "metrics.jsonl").write_text('{"step": 1}\n')
+
+
+def resume_from_a_plain_dir(recipe: dict, ctx: Ctx) -> None:
+    ctx.tmp.joinpath("plain").mkdir()
+    put("run.resume", str(ctx.tmp / "plain"))(recipe, ctx)
+
+
 def recipe_arg(*extra: str) -> Callable[[Ctx], list]:
     return lambda ctx: [ctx.recipe_path, *extra]
 
@@ -328,13 +338,16 @@ def binary_file(ctx: Ctx) -> Path:
 CASES = [
     # recipe file and structure
     Case("unknown-top-level-key", put("optimizer", {"lr": 1e-3}), ("unknown key 'optimizer'", "did you mean 'optim'")),
-    Case("unknown-section-key", put("schedule.xent_step", 4), ("'schedule.xent_step'", "did you mean 'schedule.xent_steps'")),
+    Case("unknown-section-key", put("schedule.xent_step", 4),
+         ("'schedule.xent_step'", "did you mean 'schedule.xent_steps'")),
     Case("unknown-reward-entry-key", both(MIXER, put("rewards", [{"name": "bleu", "weigth": 2.0}])),
          ("'rewards[0].weigth'", "did you mean 'rewards[0].weight'")),
     Case("key-given-twice", recipe_text(duplicate_key), ("'warmup_steps' appears twice", "line ")),
-    Case("yaml-does-not-parse", lambda r, ctx: "model:\n\tarchitecture: marian\n", ("recipe.yaml", "not valid YAML", "line 2"),),
+    Case("yaml-does-not-parse", lambda r, ctx: "model:\n\tarchitecture: marian\n",
+         ("recipe.yaml", "not valid YAML", "line 2"),),
     Case("recipe-is-a-list", lambda r, ctx: "- model\n- data\n", ("recipe.yaml", "must be a mapping", "list")),
-    Case("recipe-file-missing", noop, ("recipe file not found", "missing.yaml"), args=lambda ctx: [ctx.tmp / "missing.yaml"]),
+    Case("recipe-file-missing", noop, ("recipe file not found", "missing.yaml"),
+         args=lambda ctx: [ctx.tmp / "missing.yaml"]),
     Case("section-is-a-scalar", put("optim", 1e-3), ("optim must be a mapping", "0.001")),
     # wrong types
     Case("string-for-int", put("xent.batch_size", "sixteen"), ("xent.batch_size must be an integer", "'sixteen'")),
@@ -353,19 +366,23 @@ CASES = [
     Case("nan-lr", put("optim.lr", float("nan")), ("optim.lr",), command="validate",),
     Case("label-smoothing-1", put("xent.label_smoothing", 1.0), ("xent.label_smoothing must be in [0, 1)",)),
     Case("top-p-removed", put("reinforce.top_p", 0.9), ("reinforce.top_p was removed",)),
-    Case("old-flat-reinforce-key", put("reinforce.num_samples", 2), ("reinforce.num_samples moved to reinforce.candidates.num_samples",)),
-    Case("temperature-0", put("reinforce.candidates.temperature", 0), ("reinforce.candidates.temperature must be > 0",)),
+    Case("old-flat-reinforce-key", put("reinforce.num_samples", 2),
+         ("reinforce.num_samples moved to reinforce.candidates.num_samples",)),
+    Case("temperature-0", put("reinforce.candidates.temperature", 0),
+         ("reinforce.candidates.temperature must be > 0",)),
     Case("beta-1", put("optim.betas", [0.9, 1.0]), ("optim.betas", "[0, 1)")),
     Case("one-beta", put("optim.betas", [0.9]), ("optim.betas must be a list of 2 values",)),
     Case("ema-decay-1", put("reinforce.baseline.ema_decay", 1.0), ("reinforce.baseline.ema_decay must be in [0, 1)",)),
     Case("max-source-tokens-0", put("data.max_source_tokens", 0), ("data.max_source_tokens must be > 0",)),
-    Case("num-samples-0", put("reinforce.candidates.num_samples", 0), ("reinforce.candidates.num_samples must be > 0",)),
+    Case("num-samples-0", put("reinforce.candidates.num_samples", 0),
+         ("reinforce.candidates.num_samples must be > 0",)),
     Case("delta-0", put("schedule.delta", 0), ("schedule.delta must be > 0",)),
     # schedule and estimator combinations
     Case("mixer-without-stage-steps", put("schedule", {"kind": "mixer", "xent_steps": 4}),
          ("schedule.stage_steps", "schedule.stage_epochs", "mixer")),
     Case("stage-steps-with-xent", put("schedule.stage_steps", 2), ("schedule.stage_steps does not apply", "xent")),
-    Case("loo-with-one-sample", put("reinforce.candidates.num_samples", 1), ("reinforce.baseline.kind: loo", "num_samples >= 2")),
+    Case("loo-with-one-sample", put("reinforce.candidates.num_samples", 1),
+         ("reinforce.baseline.kind: loo", "num_samples >= 2")),
     Case("risk-with-one-candidate", put("reinforce", {"estimator": {"kind": "risk"}, "candidates": {"num_samples": 1}}),
          ("reinforce.estimator.kind: risk", "num_samples >= 2")),
     Case("risk-with-greedy-baseline", put("reinforce", {"estimator": {"kind": "risk"}, "baseline": {"kind": "greedy"}}),
@@ -376,12 +393,15 @@ CASES = [
          ("reinforce.candidates.kind: beam needs reinforce.estimator.kind: risk",)),
     Case("risk-length-normalize-without-risk", put("reinforce", {"estimator": {"risk_length_normalize": True}}),
          ("reinforce.estimator.risk_length_normalize needs reinforce.estimator.kind: risk",)),
-    Case("risk-alpha-0", put("reinforce", {"estimator": {"kind": "risk", "risk_alpha": 0}}), ("reinforce.estimator.risk_alpha must be > 0",)),
+    Case("risk-alpha-0", put("reinforce", {"estimator": {"kind": "risk", "risk_alpha": 0}}),
+         ("reinforce.estimator.risk_alpha must be > 0",)),
     Case("xent-steps-and-epochs", put("schedule.xent_epochs", 1.0), ("schedule.xent_steps", "schedule.xent_epochs")),
     # lengths beyond the model's 64 positions
-    Case("target-tokens-beyond-positions", put("data.max_target_tokens", 64), ("data.max_target_tokens", "64 positions")),
+    Case("target-tokens-beyond-positions", put("data.max_target_tokens", 64),
+         ("data.max_target_tokens", "64 positions")),
     Case("max-new-tokens-beyond-positions", put("eval.max_new_tokens", 100), ("eval.max_new_tokens", "64 positions")),
-    Case("validate-max-new-tokens-beyond-positions", put("eval.max_new_tokens", 100), ("eval.max_new_tokens", "64 positions"),
+    Case("validate-max-new-tokens-beyond-positions", put("eval.max_new_tokens", 100),
+         ("eval.max_new_tokens", "64 positions"),
          command="validate"),
     # data
     Case("data-dir-missing", lambda r, ctx: put("data.path", str(ctx.tmp / "no-such-dir"))(r, ctx),
@@ -401,18 +421,22 @@ CASES = [
     Case("data-path-is-a-file", lambda r, ctx: put("data.path", str(Path(r["data"]["path"]) / "train.jsonl"))(r, ctx),
          ("data.path", "train.jsonl", "is a file", "data.files")),
     Case("data-files-missing-file",
-         lambda r, ctx: put("data", {**r["data"], "path": None, "files": {"train": str(ctx.tmp / "nope.jsonl")}})(r, ctx),
+         lambda r, ctx: put("data", {**r["data"], "path": None,
+                                     "files": {"train": str(ctx.tmp / "nope.jsonl")}})(r, ctx),
          ("data.files", "nope.jsonl")),
     # model and tokenizer
     Case("model-path-and-architecture", put("model.name_or_path", "some/model"),
          ("set exactly one of model.name_or_path or model.architecture",)),
     Case("model-neither", put("model", {"config": dict(TINY_CONFIGS["marian"])}),
          ("set exactly one of model.name_or_path or model.architecture",)),
-    Case("architecture-typo", put("model.architecture", "marain"), ("model.architecture", "marain", "did you mean 'marian'"),),
+    Case("architecture-typo", put("model.architecture", "marain"),
+         ("model.architecture", "marain", "did you mean 'marian'"),),
     Case("model-config-unknown-key", put("model.config.d_modle", 32), ("model.config.d_modle", "did you mean"),
          command="validate",),
-    Case("model-config-wrong-type", put("model.config.d_model", "32"), ("model.config", "d_model"), command="validate",),
-    Case("model-config-rejected-by-model", put("model.config.d_model", 33), ("model.config does not fit", "divisible"),),
+    Case("model-config-wrong-type", put("model.config.d_model", "32"), ("model.config", "d_model"),
+         command="validate",),
+    Case("model-config-rejected-by-model", put("model.config.d_model", 33),
+         ("model.config does not fit", "divisible"),),
     Case("model-dir-missing",
          lambda r, ctx: put("model", {"name_or_path": str(ctx.tmp / "no-such-model")})(r, ctx),
          ("model.name_or_path", "no-such-model", "not found"),),
@@ -430,15 +454,11 @@ CASES = [
          ("smooth_metod", "did you mean 'smooth_method'"),),
     Case("rewards-a-mapping", both(MIXER, put("rewards", {"name": "bleu"})), ("rewards must be a list",)),
     # output directory, resume
-    Case("output-dir-holds-a-run",
-         lambda r, ctx: (ctx.out.mkdir(), (ctx.out / "metrics.jsonl").write_text('{"step": 1}\n')) and None,
-         ("already holds a run", "run.overwrite")),
+    Case("output-dir-holds-a-run", output_dir_holds_a_run, ("already holds a run", "run.overwrite")),
     Case("rerun-after-failed-setup", rerun_after_failed_setup, ("no-such-dir",),),
     Case("resume-dir-missing", lambda r, ctx: put("run.resume", str(ctx.tmp / "no-ckpt"))(r, ctx),
          ("run.resume", "not found", "no-ckpt")),
-    Case("resume-not-a-checkpoint", lambda r, ctx: (ctx.tmp.joinpath("plain").mkdir(),
-                                                    put("run.resume", str(ctx.tmp / "plain"))(r, ctx)) and None,
-         ("run.resume", "trainer_state.json")),
+    Case("resume-not-a-checkpoint", resume_from_a_plain_dir, ("run.resume", "trainer_state.json")),
     Case("resume-truncated-weights", resume_corrupt("model.safetensors", lambda b: b[:1000]),
          ("run.resume", "cannot load checkpoint", "step-00000001")),
     Case("resume-garbage-trainer-state", resume_corrupt("trainer_state.json", lambda b: b"{not json"),
@@ -446,7 +466,8 @@ CASES = [
     Case("resume-garbage-optimizer", resume_corrupt("optimizer.bin", lambda b: b"garbage"),
          ("run.resume", "cannot load checkpoint", "damaged"),),
     # recipes that would exhaust memory or recursion
-    Case("alias-bomb-in-typed-value", alias_bomb("xent.batch_size"), ("recipe.yaml", "more than 100,000 values", "aliases")),
+    Case("alias-bomb-in-typed-value", alias_bomb("xent.batch_size"),
+         ("recipe.yaml", "more than 100,000 values", "aliases")),
     Case("alias-bomb-in-reward-kwargs", alias_bomb("rewards.kwargs"), ("recipe.yaml", "more than 100,000 values")),
     Case("alias-bomb-in-set", noop, ("--set model.config", "100,000 values"),
          args=recipe_arg("--set", "model.config={a: &a [x, x, x, x, x, x, x, x, x, x], "
@@ -457,15 +478,18 @@ CASES = [
     Case("recipe-over-a-mebibyte", lambda r, ctx: yaml.safe_dump(r) + "#" + "x" * (1 << 20) + "\n",
          ("recipe.yaml", "over 1,048,576 bytes")),
     Case("recipe-not-utf8", not_utf8, ("recipe.yaml", "not UTF-8", "0xe9")),
-    Case("integer-of-5000-digits", lambda r, ctx: yaml.safe_dump(r).replace("warmup_steps: 1", "warmup_steps: " + "9" * 5000),
+    Case("integer-of-5000-digits",
+         lambda r, ctx: yaml.safe_dump(r).replace("warmup_steps: 1", "warmup_steps: " + "9" * 5000),
          ("recipe.yaml", "5,000 digits")),
     # numbers out of what torch and numpy hold
     Case("seed-negative", put("run.seed", -1), ("run.seed must be in [0, 2**32 - 1]", "-1")),
     Case("seed-over-32-bits", put("run.seed", 2**32), ("run.seed must be in [0, 2**32 - 1]", "4294967296")),
     Case("integer-too-large-for-a-float", put("optim.lr", 10**400), ("optim.lr must be between -2**63 and 2**63",)),
     Case("batch-size-10-to-the-20", put("xent.batch_size", 10**20), ("xent.batch_size must be between", "2**63")),
-    Case("nan-in-model-config", put("model.config.dropout", float("nan")), ("model.config.dropout must be a finite number",)),
-    Case("inf-in-reward-kwargs", both(MIXER, put("rewards", [{"name": "bleu", "kwargs": {"smooth_value": float("inf")}}])),
+    Case("nan-in-model-config", put("model.config.dropout", float("nan")),
+         ("model.config.dropout must be a finite number",)),
+    Case("inf-in-reward-kwargs",
+         both(MIXER, put("rewards", [{"name": "bleu", "kwargs": {"smooth_value": float("inf")}}])),
          ("rewards[0].kwargs.smooth_value must be a finite number",)),
     # data columns that are not text
     Case("integer-source-column", data_dir_with(train=lambda row: {**row, "en": 7}),
@@ -486,7 +510,8 @@ CASES = [
     Case("output-parent-is-a-file", output_dir_at(lambda ctx: a_file(ctx) / "run"), ("run.output_dir", "a-file")),
     Case("output-dir-cannot-be-created", output_dir_at(lambda ctx: Path("/sys/seqrl-test-run")),
          ("run.output_dir", "cannot be created", "writable")),
-    Case("output-dir-not-writable", output_dir_at(lambda ctx: Path("/sys")), ("run.output_dir '/sys' is not writable",)),
+    Case("output-dir-not-writable", output_dir_at(lambda ctx: Path("/sys")),
+         ("run.output_dir '/sys' is not writable",)),
     # pretrained models: languages, generation settings, LoRA, hub dataset shapes
     Case("unknown-target-language", stand_in_model("mbart50", **{"tokenizer.tgt_lang": "es_ES"}),
          ("tokenizer.tgt_lang", "no language code 'es_ES'", "did you mean 'es_XX'")),
@@ -495,7 +520,8 @@ CASES = [
     Case("generation-setting-typo", put("model.generation", {"no_repeat_ngram": 3}),
          ("model.generation.no_repeat_ngram", "did you mean 'model.generation.no_repeat_ngram_size'")),
     Case("generation-setting-rollouts-cannot-honour", put("model.generation", {"repetition_penalty": 1.2}),
-         ("repetition_penalty=1.2", "cannot be applied to training rollouts", "model.generation.repetition_penalty: 1.0")),
+         ("repetition_penalty=1.2", "cannot be applied to training rollouts",
+          "model.generation.repetition_penalty: 1.0")),
     Case("lora-target-modules-missing", put("model.lora", {"target_modules": ["query_proj"]}),
          ("model.lora.target_modules ['query_proj'] match no layer", "q_proj")),
     Case("lora-rank-0", put("model.lora", {"rank": 0}), ("model.lora.rank and model.lora.alpha must be > 0",)),
@@ -505,9 +531,11 @@ CASES = [
     Case("hub-config-with-local-data", put("data.hub_config", "en-es"), ("data.hub_config 'en-es'", "local")),
     Case("validation-carved-over-an-existing-one", put("data.validation_from_train", 0.1),
          ("data.validation_from_train is set", "'validation' split already")),
-    Case("validation-carve-not-whole", put("data.validation_from_train", 2.5), ("data.validation_from_train", "whole number")),
+    Case("validation-carve-not-whole", put("data.validation_from_train", 2.5),
+         ("data.validation_from_train", "whole number")),
     # rewards that cannot run: found at set-up, before any training
-    Case("reward-model-path-missing", both(MIXER, put("rewards", [{"name": "bertscore", "kwargs": {"model": "/no/such/encoder"}}])),
+    Case("reward-model-path-missing",
+         both(MIXER, put("rewards", [{"name": "bertscore", "kwargs": {"model": "/no/such/encoder"}}])),
          ("reward 'bertscore'", "/no/such/encoder", "could not be loaded")),
     Case("reward-model-kwarg-missing", both(MIXER, put("rewards", [{"name": "classifier"}])),
          ("rewards 'classifier'", "missing 'model'")),
@@ -518,7 +546,8 @@ CASES = [
     # trackers
     Case("tracker-typo", put("log.trackers", ["tensorbord"]), ("log.trackers", "did you mean 'tensorboard'")),
     # command line
-    Case("set-without-equals", noop, ("--set expects key=value", "optim.lr:1e-3"), args=recipe_arg("--set", "optim.lr:1e-3")),
+    Case("set-without-equals", noop, ("--set expects key=value", "optim.lr:1e-3"),
+         args=recipe_arg("--set", "optim.lr:1e-3")),
     Case("set-unknown-key", noop, ("'xent.batchsize'", "did you mean 'xent.batch_size'"),
          args=recipe_arg("--set", "xent.batchsize=8")),
     Case("set-into-a-value", noop, ("--set xent.batch_size.max", "'batch_size' is not a section"),

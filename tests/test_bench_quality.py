@@ -27,7 +27,8 @@ bq = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = bq
 spec.loader.exec_module(bq)
 
-SMALL = ["eval.every=2", "eval.max_examples=null", "eval.max_new_tokens=8", "schedule.delta=4", "reinforce.batch_size=4", "reinforce.candidates.num_samples=2", "reinforce.lr=1e-4",
+SMALL = ["eval.every=2", "eval.max_examples=null", "eval.max_new_tokens=8", "schedule.delta=4",
+         "reinforce.batch_size=4", "reinforce.candidates.num_samples=2", "reinforce.lr=1e-4",
          "log.progress_bar=false", "rewards=[{name: bleu}]"]
 
 
@@ -88,7 +89,8 @@ def test_pieces_table_and_cache(tiny_bench_recipe, tmp_path, capsys):
     # then BLEU's n-gram part / brevity penalty, which multiply back to the row's BLEU
     ngram_part, brevity = diagnostics.bleu_brevity_split(*qr.test_predictions(seed_dir / "B"))
     assert ngram_part * brevity == pytest.approx(quality["test"]["bleu"])
-    assert b_row.endswith(f"| chrf {metrics_b['chrf']:.2f}, rougeL {metrics_b['rougeL']:.2f} | {ngram_part:.2f} / {brevity:.3f} |"), b_row
+    assert b_row.endswith(f"| chrf {metrics_b['chrf']:.2f}, rougeL {metrics_b['rougeL']:.2f} "
+                          f"| {ngram_part:.2f} / {brevity:.3f} |"), b_row
     assert table.count("[") >= 4  # B - A and B - C (A-restart was not run: "—"), between best and final models
     assert "| seed | B - A, final models | B - C, final models |" in table
     assert f"| {quality['test']['bleu']:.2f} | — | {quality['test_final']['bleu']:.2f} |" in b_row  # one seed: no sd
@@ -159,7 +161,8 @@ def test_table_bleu_split_is_the_mean_over_seeds(tmp_path):
     for seed, (hypothesis, reference) in pairs.items():
         run = tmp_path / f"seed{seed}" / "B"
         run.mkdir(parents=True)
-        (run / "predictions-test-best.jsonl").write_text(json.dumps({"hypothesis": hypothesis, "reference": reference}) + "\n")
+        prediction = {"hypothesis": hypothesis, "reference": reference}
+        (run / "predictions-test-best.jsonl").write_text(json.dumps(prediction) + "\n")
     runs = {0: {"B": {}}, 1: {"B": {}}}
     assert qr.score_split(tmp_path, runs, "B", "bleu") == f"100.00 / {(math.exp(-0.5) + 1) / 2:.3f}"
 
@@ -169,7 +172,8 @@ def test_table_bootstraps_whole_families_where_the_data_has_them(toy_data_dir, t
     # it in the order of the test predictions, and refuses predictions that are not those rows.
     rows = [json.loads(line) for line in (toy_data_dir / "test.jsonl").open()]
     families = [f"f{i // 3}" for i in range(len(rows))]
-    (toy_data_dir / "test.jsonl").write_text("".join(json.dumps({**r, "family": f}) + "\n" for r, f in zip(rows, families)))
+    (toy_data_dir / "test.jsonl").write_text(
+        "".join(json.dumps({**r, "family": f}) + "\n" for r, f in zip(rows, families, strict=True)))
     recipe = tmp_path / "bench.yaml"
     recipe.write_text(yaml.safe_dump(make_tiny_recipe(toy_data_dir, tmp_path / "unused")))
     run = tmp_path / "seed0" / "B"

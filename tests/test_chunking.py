@@ -22,7 +22,8 @@ CASES = {  # arch, schedule, reinforce
     "gpt2-risk": ("gpt2", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
                   {"estimator": {"kind": "risk", "risk_alpha": 0.5}}),
     "marian-risk-beams-samples-reference": ("marian", {"kind": "mixer", "xent_steps": 2, "stage_steps": 2, "delta": 3},
-                                      {"estimator": {"kind": "risk"}, "candidates": {"kind": "both", "reference": True}}),
+                                            {"estimator": {"kind": "risk"},
+                                             "candidates": {"kind": "both", "reference": True}}),
     "marian-greedy-constant": ("marian", {"kind": "constant", "xent_steps": 2, "rl_steps": 4, "xent_weight": 0.3},
                                {"baseline": {"kind": "greedy"}}),
 }

@@ -72,28 +72,6 @@ def assert_one_line_error(rc: int, err: str, *needles: str, command: str = "fine
     return line
 
 
-@pytest.fixture
-def cli(capsys):
-    """`cli(*args)` -> (exit code, stdout, stderr) of `seqrl.cli.main(args)`, in-process."""
-
-    def run(*args) -> tuple[int, str, str]:
-        capsys.readouterr()  # drop whatever came before
-        rc = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return run
-
-
-@pytest.fixture
-def mixer_recipe(tiny_recipe) -> dict:
-    """The tiny recipe, ready for sequence-level schedules: short targets, 2 samples, BLEU reward."""
-    tiny_recipe["data"]["max_target_tokens"] = 8
-    tiny_recipe["reinforce"] = {"candidates": {"num_samples": 2}}
-    tiny_recipe["rewards"] = [{"name": "bleu"}]
-    return tiny_recipe
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> dict:
     """One finished tiny marian run (4 XENT steps), shared by the read-only tests below.
@@ -336,7 +314,7 @@ def check_probe_calls(log_path: Path, run_dir: Path, module: str) -> None:
     for i in range(0, n, k):
         for name in ("prompts", "references", "topic"):
             assert len(set(call[name][i:i + k])) == 1, name
-    for prompt, reference in zip(call["prompts"], call["references"]):
+    for prompt, reference in zip(call["prompts"], call["references"], strict=True):
         assert reference == " ".join(EN_ES[w] for w in prompt.split())
     # completion_ids are the sampled tokens without the end-of-sequence token
     eos = AutoTokenizer.from_pretrained(run_dir / "final").eos_token_id

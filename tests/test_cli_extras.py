@@ -5,7 +5,7 @@ import dataclasses
 import typing
 
 import pytest
-from test_cli import assert_one_line_error, cli, write_recipe  # noqa: F401 (a fixture)
+from test_cli import assert_one_line_error, write_recipe
 
 from seqrl import __version__
 from seqrl.cli import build_parser, main
@@ -29,7 +29,8 @@ def test_rewards_lists_every_builtin_with_its_options(cli):
     assert rc == 0 and [line.split(" ")[0] for line in lines[:-1]] == [*BUILTINS, *MODEL_REWARDS]
     assert ("bleu (text): sacrebleu sentence BLEU / 100. options: smooth_method: exp, smooth_value: null, "
             "tokenize: 13a") in lines
-    assert "token_rouge_n (token ids): rouge-score ROUGE-N F-measure of the ids (n = 2: ROUGE-2). options: n: 2" in lines
+    assert ("token_rouge_n (token ids): rouge-score ROUGE-N F-measure of the ids (n = 2: ROUGE-2). "
+            "options: n: 2") in lines
     assert any(line.startswith("bertscore (a model, built once): ") and "model: (required)" in line for line in lines)
 
 

@@ -299,7 +299,7 @@ def test_truncation_keeps_eos_and_counts(toy_data_dir, tiny_text_model, architec
     assert report.truncated_targets == sum(len(t) > limit_tgt for t in full_tgt) > 0
     eos = tm.tokenizer.eos_token_id
     for src, tgt, fs, ft in zip(out["validation"]["source_ids"], out["validation"]["target_ids"],
-                                full_src, full_tgt):
+                                full_src, full_tgt, strict=True):
         assert len(src) == min(len(fs), limit_src) and len(tgt) == min(len(ft), limit_tgt)
         assert tgt[-1] == eos and src[-1] == fs[-1]
         assert src[:-1] == fs[:len(src) - 1] and tgt[:-1] == ft[:len(tgt) - 1]
@@ -361,7 +361,8 @@ def test_one_number_among_json_targets(tmp_path, toy_pairs):
     rows = [dict(r) for r in toy_pairs[:6]]
     rows[4]["es"] = 3.5
     write_jsonl(tmp_path / "train.jsonl", rows)
-    with pytest.raises(DataError, match=r"data.target_field 'es' in .*train.jsonl must hold text; row 4 holds float 3.5"):
+    with pytest.raises(DataError,
+                       match=r"data.target_field 'es' in .*train.jsonl must hold text; row 4 holds float 3.5"):
         load_raw(cfg(path=str(tmp_path)), ["train"])
 
 
@@ -369,7 +370,7 @@ def test_non_utf8_in_an_extra_column_and_a_gzip_file_are_named(tmp_path, toy_pai
     """Every text column is checked (rewards read the extra ones), compressed files too."""
     text = "".join(f'{{"en": "{p["en"]}", "es": "{p["es"]}", "topic": "{p["topic"]}"}}\n' for p in toy_pairs[:6])
     data = text.encode().replace(b'"topic": "home"', b'"topic": "h\xf6me"', 1)
-    line = next(i for i, l in enumerate(data.splitlines(), 1) if b"\xf6" in l)
+    line = next(i for i, row in enumerate(data.splitlines(), 1) if b"\xf6" in row)
     with gzip.open(tmp_path / "train.jsonl.gz", "wb") as f:
         f.write(data)
     with pytest.raises(DataError, match=rf"line {line} of .*train.jsonl.gz is not UTF-8 text \(column 'topic'\)"):

@@ -69,7 +69,8 @@ def test_second_start_tokenizes_nothing_and_reads_the_same_rows(toy_data_dir, tm
     assert count_encodes == [], "a second start must not tokenize"
     assert [r.cache for r in again] == ["hit", "hit"]
     assert [r.line() for r in again] == [r.line() for r in reports]
-    assert again[0].cache_line() == f"data cache[train]: hit at {tmp_path / 'cache'}/{again[0].cache_path.split('/')[-1]}"
+    cache_name = again[0].cache_path.split('/')[-1]
+    assert again[0].cache_line() == f"data cache[train]: hit at {tmp_path / 'cache'}/{cache_name}"
     for split in SPLITS:
         assert rows(second[split]) == rows(first[split])
         assert second[split].cache_files, "the split must be memory-mapped from the cache"
@@ -106,7 +107,8 @@ def test_a_change_of_what_the_ids_depend_on_misses_the_cache(toy_data_dir, tmp_p
     after, (report,) = tokenize(load_raw(new_cfg, ["train"]), new_tm, new_cfg)
     assert sum(count_encodes) == 160 and report.cache == "built"
     first = after["train"][0]
-    assert first["source_ids"] == cut(new_tm.encode_sources([first[new_cfg.source_field]])[0], new_cfg.max_source_tokens)
+    source = first[new_cfg.source_field]
+    assert first["source_ids"] == cut(new_tm.encode_sources([source])[0], new_cfg.max_source_tokens)
     assert first["target_ids"] == cut(new_tm.encode_targets([first["es"]])[0], new_cfg.max_target_tokens)
     assert rows(after["train"]) != rows(before["train"])
     assert len(list((tmp_path / "cache").iterdir())) == 2
@@ -170,7 +172,8 @@ def test_a_corrupt_cache_is_rebuilt_and_said_so(toy_data_dir, tmp_path, tiny_tex
 
 def padding(order: np.ndarray, lengths: np.ndarray, batch: int) -> int:
     """Pad positions of batches of `batch` consecutive rows of `order`."""
-    return sum(int(lengths[b].max() * len(b) - lengths[b].sum()) for b in np.split(order, range(batch, len(order), batch)))
+    batches = np.split(order, range(batch, len(order), batch))
+    return sum(int(lengths[b].max() * len(b) - lengths[b].sum()) for b in batches)
 
 
 def test_length_grouped_order_is_a_function_of_seed_and_epoch_and_pads_less():
@@ -198,7 +201,7 @@ def test_length_grouped_global_batches_are_the_same_on_one_and_two_processes():
     one = list(BatchSampler(LengthGroupedSampler(lengths, 8, seed=2), 8, drop_last=False))
     shards = [list(BatchSamplerShard(BatchSampler(LengthGroupedSampler(lengths, 8, seed=2), 4, drop_last=False),
                                      num_processes=2, process_index=p)) for p in (0, 1)]
-    assert [a + b for a, b in zip(*shards)] == one
+    assert [a + b for a, b in zip(*shards, strict=True)] == one
 
 
 def test_row_lengths_read_the_arrow_offsets(toy_data_dir, tmp_path, tiny_text_model):
@@ -267,7 +270,8 @@ def _batches(tmp_path: Path, data_dir: Path, processes: int, capsys) -> list[dic
     recipe = {"model": {"architecture": "marian", "config": dict(TINY_CONFIGS["marian"])},
               "tokenizer": {"vocab_size": 120},
               "data": {"path": str(data_dir), "source_field": "en", "target_field": "es", "test_split": None,
-                       "max_source_tokens": 16, "max_target_tokens": 8, "cache_dir": str(tmp_path / f"cache{processes}")},
+                       "max_source_tokens": 16, "max_target_tokens": 8,
+                       "cache_dir": str(tmp_path / f"cache{processes}")},
               "xent": {"batch_size": 8 // processes}, "schedule": {"kind": "xent", "xent_steps": 2},
               "eval": {"max_new_tokens": 8}, "run": {"output_dir": str(tmp_path / f"run{processes}"), "seed": 4}}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -287,7 +291,8 @@ def _batches(tmp_path: Path, data_dir: Path, processes: int, capsys) -> list[dic
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-3000:]
         stdout = proc.stdout
-    assert len(re.findall(r"^data cache\[\w+\]: built at ", stdout, re.MULTILINE)) == 2, stdout  # printed once, by the main process
+    # printed once, by the main process
+    assert len(re.findall(r"^data cache\[\w+\]: built at ", stdout, re.MULTILINE)) == 2, stdout
     entries = sorted(p.name for p in (tmp_path / f"cache{processes}").iterdir())
     assert len(entries) == 2 and not any(e.startswith(".") for e in entries), entries  # one cache per split
     return json.loads((tmp_path / f"seen{processes}.json").read_text())
@@ -298,7 +303,7 @@ def test_the_cached_path_gives_the_same_global_batches_on_one_and_two_processes(
     data_dir = write_toy_splits(tmp_path / "data", pairs)
     (one,), two = _batches(tmp_path, data_dir, 1, capsys), _batches(tmp_path, data_dir, 2, capsys)
     for key, batches in one.items():
-        assert [a + b for a, b in zip(two[0][key], two[1][key])] == batches, key
+        assert [a + b for a, b in zip(two[0][key], two[1][key], strict=True)] == batches, key
         if not key.endswith("resumed"):
             assert sorted(r for b in batches for r in b) == list(range(160)), key
     for name in ("plain", "grouped"):

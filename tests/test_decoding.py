@@ -17,9 +17,10 @@ from seqrl.rl_config import CandidatesConfig
 from seqrl.rollout import Sampling, rollout
 
 STATIC = Decoding(cache="static", source_width=40)
+DEFAULT = Decoding()
 
 
-def rows(tm, src, tgt, n_rl, decoding=Decoding(), k=3, max_len=12, seed=3):
+def rows(tm, src, tgt, n_rl, decoding=DEFAULT, k=3, max_len=12, seed=3):
     ro = rollout(tm, tm.model, src, tgt, n_rl, num_samples=k, max_len=max_len, sampling=Sampling(seed=seed),
                  decoding=decoding)
     return ro.rows(), ro.lengths.tolist()
@@ -101,7 +102,8 @@ def test_resolve_picks_per_model_and_device_and_refuses_what_cannot_run():
     marked._can_compile_fullgraph = True  # (instance attribute: resolve reads the class's)
     assert resolve("auto", None, None, unmarked, cpu, 64) == Decoding("dynamic", False, 1, None)
     assert resolve("auto", None, None, unmarked, gpu, 64) == Decoding("dynamic", False, 8, None)
-    with pytest.raises(SeqrlError, match=r"^reinforce.decoding.kv_cache: static: .*_Unmarked.*set reinforce.decoding.kv_cache: auto"):
+    with pytest.raises(SeqrlError, match=r"^reinforce.decoding.kv_cache: static: .*_Unmarked.*"
+                                         r"set reinforce.decoding.kv_cache: auto"):
         resolve("static", None, None, unmarked, cpu, 64)
     with pytest.raises(SeqrlError, match=r"^reinforce.decoding.compile: true needs the static KV cache"):
         resolve("dynamic", True, None, unmarked, cpu, 64)

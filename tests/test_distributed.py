@@ -39,7 +39,8 @@ def _recipe(data_dir: Path, out: Path, baseline: str, per_process_batch: int, pe
                  "max_source_tokens": 16, "max_target_tokens": 8, "test_split": None},
         "xent": {"batch_size": per_process_batch},
         "schedule": {"kind": "mixer", "xent_steps": 3, "stage_steps": 2, "delta": 4},
-        "reinforce": {"baseline": {"kind": baseline}, "candidates": {"num_samples": 2}, "batch_size": per_process_rl_batch},
+        "reinforce": {"baseline": {"kind": baseline}, "candidates": {"num_samples": 2},
+                      "batch_size": per_process_rl_batch},
         "rewards": [{"name": "bleu"}],
         "optim": {"lr": 3e-3, "warmup_steps": 1},
         "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 8},
@@ -49,7 +50,8 @@ def _recipe(data_dir: Path, out: Path, baseline: str, per_process_batch: int, pe
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="",
+               TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -172,9 +174,9 @@ def test_ctrl_c_stops_a_two_process_run(toy_data_dir, tmp_path):
     proc.send_signal(signal.SIGINT)
     try:
         proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         proc.kill()
-        raise AssertionError("the run did not stop within 60 s of Ctrl-C")
+        raise AssertionError("the run did not stop within 60 s of Ctrl-C") from err
     assert proc.returncode != 0
 
 

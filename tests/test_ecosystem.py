@@ -173,7 +173,7 @@ def test_python_api(toy_data_dir, tmp_path):
 
     def my_reward(completions, references, **kwargs):
         calls.append(len(completions))
-        return [float(len(set(c.split()) & set(r.split()))) / 5 for c, r in zip(completions, references)]
+        return [float(len(set(c.split()) & set(r.split()))) / 5 for c, r in zip(completions, references, strict=True)]
 
     recipe = mixer_recipe(toy_data_dir, tmp_path / "unused", [{"name": "my_reward"}])
     recipe["data"].update(source_field="en", target_field="es")

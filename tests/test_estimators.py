@@ -87,7 +87,7 @@ def test_one_step_lowers_loss_on_same_batch(architecture):
     pairs = make_pairs()[:8]
     src = tm.encode_sources([p["en"] for p in pairs])
     tgt = tm.encode_targets([p["es"] for p in pairs])
-    batch = tm.collate([{"source_ids": s, "target_ids": t} for s, t in zip(src, tgt)])
+    batch = tm.collate([{"source_ids": s, "target_ids": t} for s, t in zip(src, tgt, strict=True)])
     optimizer = torch.optim.AdamW(tm.model.parameters(), lr=1e-2)
 
     before, n = masked_xent(*tm.target_logits(tm.model, batch)[:2])

@@ -31,12 +31,12 @@ def text(seq: list[int]) -> str:
 
 def sacre_bleu(hyps, refs, smooth="exp", smooth_value=None) -> list[float]:
     return [sacrebleu.sentence_bleu(text(h), [text(r)], tokenize="none", smooth_method=smooth,
-                                    smooth_value=smooth_value).score / 100 for h, r in zip(hyps, refs)]
+                                    smooth_value=smooth_value).score / 100 for h, r in zip(hyps, refs, strict=True)]
 
 
 def rouge(kind: str, hyps, refs) -> list[float]:
     scorer = rouge_scorer.RougeScorer([kind], use_stemmer=False)
-    return [scorer.score(text(r), text(h))[kind].fmeasure for h, r in zip(hyps, refs)]
+    return [scorer.score(text(r), text(h))[kind].fmeasure for h, r in zip(hyps, refs, strict=True)]
 
 
 def as_padded(seqs: list[list[int]], pad_id: int, extra: int = 0) -> torch.Tensor:
@@ -164,13 +164,13 @@ EDGE_CASES = {  # name: (hypothesis, reference)
 
 @pytest.mark.parametrize("smooth", SMOOTHING)
 def test_edge_cases_bleu(smooth):
-    hyps, refs = zip(*EDGE_CASES.values())
+    hyps, refs = zip(*EDGE_CASES.values(), strict=True)
     assert_close(fast.bleu(list(hyps), list(refs), smooth=smooth), sacre_bleu(hyps, refs, smooth))
 
 
 @pytest.mark.parametrize("kind", ["rouge1", "rouge2", "rougeL"])
 def test_edge_cases_rouge(kind):
-    hyps, refs = (list(x) for x in zip(*EDGE_CASES.values()))
+    hyps, refs = (list(x) for x in zip(*EDGE_CASES.values(), strict=True))
     got = fast.rouge_l(hyps, refs) if kind == "rougeL" else fast.rouge_n(hyps, refs, n=int(kind[-1]))
     assert_close(got, rouge(kind, hyps, refs))
 
@@ -220,7 +220,8 @@ def test_pairs_do_not_share_ngrams():
 def test_all_padding_row_scores_zero():
     hyps = torch.tensor([[1, 2, 3, 0], [0, 0, 0, 0], [4, 5, 0, 0]])
     refs = torch.tensor([[1, 2, 3, 0], [6, 7, 0, 0], [0, 0, 0, 0]])
-    for got in (fast.bleu(hyps, refs, pad_id=0), fast.rouge_n(hyps, refs, pad_id=0), fast.rouge_l(hyps, refs, pad_id=0)):
+    for got in (fast.bleu(hyps, refs, pad_id=0), fast.rouge_n(hyps, refs, pad_id=0),
+                fast.rouge_l(hyps, refs, pad_id=0)):
         assert got.dtype in (torch.float32, torch.float64)
         assert got[0].item() == pytest.approx(1.0) and got[1:].tolist() == [0.0, 0.0]
     everything_padding = torch.zeros(2, 3, dtype=torch.long)
@@ -260,7 +261,7 @@ BATCH_IDS = [([5, 6, 7, 8, 9], [5, 6, 7, 8, 9]), ([1, 2, 3, 4], [1, 2, 3, 5]), (
 
 
 def reward_inputs() -> dict:
-    completion_ids, reference_ids = ([list(x) for x in side] for side in zip(*BATCH_IDS))
+    completion_ids, reference_ids = ([list(x) for x in side] for side in zip(*BATCH_IDS, strict=True))
     return dict(completions=[text(h) for h in completion_ids], references=[text(r) for r in reference_ids],
                 completion_ids=completion_ids, reference_ids=reference_ids, prompts=["p"] * len(BATCH_IDS))
 
@@ -287,7 +288,8 @@ def test_registered_rewards_weighted_sum():
     inputs = reward_inputs()
     total, parts = score(build([RewardConfig(name="token_bleu", weight=0.5),
                                 RewardConfig(name="token_rouge_l", weight=2.0)]), **inputs)
-    assert total == pytest.approx([0.5 * b + 2.0 * r for b, r in zip(parts["token_bleu"], parts["token_rouge_l"])])
+    assert total == pytest.approx([0.5 * b + 2.0 * r
+                                   for b, r in zip(parts["token_bleu"], parts["token_rouge_l"], strict=True)])
     assert parts["token_bleu"][0] == pytest.approx(1.0) and parts["token_rouge_l"][0] == pytest.approx(1.0)
 
 

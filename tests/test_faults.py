@@ -32,7 +32,8 @@ def test_first_sentence_ends_at_a_sentence_not_inside_one():
     assert first_sentence("lr 1.5 is over 1.0 (i.e. too big). Lower it.") == "lr 1.5 is over 1.0 (i.e. too big)"
     assert first_sentence("cannot read /runs/a.b/model.safetensors. Check the path") == \
         "cannot read /runs/a.b/model.safetensors"
-    assert first_sentence("Error(s) in loading:\n\tMissing key(s): \"a.b\". ") == 'Error(s) in loading: Missing key(s): "a.b"'
+    assert (first_sentence("Error(s) in loading:\n\tMissing key(s): \"a.b\". ")
+            == 'Error(s) in loading: Missing key(s): "a.b"')
     assert first_sentence("see no. 5 and J. Smith. Next") == "see no. 5 and J. Smith"
     long = first_sentence("word " * 100, limit=40)
     assert long == "word word word word word word word word ..."
@@ -150,7 +151,8 @@ def test_full_disk_writing_final_keeps_the_previous_one(tiny_recipe, tmp_path, m
     monkeypatch.setattr(TextModel, "save", refused)
     capsys.readouterr()
     rc = main(["finetune", str(path), "--set", "run.resume=auto", "--set", "schedule.xent_steps=5"])
-    assert_one_line_error(rc, capsys.readouterr().err, f"cannot write {out}/final: no space left on the device (ENOSPC)")
+    assert_one_line_error(rc, capsys.readouterr().err,
+                          f"cannot write {out}/final: no space left on the device (ENOSPC)")
     assert not (out / ".tmp-final").exists()
     assert {p.name: p.read_bytes() for p in (out / "final").iterdir() if p.is_file()} == before
     assert [p.name for p in list_checkpoints(out)] == ["step-00000004", "step-00000005"]

@@ -116,7 +116,7 @@ def test_gold_prefix_is_kept_and_ngram_bans_see_it(stand_in_dir):
     repeated = [t[:3] + t[1:3] + t[3:] for t in tgt]  # a gold prefix that repeats two tokens
     with torch.no_grad():
         ro = rollout(tm, tm.model.eval(), src, repeated, 3, num_samples=2, max_len=20, sampling=Sampling(seed=2))
-    for i, (row, k) in enumerate(zip(ro.rows(), ro.prefix_len.tolist())):
+    for i, (row, k) in enumerate(zip(ro.rows(), ro.prefix_len.tolist(), strict=True)):
         gold = repeated[i // 2]
         assert k == len(gold) - 3 and row[:k] == gold[:k], "the gold prefix, repeats included"
         suffix = row[k:]

@@ -2,7 +2,7 @@
 on hand-written outputs: too short, too long, the wrong language."""
 
 import pytest
-from test_cli import assert_one_line_error, cli, write_recipe  # noqa: F401 (a fixture)
+from test_cli import assert_one_line_error, write_recipe
 
 from seqrl.config import RewardConfig
 from seqrl.rewards import RewardError, build, score
@@ -58,7 +58,7 @@ def test_guards_weighted_beside_bleu():
                          prompts=["the king and the people"] * 2, completion_ids=[[1], [1]])
     assert parts["length_ratio"] == pytest.approx([-(0.8 - 0.4) / 0.8, 0.0])
     assert total == pytest.approx([b + 0.5 * r + 0.2 * lang for b, r, lang in
-                                   zip(parts["bleu"], parts["length_ratio"], parts["language_id"])])
+                                   zip(parts["bleu"], parts["length_ratio"], parts["language_id"], strict=True)])
 
 
 def test_validate_runs_the_guards_with_the_recipes_languages(tiny_recipe, tmp_path, cli):

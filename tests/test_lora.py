@@ -136,7 +136,8 @@ def test_resuming_a_lora_checkpoint_into_a_full_run_is_refused(stand_in_dir, toy
                  "--set", f"run.output_dir={tmp_path / 'full'}"]) == 0
     capsys.readouterr()
     rc = main(["finetune", str(tmp_path / "r.yaml"), "--set", f"run.output_dir={tmp_path / 'lora'}",
-               "--set", f"run.resume={tmp_path / 'full' / 'checkpoints' / 'step-00000003'}", "--set", "schedule.xent_steps=4"])
+               "--set", f"run.resume={tmp_path / 'full' / 'checkpoints' / 'step-00000003'}",
+               "--set", "schedule.xent_steps=4"])
     err = capsys.readouterr().err
     assert_one_line_error(rc, err, "run.resume", "holds every weight of its model (a recipe without model.lora), "
                           "and this recipe trains LoRA adapters only (model.lora); use its own recipe")
@@ -210,7 +211,7 @@ def test_base_fingerprint_of_zero3_partitions_is_the_whole_models():
     parts = [base_fingerprint(m, sum_over_processes=lambda t: t) for m in ranks]  # without the collective
     assert all(p < whole for p in parts) and sum(parts) == pytest.approx(whole, rel=1e-12)
     own = [torch.tensor(p, dtype=torch.float64) for p in parts]
-    for r, m in enumerate(ranks):  # with it: every process gets the whole model's number
+    for m in ranks:  # with it: every process gets the whole model's number
         assert base_fingerprint(m, sum_over_processes=lambda t: sum(own)) == pytest.approx(whole, rel=1e-12)
     other = copy.deepcopy(model)
     other[0].weight.data[0, 0] += 1.0

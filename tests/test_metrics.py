@@ -28,7 +28,7 @@ REFS = [
 
 def reference_scores(hyps, refs):
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    pairs = [scorer.score(r, h) for h, r in zip(hyps, refs)]
+    pairs = [scorer.score(r, h) for h, r in zip(hyps, refs, strict=True)]
     return {
         "bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
         "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
@@ -47,7 +47,7 @@ def test_equals_reference_implementations():
 
 def test_corpus_bleu_is_not_mean_of_sentence_bleu():
     ours = corpus_scores(HYPS, REFS, ["bleu"])["bleu"]
-    sentence_mean = sum(sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(HYPS, REFS)) / len(HYPS)
+    sentence_mean = sum(sacrebleu.sentence_bleu(h, [r]).score for h, r in zip(HYPS, REFS, strict=True)) / len(HYPS)
     assert ours != pytest.approx(sentence_mean)
 
 

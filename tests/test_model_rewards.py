@@ -86,7 +86,8 @@ def test_classifier_scores_its_label(classifier_dir, output, pair):
         kwargs["pair"] = pair
     ours = one("classifier", **kwargs)(completions=CANDIDATES, references=REFERENCES, prompts=prompts,
                                        completion_ids=[[]] * 8, reference_ids=[[]] * 8)
-    model, tok = AutoModelForSequenceClassification.from_pretrained(classifier_dir), AutoTokenizer.from_pretrained(classifier_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(classifier_dir)
+    tok = AutoTokenizer.from_pretrained(classifier_dir)
     firsts = {"source": prompts, "reference": REFERENCES}.get(pair)
     expected = []
     for i, text in enumerate(CANDIDATES):
@@ -99,7 +100,8 @@ def test_classifier_scores_its_label(classifier_dir, output, pair):
 
 
 @pytest.mark.parametrize("name,kwargs,needle", [
-    ("bertscore", {"model": "/nonexistent/encoder"}, "reward 'bertscore': model '/nonexistent/encoder' could not be loaded"),
+    ("bertscore", {"model": "/nonexistent/encoder"},
+     "reward 'bertscore': model '/nonexistent/encoder' could not be loaded"),
     ("bertscore", {"model": MINILM, "layer": 9}, "layer 9 is not between 0 and the model's 6 layers"),
     ("bertscore", {"model": MINILM, "idff": True}, "kwargs 'idff'"),
     ("embedding_similarity", {}, "kwargs: missing 'model'"),

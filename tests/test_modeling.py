@@ -28,7 +28,7 @@ TARGETS = [p["es"] for p in PAIRS[:5]]
 
 def features(tm: TextModel, n: int = 5) -> list[dict]:
     src, tgt = tm.encode_sources(SOURCES[:n]), tm.encode_targets(TARGETS[:n])
-    return [{"source_ids": s, "target_ids": t} for s, t in zip(src, tgt)]
+    return [{"source_ids": s, "target_ids": t} for s, t in zip(src, tgt, strict=True)]
 
 
 # -- building ------------------------------------------------------------------------------------

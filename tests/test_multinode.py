@@ -106,9 +106,9 @@ def two_machines(work: dict, name: str, *args: str, **env: str) -> list[tuple[in
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
     try:
         _, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         proc.kill()
-        raise AssertionError(f"a launcher did not end within {TIMEOUT} s: {proc.communicate()[1][-3000:]}")
+        raise AssertionError(f"a launcher did not end within {TIMEOUT} s: {proc.communicate()[1][-3000:]}") from err
     return proc.returncode, err
 
 

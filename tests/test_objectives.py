@@ -66,7 +66,8 @@ def test_objectives_as_mixer_step_calls_them():
     assert float(risk) == pytest.approx((-(2 / 3 * 0.8 + 1 / 3 * 0.2) + 0.0) / 2)  # q over the suffixes only
     assert float(Reinforce()(ScoredRows(logp, mask, rewards, advantages, 2, 4))) == pytest.approx(
         float(reinforce_loss(logp, mask, advantages, rows=4)))
-    assert build(EstimatorConfig("risk", 0.5)) == ExpectedRisk(0.5) and build(EstimatorConfig("reinforce", 0.5)) == Reinforce()
+    assert build(EstimatorConfig("risk", 0.5)) == ExpectedRisk(0.5)
+    assert build(EstimatorConfig("reinforce", 0.5)) == Reinforce()
 
 
 def test_length_normalized_q_by_hand():
@@ -119,7 +120,8 @@ def test_a_risk_recipe_trains_with_the_risk_loss(tiny_recipe, tmp_path, monkeypa
     calls = []
     monkeypatch.setattr(objectives, "risk_loss", lambda *a, **kw: calls.append(a[2]) or risk_loss(*a, **kw))
     tiny_recipe["schedule"] = {"kind": "mixer", "xent_steps": 1, "stage_steps": 2, "delta": 4}
-    tiny_recipe["reinforce"] = {"estimator": {"kind": "risk", "risk_alpha": 0.5}, "candidates": {"num_samples": 3}, "batch_size": 4}
+    tiny_recipe["reinforce"] = {"estimator": {"kind": "risk", "risk_alpha": 0.5}, "candidates": {"num_samples": 3},
+                                "batch_size": 4}
     tiny_recipe["data"]["max_target_tokens"] = 8
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe))
     assert main(["finetune", str(tmp_path / "r.yaml")]) == 0

@@ -36,7 +36,8 @@ def overlap(completion_ids, reference_ids, **kwargs):
     SIGTERM_RANK (if set), SIGTERM to this very process, in the middle of a MIXER step."""
     global calls
     calls += 1
-    if os.environ.get("SIGTERM_AT_CALL") == str(calls) and os.environ.get("RANK", "0") == os.environ.get("SIGTERM_RANK", "0"):
+    this_rank = os.environ.get("RANK", "0") == os.environ.get("SIGTERM_RANK", "0")
+    if os.environ.get("SIGTERM_AT_CALL") == str(calls) and this_rank:
         os.kill(os.getpid(), signal.SIGTERM)
     return [len(set(c) & set(r)) / max(len(set(r)), 1) for c, r in zip(completion_ids, reference_ids)]
 '''
@@ -50,7 +51,8 @@ def recipe(data_dir: Path, out: Path, batch: int = 16, rl_batch: int = 8) -> dic
                  "max_source_tokens": 16, "max_target_tokens": 8, "test_split": None},
         "xent": {"batch_size": batch},
         "schedule": {"kind": "mixer", "xent_steps": XENT_STEPS, "stage_steps": 3, "delta": 2},
-        "reinforce": {"baseline": {"kind": "ema"}, "candidates": {"num_samples": 2}, "batch_size": rl_batch, "kl_coef": 0.1},
+        "reinforce": {"baseline": {"kind": "ema"}, "candidates": {"num_samples": 2}, "batch_size": rl_batch,
+                      "kl_coef": 0.1},
         "rewards": [{"name": "preempt_rewards:overlap"}],
         "optim": {"lr": 3e-3, "warmup_steps": 2},
         "eval": {"every": 0, "max_new_tokens": 8, "max_examples": 4},

@@ -19,6 +19,11 @@ import prepare_bible as pb  # noqa: E402
 from bible import PrepareError, align, text, versification, ztext  # noqa: E402
 
 
+def read_jsonl_gz(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
 def write_ztext(module_dir: Path, testament: str, blocks: list[list[str]]) -> None:
     """Write a zText testament: each inner list is one zlib block of index entries."""
     module_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +255,7 @@ def test_main_end_to_end_on_synthetic_tree(tmp_path, capsys):
     out = tmp_path / "out"
     assert pb.main(["--sword-dir", str(tmp_path / "tree"), "--out", str(out)]) == 0
     rows = {
-        split: [json.loads(line) for line in gzip.open(out / f"{split}.jsonl.gz", "rt")]
+        split: read_jsonl_gz(out / f"{split}.jsonl.gz")
         for split in ("train", "validation", "test")
     }
     assert [r["id"] for r in rows["train"]] == ["Gen.1.1"]

@@ -45,6 +45,11 @@ Description-en: Too short to summarize
 """
 
 
+def read_jsonl_gz(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
 def test_parse_joins_lines_and_paragraphs():
     records = pd.parse_translations(INDEX)
     assert [r["package"] for r in records] == ["0ad", "0ad-data", "0ad-twin", "tiny"]
@@ -79,7 +84,7 @@ def test_main_writes_the_splits_from_a_lists_directory(tmp_path, capsys):
     lists.mkdir()
     (lists / "mirror_dists_main_i18n_Translation-en").write_text(INDEX, encoding="utf-8")
     pd.main(["--lists", str(lists), "--out", str(tmp_path / "out")])
-    rows = {name: [json.loads(line) for line in gzip.open(tmp_path / "out" / f"{name}.jsonl.gz", "rt")]
+    rows = {name: read_jsonl_gz(tmp_path / "out" / f"{name}.jsonl.gz")
             for name in ("train", "validation", "test")}
     assert sum(len(r) for r in rows.values()) == 2
     assert all(set(row) == {"source", "target", "package", "family"} for r in rows.values() for row in r)
@@ -99,7 +104,8 @@ def test_manifest_names_each_suite_date_and_the_digest_of_each_split(tmp_path, c
     assert dates == {"mirror_dists_bookworm_main_i18n_Translation-en": "Sat, 11 Jul 2026 10:16:37 UTC",
                      "mirror_dists_bookworm-updates_main_i18n_Translation-en": None}
     for name, entry in manifest["splits"].items():
-        text = gzip.open(tmp_path / "out" / f"{name}.jsonl.gz", "rb").read()
+        with gzip.open(tmp_path / "out" / f"{name}.jsonl.gz", "rb") as f:
+            text = f.read()
         assert entry["sha256"] == hashlib.sha256(text).hexdigest()
         assert entry["pairs"] == text.count(b"\n")
     assert sum(e["pairs"] for e in manifest["splits"].values()) == 2

@@ -16,7 +16,8 @@ from seqrl.cli import main
 from seqrl.modeling import load_saved
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("prepare_minilm_bert2bert", REPO / "scripts" / "prepare_minilm_bert2bert.py")
+spec = importlib.util.spec_from_file_location("prepare_minilm_bert2bert",
+                                              REPO / "scripts" / "prepare_minilm_bert2bert.py")
 pm = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = pm
 spec.loader.exec_module(pm)

@@ -104,7 +104,8 @@ def _metrics(out: Path) -> list[dict]:
     """metrics.jsonl without what depends on the clock (times, rates): line for line, the same
     numbers in a resumed run as in an uninterrupted one (the logging window is in the checkpoint)."""
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if not (k.startswith("time/") or k.endswith(("_per_s", "/seconds")))} for line in lines]
+    return [{k: v for k, v in line.items() if not (k.startswith("time/") or k.endswith(("_per_s", "/seconds")))}
+            for line in lines]
 
 
 def test_checkpoints_are_pruned_and_complete(reference_run):

@@ -4,7 +4,7 @@
 import sys
 
 import pytest
-from test_cli import assert_one_line_error, cli, write_recipe  # noqa: F401 (a fixture)
+from test_cli import write_recipe
 
 from seqrl.config import RewardConfig
 from seqrl.rewards import RewardError, build, score

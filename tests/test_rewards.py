@@ -29,14 +29,14 @@ def one(name: str, **kwargs):
 
 def test_bleu_equals_sacrebleu_sentence_bleu():
     metric = BLEU(effective_order=True)  # sacrebleu's default `exp` smoothing
-    expected = [metric.sentence_score(h, [r]).score / 100 for h, r in zip(HYPS, REFS)]
+    expected = [metric.sentence_score(h, [r]).score / 100 for h, r in zip(HYPS, REFS, strict=True)]
     assert one("bleu")(completions=HYPS, references=REFS) == pytest.approx(expected)
     assert expected[0] == pytest.approx(1.0)  # identical sentence
 
 
 def test_bleu_kwargs_reach_sacrebleu():
     metric = BLEU(effective_order=True, smooth_method="add-k", smooth_value=1)  # MIXER's +1 smoothing
-    expected = [metric.sentence_score(h, [r]).score / 100 for h, r in zip(HYPS, REFS)]
+    expected = [metric.sentence_score(h, [r]).score / 100 for h, r in zip(HYPS, REFS, strict=True)]
     got = one("bleu", smooth_method="add-k", smooth_value=1)(completions=HYPS, references=REFS)
     assert got == pytest.approx(expected)
     assert got[1] != pytest.approx(one("bleu")(completions=HYPS, references=REFS)[1])  # it changed
@@ -44,13 +44,13 @@ def test_bleu_kwargs_reach_sacrebleu():
 
 def test_chrf_equals_sacrebleu():
     metric = CHRF()
-    expected = [metric.sentence_score(h, [r]).score / 100 for h, r in zip(HYPS, REFS)]
+    expected = [metric.sentence_score(h, [r]).score / 100 for h, r in zip(HYPS, REFS, strict=True)]
     assert one("chrf")(completions=HYPS, references=REFS) == pytest.approx(expected)
 
 
 def test_ter_is_one_minus_clipped_ter():
     metric = TER()
-    raw = [metric.sentence_score(h, [r]).score / 100 for h, r in zip(HYPS, REFS)]
+    raw = [metric.sentence_score(h, [r]).score / 100 for h, r in zip(HYPS, REFS, strict=True)]
     expected = [1 - min(t, 1.0) for t in raw]
     assert one("ter")(completions=HYPS, references=REFS) == pytest.approx(expected)
     # "a dog runs" vs "the dog runs fast": 1 substitution + 1 insertion over 4 words = 0.5
@@ -66,7 +66,7 @@ def test_ter_clipped_at_zero_for_long_garbage():
 @pytest.mark.parametrize("kind", ["rouge1", "rouge2", "rougeL"])
 def test_rouge_equals_rouge_score(kind):
     scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
-    expected = [scorer.score(r, h)[kind].fmeasure for h, r in zip(HYPS, REFS)]
+    expected = [scorer.score(r, h)[kind].fmeasure for h, r in zip(HYPS, REFS, strict=True)]
     assert one(kind)(completions=HYPS, references=REFS) == pytest.approx(expected)
 
 
@@ -179,7 +179,8 @@ def test_kwargs_function_receives_everything(user_module):
 def test_named_function_receives_only_its_names(user_module):
     reward = one(f"{user_module}:only_named")
     assert reward(**INPUTS) == [1.0, 0.0, 1.0, 0.0]
-    assert [{"completions": INPUTS["completions"], "topic": INPUTS["topic"]}] == sys.modules[user_module].CALLS
+    calls = sys.modules[user_module].CALLS
+    assert calls == [{"completions": INPUTS["completions"], "topic": INPUTS["topic"]}]
 
 
 def test_config_kwargs_are_passed(user_module):

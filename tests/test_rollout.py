@@ -119,7 +119,7 @@ def test_greedy_suffix_matches_uncached_forward(tm, data, n_rl):
     with eos_friendly(tm), torch.no_grad():
         ro = run(tm, src, tgt, n_rl, max_len=18)
         argmax = teacher_forced_argmax(tm, src, ro, k=1)
-    for row, best, k_i in zip(ro.rows(), argmax, ro.prefix_len.tolist()):
+    for row, best, k_i in zip(ro.rows(), argmax, ro.prefix_len.tolist(), strict=True):
         assert row[k_i:] == best[k_i:]
 
 
@@ -127,7 +127,7 @@ def test_batched_equals_one_source_at_a_time(tm, data):
     src, tgt = data
     with eos_friendly(tm):
         batched = run(tm, src, tgt, n_rl=3, max_len=18).rows()
-        alone = [run(tm, [s], [t], n_rl=3, max_len=18).rows()[0] for s, t in zip(src, tgt)]
+        alone = [run(tm, [s], [t], n_rl=3, max_len=18).rows()[0] for s, t in zip(src, tgt, strict=True)]
     assert batched == alone  # padding (left for gpt2 prompts) changes nothing
 
 
@@ -173,7 +173,7 @@ def test_lengths_point_just_past_eos(tm, data):
         ro = run(tm, src, tgt, n_rl=2, k=2, max_len=20, sampling=Sampling())
     # k_i = [9, 14, 3, 9, 3, 8]; EOS at index k_i; length k_i + 1
     assert ro.lengths.tolist() == [10, 10, 15, 15, 4, 4, 10, 10, 4, 4, 9, 9]
-    for row, n in zip(ro.sequences.tolist(), ro.lengths.tolist()):
+    for row, n in zip(ro.sequences.tolist(), ro.lengths.tolist(), strict=True):
         assert row[n - 1] == eos
         assert all(t == pad for t in row[n:])  # pad after EOS
         assert eos not in row[: n - 1]
@@ -300,7 +300,7 @@ def test_rollout_logits_equal_a_plain_teacher_forced_pass(tm, data, n_rl):
         loss.backward()
         grads.append([p.grad.clone() for p in tm.model.parameters() if p.grad is not None])
     assert len(grads[0]) == len(grads[1]) > 0
-    for fast_grad, plain_grad in zip(*grads):
+    for fast_grad, plain_grad in zip(*grads, strict=True):
         torch.testing.assert_close(fast_grad, plain_grad, atol=1e-4, rtol=1e-3)
     tm.model.zero_grad(set_to_none=True)
 

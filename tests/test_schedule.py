@@ -66,7 +66,7 @@ def test_mixer_boundaries():
 def test_mixer_every_step_is_in_its_boundary_stage():
     s = paper_mt_schedule()
     starts = [b for b, _ in s.boundaries()] + [s.total_steps]
-    for (first, plan), end in zip(s.boundaries(), starts[1:]):
+    for (first, plan), end in zip(s.boundaries(), starts[1:], strict=True):
         assert all(s.plan(step) == plan for step in range(first, end))
 
 
@@ -236,7 +236,8 @@ def recipe(schedule: dict, reinforce: dict | None = None) -> dict:
     ({"kind": "constant", "xent_steps": 5, "rl_steps": 3, "final_stage_steps": 2},
      None, r"schedule\.final_stage_steps only applies to schedule\.kind: mixer"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
-     {"baseline": {"kind": "loo"}, "candidates": {"num_samples": 1}}, r"reinforce\.baseline\.kind: loo needs reinforce\.candidates\.num_samples >= 2"),
+     {"baseline": {"kind": "loo"}, "candidates": {"num_samples": 1}},
+     r"reinforce\.baseline\.kind: loo needs reinforce\.candidates\.num_samples >= 2"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
      {"top_p": 0.9}, r"reinforce\.top_p was removed: REINFORCE's gradient assumes"),
     ({"kind": "mixer", "xent_steps": 5, "stage_steps": 2},
@@ -257,8 +258,9 @@ def test_alternate_anneal_defaults_to_rl_steps():
 
 
 def test_loo_with_two_samples_and_greedy_with_one_are_fine():
-    from_dict(recipe({"kind": "mixer", "xent_steps": 5, "stage_steps": 2}, {"baseline": {"kind": "loo"}, "candidates": {"num_samples": 2}}))
-    from_dict(recipe({"kind": "mixer", "xent_steps": 5, "stage_steps": 2}, {"baseline": {"kind": "greedy"}, "candidates": {"num_samples": 1}}))
+    mixer = {"kind": "mixer", "xent_steps": 5, "stage_steps": 2}
+    from_dict(recipe(mixer, {"baseline": {"kind": "loo"}, "candidates": {"num_samples": 2}}))
+    from_dict(recipe(mixer, {"baseline": {"kind": "greedy"}, "candidates": {"num_samples": 1}}))
 
 
 def test_recipe_to_schedule_end_to_end():
@@ -289,5 +291,6 @@ def test_lr_factor_cosine_and_constant():
     from seqrl.schedule import lr_factor
     # cosine without warm-up over 4 steps: 0.5 * (1 + cos(pi * s / 4))
     got = [lr_factor(s, warmup=0, decay="cosine", decay_steps=4) for s in range(5)]
-    assert got == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0])
+    assert got == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5,
+                                 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0])
     assert [lr_factor(s, warmup=2, decay="constant", decay_steps=4) for s in range(4)] == [0.0, 0.5, 1.0, 1.0]

@@ -109,8 +109,9 @@ def test_first_error_line_prefers_seqrl_then_the_exception():
 
 
 def test_parallelism_line():
-    text = "model: Bart...\n[rank0]: parallelism: FSDP v2, 1 process on cuda over nccl, ...; mixed precision: no (fp32)\n"
-    assert sv.parallelism_line(text) == "parallelism: FSDP v2, 1 process on cuda over nccl, ...; mixed precision: no (fp32)"
+    line = "parallelism: FSDP v2, 1 process on cuda over nccl, ...; mixed precision: no (fp32)"
+    text = f"model: Bart...\n[rank0]: {line}\n"
+    assert sv.parallelism_line(text) == line
     assert sv.parallelism_line("nothing") is None
 
 

@@ -31,8 +31,9 @@ def parts(tiny_text_model):
     tm = tiny_text_model("marian")
     model = copy.deepcopy(tm.model).eval()  # (no dropout: two passes compare exactly)
     pairs = make_pairs()[:4]
-    features = [{"en": p["en"], "es": p["es"], "source_ids": s, "target_ids": t} for p, s, t in
-                zip(pairs, tm.encode_sources([p["en"] for p in pairs]), tm.encode_targets([p["es"] for p in pairs]))]
+    sources, targets = tm.encode_sources([p["en"] for p in pairs]), tm.encode_targets([p["es"] for p in pairs])
+    features = [{"en": p["en"], "es": p["es"], "source_ids": s, "target_ids": t}
+                for p, s, t in zip(pairs, sources, targets, strict=True)]
     batch = TrainCollator(tm, DataConfig(path="unused", source_field="en", target_field="es"))(features)
     return tm, model, batch, Accelerator(cpu=True)
 
@@ -84,7 +85,8 @@ def test_mixer_step_feeds_the_objective_rewards_and_leave_one_out_advantages(par
     assert torch.equal(first_sampled, (gold - 3).clamp(min=0)) and bool(call["mask"].any(1).all())
     assert float(stats["reward/total"]) == pytest.approx(float(R.mean()))
     grouped = R.view(-1, K)
-    torch.testing.assert_close(call["advantages"], (grouped - (grouped.sum(1, keepdim=True) - grouped) / (K - 1)).view(-1))
+    leave_one_out_mean = (grouped.sum(1, keepdim=True) - grouped) / (K - 1)
+    torch.testing.assert_close(call["advantages"], (grouped - leave_one_out_mean).view(-1))
     # loss = w * XENT(prefix) + (1 - w) * objective: the objective's value is train/reinforce
     assert float(loss) == pytest.approx(0.25 * stats["train/xent"] + 0.75 * stats["train/reinforce"], rel=1e-5)
     assert len(shown) == 2 and {"sample", "reward", "advantage"} <= set(shown[0])

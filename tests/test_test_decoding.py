@@ -4,7 +4,7 @@ test decodes, `eval.test_after_xent: false` skips the one after the XENT stage."
 from pathlib import Path
 
 import pytest
-from test_cli import MIXER_SETS, assert_one_line_error, cli, mixer_recipe, read_jsonl, write_recipe  # noqa: F401
+from test_cli import MIXER_SETS, assert_one_line_error, read_jsonl, write_recipe
 
 
 @pytest.mark.parametrize("after_xent", [True, False])

@@ -44,7 +44,7 @@ def rouge_precision_recall(hypotheses: list[str], references: list[str], metric:
     if metric not in ROUGE_TYPES:
         raise ValueError(f"rouge_precision_recall: {metric!r} is not one of {ROUGE_TYPES}")
     scorer = rouge_scorer.RougeScorer([metric], use_stemmer=True)
-    scores = [scorer.score(r, h)[metric] for h, r in zip(hypotheses, references)]
+    scores = [scorer.score(r, h)[metric] for h, r in zip(hypotheses, references, strict=True)]
     return (100.0 * sum(s.precision for s in scores) / len(scores), 100.0 * sum(s.recall for s in scores) / len(scores))
 
 
@@ -142,7 +142,7 @@ def _mean_xent(text_model: TextModel, model: torch.nn.Module, source_ids: list[l
     total, tokens = 0.0, 0
     for start in range(0, len(target_ids), batch_size):
         features = [{"source_ids": s, "target_ids": t} for s, t in
-                    zip(source_ids[start:start + batch_size], target_ids[start:start + batch_size])]
+                    zip(source_ids[start:start + batch_size], target_ids[start:start + batch_size], strict=True)]
         batch = {k: v.to(device) for k, v in text_model.collate(features).items()}
         logits, labels, _ = text_model.target_logits(model, batch)
         loss, n_tokens = xent_sum(logits, labels)

@@ -41,15 +41,20 @@ SIZES = {
 }
 
 
+def _bible_train_rows() -> list[dict]:
+    with gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt") as f:
+        return [json.loads(line) for line in f]
+
+
 def bible_tokenizer(vocab: int):
     """The tokenizer every arm uses: a `vocab`-token BPE trained on the Bible data's English and Spanish verses."""
-    rows = [json.loads(line) for line in gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt")]
+    rows = _bible_train_rows()
     return train_tokenizer([r["en"] for r in rows] + [r["es"] for r in rows], TokenizerConfig(vocab_size=vocab))
 
 
 def load_pairs(tok, n: int, max_tokens: int) -> list[dict]:
     """Bible verse pairs whose English prompt is 24..max_tokens tokens and whose Spanish fits too."""
-    rows = [json.loads(line) for line in gzip.open(ROOT / "data/bible_en_es/train.jsonl.gz", "rt")]
+    rows = _bible_train_rows()
     out = []
     for row in rows:
         # the prompt as every arm feeds it (with the tokenizer's </s>), the reference without it
@@ -94,7 +99,8 @@ def seqrl_recipe(args, tok_dir: Path, pairs: list[dict], work: Path) -> dict:
         "data": {"path": str(data), "max_source_tokens": 32, "max_target_tokens": args.new_tokens},
         "schedule": {"kind": "mixer", "xent_steps": 0, "stage_steps": n_steps, "delta": args.new_tokens,
                      "xent_weight": 0.0},
-        "reinforce": {"batch_size": args.prompts, "candidates": {"num_samples": args.samples}, "baseline": {"kind": "loo"}},
+        "reinforce": {"batch_size": args.prompts, "candidates": {"num_samples": args.samples},
+                      "baseline": {"kind": "loo"}},
         "rewards": [{"name": "token_bleu"} if args.reward == "token_bleu" else
                     {"name": "bertscore", "kwargs": {"model": minilm_path(), "batch_size": 64}}],
         "optim": {"lr": 1e-4, "warmup_steps": 0, "decay": "constant", "max_grad_norm": 1.0},
