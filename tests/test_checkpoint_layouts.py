@@ -250,7 +250,7 @@ def test_track_best_gathers_on_every_process(tmp_path, monkeypatch):
     weights = {"w": torch.ones(1)}
     for acc in (StandIn(DEEPSPEED, main=False), StandIn(DEEPSPEED, weights=weights)):
         acc.num_processes = 2
-        run = SimpleNamespace(cfg=cfg, accelerator=acc, model=torch.nn.Linear(1, 1), out=tmp_path)
+        run = SimpleNamespace(cfg=cfg, accelerator=acc, model=torch.nn.Linear(1, 1), out=tmp_path, text_model=None)
         train.track_best(run, loop, {})
         assert acc.gathered == 1 and acc.waited == 1
     assert len(saves) == 1 and saves[0]["state_dict"] is not None

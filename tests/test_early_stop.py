@@ -105,10 +105,12 @@ def test_select_window_chooses_on_the_mean_of_the_last_evaluations(window, chose
     from seqrl import train
     saved = []
     monkeypatch.setattr(train, "gathered_weights", lambda accelerator, model: None)
-    monkeypatch.setattr(train, "save_model_atomically", lambda text_model, model, path, info, state_dict: saved.append(info))
-    acc = SimpleNamespace(num_processes=1, is_main_process=True, wait_for_everyone=lambda: None)
+    monkeypatch.setattr(train, "save_model_atomically",
+                        lambda text_model, model, path, info, state_dict: saved.append(info))
+    acc = SimpleNamespace(num_processes=1, is_main_process=True, wait_for_everyone=lambda: None,
+                          unwrap_model=lambda model: model)
     cfg = SimpleNamespace(eval=SimpleNamespace(best_metric="bleu", patience=0, select_window=window))
-    run = SimpleNamespace(cfg=cfg, accelerator=acc, out=tmp_path)
+    run = SimpleNamespace(cfg=cfg, accelerator=acc, out=tmp_path, model=None, text_model=None)
     loop = train._Loop(tqdm(disable=True))
     for step, value in enumerate([10.0, 30.0, 12.0, 20.0, 21.0, 22.0], start=1):
         loop.step = step
