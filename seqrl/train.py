@@ -316,7 +316,8 @@ def finish(run: Run, loop: _Loop, command: str | None = None) -> Path | None:
         if loop.validated_at != step:
             validate(run, loop)
         if cfg.data.test_split:
-            evaluate(run, step, cfg.data.test_split, None, run.out / f"predictions-{cfg.data.test_split}.jsonl")
+            evaluate(run, step, cfg.data.test_split, cfg.eval.test_max_examples,
+                     run.out / f"predictions-{cfg.data.test_split}.jsonl")
     except EvaluationStopped as stopped:  # the resumed run, at the last step, evaluates again
         preempt(run, loop, stopped.signum, [])
         run.runlog.write(loop.step, {"preempted": 1})

@@ -93,7 +93,7 @@ def test_unset_removes_a_key_so_the_default_applies(tiny_recipe, tmp_path, cli):
 
 
 def test_unset_is_repeated_by_a_relaunch(tiny_recipe, tmp_path):
-    from seqrl.cli import launch_command
+    from seqrl.launch import launch_command
 
     args = build_parser().parse_args(["finetune", "r.yaml", "--unset", "a.b", "--set", "c=1", "--num-processes", "2"])
     assert launch_command(args)[-6:] == ["finetune", "r.yaml", "--unset", "a.b", "--set", "c=1"]
