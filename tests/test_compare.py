@@ -26,8 +26,9 @@ def _systems(n: int = 40):
 
 
 def _write(path, sources, refs, hyps, **columns):
+    # not strict: the "length" case writes fewer rows than references on purpose
     write_jsonl(path, [{"source": s, "reference": r, "hypothesis": h, **{k: v[i] for k, v in columns.items()}}
-                       for i, (s, r, h) in enumerate(zip(sources, refs, hyps, strict=True))])
+                       for i, (s, r, h) in enumerate(zip(sources, refs, hyps, strict=False))])
     return path
 
 
