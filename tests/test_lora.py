@@ -260,10 +260,11 @@ def test_kl_reference_refused_where_weights_are_partitioned():
     from seqrl.reference import AdaptersOff, FrozenCopy, build
 
     model = torch.nn.Linear(2, 2)
-    assert isinstance(build(model, lora=False, partitioned=False), FrozenCopy)
-    assert isinstance(build(model, lora=True, partitioned=True), AdaptersOff)
+    assert isinstance(build(model, lora=False, partitioned=False, coef=0.1), FrozenCopy)
+    reference = build(model, lora=True, partitioned=True, coef=0.1)
+    assert isinstance(reference, AdaptersOff) and reference.coef == 0.1
     with pytest.raises(SeqrlError, match="reinforce.kl_coef > 0 with full fine-tuning under FSDP or DeepSpeed ZeRO-3"):
-        build(model, lora=False, partitioned=True)
+        build(model, lora=False, partitioned=True, coef=0.1)
 
     class Accelerator:
         def __init__(self, kind):
