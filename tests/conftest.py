@@ -97,6 +97,15 @@ def toy_pairs() -> list[dict]:
     return make_pairs()
 
 
+def subprocess_work(tmp: Path, module: str, source: str) -> dict:
+    """A folder for runs in fresh processes: the reward module `module` (its `source`) importable
+    from it, the toy splits, and the environment (one thread, offline, no GPU)."""
+    (tmp / f"{module}.py").write_text(source)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")]))
+    return {"tmp": tmp, "data": write_toy_splits(tmp / "data"), "env": env}
+
+
 def write_toy_splits(directory: Path, pairs: list[dict] | None = None) -> Path:
     """train.jsonl (160), validation.jsonl (20), test.jsonl (20) of the toy pairs in `directory`."""
     pairs = make_pairs() if pairs is None else pairs

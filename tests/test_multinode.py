@@ -15,7 +15,6 @@ Every process runs under a subprocess timeout; the processes inherit the test's 
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_toy_splits
+from conftest import subprocess_work
 from safetensors.torch import load_file
 from test_distributed import TOLERANCE, _recipe, max_diff
 from test_preemption import assert_bitwise_equal
@@ -64,11 +63,7 @@ def overlap(completion_ids, reference_ids, **kwargs):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("multinode")
-    (tmp / "multinode_rewards.py").write_text(REWARDS)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")]))
-    return {"tmp": tmp, "data": write_toy_splits(tmp / "data"), "env": env}
+    return subprocess_work(tmp_path_factory.mktemp("multinode"), "multinode_rewards", REWARDS)
 
 
 def recipe_file(work: dict, name: str, processes: int) -> Path:

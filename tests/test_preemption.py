@@ -8,7 +8,6 @@ run). On 2 processes, a signal to one of them stops both at the same step."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_CONFIGS, write_toy_splits
+from conftest import TINY_CONFIGS, subprocess_work
 from safetensors.torch import load_file
 
 from seqrl.checkpoint import list_checkpoints
@@ -63,11 +62,7 @@ def recipe(data_dir: Path, out: Path, batch: int = 16, rl_batch: int = 8) -> dic
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("preempt")
-    (tmp / "preempt_rewards.py").write_text(REWARDS)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")]))
-    return {"tmp": tmp, "data": write_toy_splits(tmp / "data"), "env": env}
+    return subprocess_work(tmp_path_factory.mktemp("preempt"), "preempt_rewards", REWARDS)
 
 
 def start(work: dict, name: str, *args: str, processes: int = 1, **env: str) -> subprocess.Popen:
