@@ -53,10 +53,6 @@ class Candidates:
     seconds: dict[str, float]
     """time/rollout_s, time/reward_s and time/compile_s of making them."""
 
-    def field(self, name: str) -> torch.Tensor:
-        """One of the rollouts' row tensors (`sequences`, `prefix_len`, `lengths`) over all chunks."""
-        return torch.cat([getattr(c, name) for c in self.chunks])
-
     def rows(self) -> list[list[int]]:
         return [row for c in self.chunks for row in c.rows()]
 
