@@ -245,6 +245,7 @@ from accelerate.utils import DataLoaderConfiguration, gather_object
 from seqrl import batching
 from seqrl.config import load_recipe
 from seqrl.run import setup
+from seqrl.session import teardown
 
 cfg = load_recipe(sys.argv[1])
 acc = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
@@ -262,6 +263,8 @@ for name, loader in (("plain", run.loader), ("grouped", grouped)):
 everything = gather_object([seen])
 if acc.is_main_process:
     Path(sys.argv[2]).write_text(json.dumps(everything))
+del grouped, loader
+teardown(acc, run, clean=True)  # a process that exits with gloo still up can abort ("terminate called ...")
 """
 
 
