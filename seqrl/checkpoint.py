@@ -139,13 +139,15 @@ def resolve_resume(output_dir: Path, spec: str | None) -> Path | None:
     return path
 
 
-def changed_settings(path: Path, recipe: str, limit: int = 6) -> str:
-    """`a.b old -> new, ...` for the settings `recipe` changes from the checkpoint's own recipe,
-    apart from RESUME_SETTINGS ('' when none, or the checkpoint predates recipes in checkpoints)."""
+def changed_settings(path: Path, recipe: str, as_today=lambda text: text, limit: int = 6) -> str:
+    """`a.b old -> new, ...` for the settings `recipe` changes from the checkpoint's own recipe
+    (read through `as_today`: an older layout and its defaults), apart from RESUME_SETTINGS ('' when
+    none, or the checkpoint predates recipes in checkpoints)."""
     saved = path / RECIPE_FILE
     if not saved.is_file():
         return ""
-    old, new = flatten(parse_yaml(saved.read_text(encoding="utf-8"))), flatten(parse_yaml(recipe))
+    old = flatten(parse_yaml(as_today(saved.read_text(encoding="utf-8"))))
+    new = flatten(parse_yaml(recipe))
     keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k) and k not in RESUME_SETTINGS]
     shown = [f"{k} {old.get(k)!r} -> {new.get(k)!r}"[:80] for k in keys[:limit]]
     return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -20,7 +20,7 @@ import yaml
 from seqrl.config_checks import check_recipe
 from seqrl.errors import ConfigError
 from seqrl.model_config import DataConfig, LoraSettings, ModelConfig, TokenizerConfig
-from seqrl.rl_config import ReinforceConfig, moved_key_problem
+from seqrl.rl_config import ReinforceConfig, moved_key_problem, regrouped
 from seqrl.strict_yaml import MAX_TEXT_BYTES, build, describe_yaml_error, dump_yaml, parse_yaml, plain
 
 __all__ = ["DataConfig", "EvalConfig", "LogConfig", "LoraSettings", "ModelConfig", "OptimConfig", "RecipeConfig",
@@ -328,3 +328,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def dump_recipe(cfg: RecipeConfig) -> str:
     return dump_yaml(to_dict(cfg))
+
+
+def recipe_as_today(text: str) -> str:
+    """A recipe saved by an older seqrl (a checkpoint's), read with today's layout and defaults,
+    so that a resume lists only the settings that really changed. As saved when it no longer
+    loads (beyond the regrouped `reinforce` section)."""
+    raw = parse_yaml(text)
+    if isinstance(raw.get("reinforce"), dict):
+        raw["reinforce"] = regrouped(raw["reinforce"])
+    try:
+        return dump_recipe(from_dict(raw))
+    except ConfigError:
+        return dump_yaml(raw)
+

@@ -127,3 +127,19 @@ def moved_key_problem(section: dict) -> str | None:
         return (f"reinforce.{key} moved to reinforce.{new} (the reinforce section is grouped by concern); "
                 f"write `reinforce: {{{new.split('.')[0]}: {{{new.split('.')[1]}: ...}}}}`")
     return None
+
+
+def regrouped(section: dict) -> dict:
+    """An old flat `reinforce` section in the grouped layout (REMOVED keys dropped): how a
+    checkpoint's recipe from before the regrouping reads today, to diff it on resume."""
+    out: dict = {}
+    for key, value in section.items():
+        new = MOVED.get(key)
+        if key in REMOVED:
+            continue
+        if new is None or (key == new.split(".")[0] and isinstance(value, dict)):
+            out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+        else:
+            group, name = new.split(".")
+            out.setdefault(group, {})[name] = value
+    return out

@@ -15,7 +15,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
 from seqrl import distributed, lora, rewards
 from seqrl.checkpoint import changed_settings, estimate_bytes, load_checkpoint, resolve_resume, space_warning
-from seqrl.config import RecipeConfig, dump_recipe
+from seqrl.config import RecipeConfig, dump_recipe, recipe_as_today
 from seqrl.errors import SeqrlError, disk_writes
 from seqrl.evaluate import trial_decode
 from seqrl.languages import recipe_languages
@@ -120,7 +120,7 @@ def start(run: Run, resume_from: Path | None, state: dict | None) -> None:
     if acc.is_main_process:
         recipe = dump_recipe(run.cfg)
         if resume_from is not None:
-            changed = changed_settings(resume_from, recipe)
+            changed = changed_settings(resume_from, recipe, recipe_as_today)
             if changed:
                 acc.print(f"resuming with settings changed since the checkpoint: {changed}")
         trackers_dir = (run.cfg.log.project,) if run.cfg.log.trackers else ()  # (accelerate's logging_dir/project)

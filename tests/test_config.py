@@ -9,6 +9,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import yaml
 
 import seqrl.config as config_module
 import seqrl.model_config as model_config
@@ -551,3 +552,21 @@ def test_recipe_not_utf8_names_the_line(tmp_path):
     path.write_bytes(b"model: {architecture: marian}\n# caf\xe9\n")
     with pytest.raises(ConfigError, match=r"recipe.yaml is not UTF-8 text \(byte 0xe9 on line 2\)"):
         load_recipe(path)
+
+
+def test_a_recipe_saved_before_the_regrouping_reads_as_today(tmp_path):
+    """A checkpoint's recipe in the flat `reinforce` layout (with the removed top_k, and without a
+    field added since) diffs empty against the same settings written today; a real change shows."""
+    from seqrl.checkpoint import RECIPE_FILE, changed_settings
+    from seqrl.config import dump_recipe, recipe_as_today
+    today = from_dict(with_("reinforce", candidates={"num_samples": 4}, baseline={"kind": "loo"}))
+    old = yaml.safe_load(dump_recipe(today))
+    flat = {"num_samples": 4, "baseline": "loo", "top_k": 0, "temperature": 1.0, "check_every": None}
+    old["reinforce"] = {k: v for k, v in old["reinforce"].items() if k in ("batch_size", "lr")} | flat
+    del old["eval"]["watch"]  # written before the field existed: its default applies
+    (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump(old))
+    assert changed_settings(tmp_path, dump_recipe(today), recipe_as_today) == ""
+    assert "reinforce.top_k" in changed_settings(tmp_path, dump_recipe(today))  # read as saved
+    changed = from_dict(with_("reinforce", candidates={"num_samples": 8}, baseline={"kind": "loo"}))
+    diff = changed_settings(tmp_path, dump_recipe(changed), recipe_as_today)
+    assert diff == "reinforce.candidates.num_samples 4 -> 8"
