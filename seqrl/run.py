@@ -23,6 +23,8 @@ from seqrl.config import ModelConfig, RecipeConfig
 from seqrl.decoders import Decoding
 from seqrl.decoders import resolve as resolve_decoding
 from seqrl.errors import SeqrlError
+from seqrl.mbr import MbrDecoder, build_utility
+from seqrl.mbr import build_decoder as build_mbr_decoder
 from seqrl.objectives import Objective
 from seqrl.objectives import build as build_objective
 from seqrl.reference import Reference
@@ -63,6 +65,8 @@ class Run:
     """The sequence-level loss (`reinforce.estimator`), built once here."""
     reference: Reference | None = None
     """The KL penalty's reference policy and weight (with `reinforce.kl_coef` > 0)."""
+    mbr: MbrDecoder | None = None
+    """MBR decoding for evaluation (`eval.decode: mbr`), its utility built at set-up."""
 
 
 def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: list,
@@ -112,9 +116,13 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     candidates = CandidateMaker(text_model, accelerator, reward_fns, cfg.reinforce.candidates,
                                 rollout_decoding(cfg, text_model, accelerator), cfg.reinforce.chunk_sources,
                                 cfg.data.max_target_tokens, cfg.run.seed, total, greedy=baseline.needs_greedy)
+    mbr = (build_mbr_decoder(text_model, cfg.mbr, cfg.eval.max_new_tokens, cfg.run.seed)
+           if cfg.eval.decode == "mbr" else None)
+    utility = build_utility(cfg.mbr) if cfg.reinforce.estimator.kind == "mbr" and cfg.schedule.samples() else None
+    objective = build_objective(cfg.reinforce.estimator, utility, text_model, cfg.mbr.pair_batch)
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
                schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir, candidates, baseline,
-               build_objective(cfg.reinforce.estimator), reference)
+               objective, reference, mbr)
 
 
 def probe_rewards(cfg: RecipeConfig, device: torch.device, text_model: modeling.TextModel, train, reward_fns: list

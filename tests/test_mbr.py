@@ -1,0 +1,147 @@
+"""MBR decoding and MBR distillation (`seqrl.mbr`, `seqrl.objectives.MbrDistill`): the choice a
+hand-computed utility matrix gives, ties to the likelier candidate; the same choice however the
+sources are split over processes; the distillation loss by hand; one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from seqrl.config import EvalConfig, MbrConfig, from_dict
+from seqrl.errors import ConfigError
+from seqrl.evaluate import decode_mbr, evaluate_split, mbr_candidates_path
+from seqrl.mbr import build_decoder, build_utility, mbr_choice, utility_matrix
+from seqrl.objectives import MbrDistill, ScoredRows
+from seqrl.rewards import fast
+
+
+def test_mbr_picks_the_highest_mean_utility_against_the_others_ties_to_the_likelier():
+    # u[i, j]: candidate i scored against candidate j. The diagonal (100) must not count.
+    tied = torch.tensor([[100, .2, .6],     # mean of the others (.2 + .6) / 2 = .4
+                         [.4, 100, .4],     # .4: tied with 0, and likelier (-2 > -3)
+                         [.5, .1, 100]])    # .3
+    clear = torch.tensor([[100, .9, .8],    # .85: wins although the least likely
+                          [.1, 100, .2],    # .15
+                          [.3, .3, 100]])   # .3
+    scores = torch.tensor([[-3.0, -2.0, -1.0], [-9.0, -1.0, -2.0]])
+    assert mbr_choice(torch.stack([tied, clear]), scores).tolist() == [1, 0]
+    # equal model scores too: the first of the tied
+    assert mbr_choice(tied[None], torch.zeros(1, 3)).tolist() == [0]
+    with pytest.raises(ValueError, match="at least 2 candidates"):
+        mbr_choice(torch.zeros(1, 1, 1), torch.zeros(1, 1))
+
+
+def test_utility_matrix_scores_every_pair_with_the_reward_in_batches():
+    utility = build_utility(MbrConfig(utility="token_bleu"))
+    candidates = [[[1, 2, 3, 4, 5], [1, 2, 3, 4, 6], [7, 8]], [[4, 4, 4], [4, 4, 4], [4, 4, 5]]]
+    matrix = utility_matrix(utility, candidates, None, pair_batch=5)  # (12 pairs: 3 calls)
+    for b, group in enumerate(candidates):
+        for i in range(3):
+            for j in range(3):
+                want = 0.0 if i == j else float(fast.bleu([group[i]], [group[j]])[0])
+                assert float(matrix[b, i, j]) == pytest.approx(want)
+    assert float(matrix[1, 0, 1]) == pytest.approx(1.0)  # identical candidates
+
+
+def overlap(completion_ids, reference_ids):
+    """A utility by hand: the share of the reference's tokens the completion has."""
+    return [len(set(c) & set(r)) / len(set(r)) for c, r in zip(completion_ids, reference_ids, strict=True)]
+
+
+def test_mbr_distillation_loss_by_hand():
+    utility = build_utility(MbrConfig(utility="overlap"), {"overlap": overlap})
+    eos = 9
+    # two sources, k = 3 rows each; suffix tokens (eos stripped before the utility sees them)
+    tokens = torch.tensor([[1, 2, 9], [1, 3, 9], [5, 6, 9],
+                           [4, 4, 9], [4, 7, 9], [4, 7, 9]])
+    mask = torch.ones(6, 3, dtype=torch.bool)
+    mask[0, 0] = False  # a gold prefix on row 0: its suffix is [2, 9]
+    logp = torch.tensor([[-0.1, -0.5, -0.5], [-0.2, -0.2, -0.2], [-1.0, -1.0, -1.0],
+                         [-0.1, -0.1, -0.1], [-0.3, -0.3, -0.4], [-0.2, -0.2, -0.2]], requires_grad=True)
+    objective = MbrDistill(utility, eos, detokenize=lambda ids: [" ".join(map(str, r)) for r in ids])
+    rows = ScoredRows(logp, mask, torch.zeros(6), torch.zeros(6), k=3, step_rows=6, tokens=tokens)
+    # source 0: row 0's suffix [2] against [1, 3] and [5, 6]: 0; row 1 [1, 3]: vs [2] 0, vs [5, 6] 0;
+    #   row 2: 0 -> all tie at 0; log p of suffixes: -1.0, -0.6, -3.0 -> row 1.
+    # source 1: row 0 [4, 4] vs [4, 7]: 1/2 twice -> 1/2; rows 1, 2: vs [4, 4] 1, vs each other 1 -> 1;
+    #   tie between rows 1 (-1.0) and 2 (-0.6) -> row 2.
+    assert objective.choose(rows).tolist() == [1, 2]
+    loss = objective(rows)
+    assert float(loss.detach()) == pytest.approx(-(-0.6 + -0.6) / 2)
+    loss.backward()
+    expected = torch.zeros(6, 3)
+    expected[1], expected[5] = -0.5, -0.5  # d/dlogp of -(1/B) sum of the chosen rows' suffixes
+    assert torch.equal(logp.grad, expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_marian():
+    from conftest import build_tiny
+    return build_tiny("marian")
+
+
+def sources(tm, n=6):
+    from conftest import make_pairs
+    return tm.encode_sources([p["en"] for p in make_pairs()[:n]])
+
+
+@pytest.mark.parametrize("kind", ["sample", "both"])
+def test_the_same_choices_however_the_sources_are_split_over_processes(tiny_marian, kind):
+    tm = tiny_marian
+    decoder = build_decoder(tm, MbrConfig(num_candidates=4, candidates=kind, utility="token_bleu"), 8, seed=5)
+    src = sources(tm)
+    whole = decoder.decode(tm.model, src, 0)
+    assert all(len(c) == decoder.per_source for c in whole.candidates)
+    # two processes get consecutive halves (evaluate_split's MBR shards); batches of 2 within them
+    halves = [decode_mbr(decoder, tm.model, src[:3], 0, 2), decode_mbr(decoder, tm.model, src[3:], 3, 2)]
+    assert halves[0][0] + halves[1][0] == whole.chosen_texts()
+    assert [r["choice"] for h in halves for r in h[1]] == whole.choice
+    assert len({tuple(c) for c in whole.candidates[0]}) > 1  # the candidates differ: a real choice
+    # the choice is mbr_choice of the matrix and log p it reports
+    again = mbr_choice(whole.utility, torch.tensor(whole.logprobs)).tolist()
+    assert again == whole.choice
+
+
+def test_evaluate_split_decodes_by_mbr_and_writes_candidates(tiny_marian, tmp_path):
+    from conftest import make_pairs
+    from datasets import Dataset
+
+    from seqrl.config import DataConfig
+
+    tm, pairs = tiny_marian, make_pairs()[:5]
+    dataset = Dataset.from_dict({"en": [p["en"] for p in pairs], "es": [p["es"] for p in pairs],
+                                 "source_ids": sources(tm, 5)})
+    settings = MbrConfig(num_candidates=3, utility="chrf", write_candidates=True)
+    decoder = build_decoder(tm, settings, 8, seed=0)
+    predictions = tmp_path / "predictions.jsonl"
+    data_cfg = DataConfig(source_field="en", target_field="es")
+    scores = evaluate_split(tm, tm.model, dataset, Accelerator(cpu=True), data_cfg,
+                            EvalConfig(batch_size=2, max_new_tokens=8, metrics=["chrf"]), max_examples=None,
+                            predictions_path=predictions, progress=False, mbr=decoder)
+    assert scores["mbr_seconds_per_source"] > 0 and "chrf" in scores
+    hyps = [json.loads(line)["hypothesis"] for line in predictions.read_text().splitlines()]
+    records = [json.loads(line) for line in mbr_candidates_path(predictions).read_text().splitlines()]
+    assert len(records) == 5 and all(len(r["utility"]) == 3 and len(r["candidates"]) == 3 for r in records)
+    assert hyps == [r["candidates"][r["choice"]] for r in records]
+
+
+def test_mbr_with_one_candidate_is_one_line(tiny_recipe):
+    tiny_recipe["eval"].update(decode="mbr")
+    tiny_recipe["mbr"] = {"num_candidates": 1}
+    with pytest.raises(ConfigError, match=r"^mbr\.num_candidates: MBR decoding needs at least 2 candidates"):
+        from_dict(tiny_recipe)
+    tiny_recipe["schedule"] = {"kind": "constant", "xent_steps": 0, "rl_steps": 2}
+    tiny_recipe["eval"]["decode"] = "search"
+    tiny_recipe["reinforce"] = {"estimator": {"kind": "mbr"}, "candidates": {"num_samples": 1},
+                                "baseline": {"kind": "none"}}
+    with pytest.raises(ConfigError, match=r"^reinforce\.estimator\.kind: mbr needs reinforce\.candidates\.num_sa"):
+        from_dict(tiny_recipe)
+
+
+def test_an_unknown_utility_is_one_line():
+    with pytest.raises(ConfigError, match=r"^mbr\.utility: unknown reward 'token_bleux'; did you mean 'token_bleu'"):
+        build_utility(MbrConfig(utility="token_bleux"))
+    with pytest.raises(ConfigError, match=r"^mbr\.utility: .*'smooth'"):
+        build_utility(MbrConfig(utility="token_bleu", utility_kwargs={"smooth": "exp"}))
