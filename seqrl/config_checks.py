@@ -56,6 +56,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
     _check_reinforce(cfg)
     _check_eval(cfg)
     _check_languages(cfg)
+    _check_reference_free(cfg)
 
 def _check_eval(cfg: RecipeConfig) -> None:
     ev = cfg.eval
@@ -215,3 +216,17 @@ def _non_negative(cfg: RecipeConfig, *names: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Loading
+
+
+def _check_reference_free(cfg: RecipeConfig) -> None:
+    """Training rows without targets: no cross-entropy, and a labelled validation split."""
+    if not cfg.data.reference_free:
+        return
+    sched = cfg.schedule
+    if sched.kind != "constant" or sched.xent_steps or sched.xent_epochs or sched.xent_weight:
+        raise ConfigError("data.reference_free: rows without targets leave cross-entropy nothing to learn; set "
+                          "schedule.kind: constant, schedule.xent_steps: 0 and schedule.xent_weight: 0 "
+                          "(with reinforce.estimator.kind: mbr)")
+    if cfg.data.validation_from_train is not None:
+        raise ConfigError("data.reference_free: data.validation_from_train would carve validation rows without "
+                          "targets out of training; give a labelled data.eval_split instead")

@@ -30,7 +30,7 @@ from seqrl.objectives import build as build_objective
 from seqrl.reference import Reference
 from seqrl.reference import build as build_reference
 from seqrl.rewards import Reward
-from seqrl.rewards.inputs import probe
+from seqrl.rewards.inputs import check_reference_free, probe
 from seqrl.rundir import NEW_TOKENIZER
 from seqrl.runlog import RunLog
 from seqrl.schedule import Schedule, lr_factor
@@ -79,6 +79,8 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         # which inherit it), they cost nothing; a value under 1.2e-38 changes nothing that trains.
         torch.set_flush_denormal(True)
     set_seed(cfg.run.seed)
+    if cfg.data.reference_free and cfg.schedule.samples():
+        check_reference_free(reward_fns)
     raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
     carved = data.carve_note(cfg.data, raw)
     if carved:

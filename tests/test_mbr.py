@@ -145,3 +145,56 @@ def test_an_unknown_utility_is_one_line():
         build_utility(MbrConfig(utility="token_bleux"))
     with pytest.raises(ConfigError, match=r"^mbr\.utility: .*'smooth'"):
         build_utility(MbrConfig(utility="token_bleu", utility_kwargs={"smooth": "exp"}))
+
+
+def reference_free_recipe(tmp_path, tiny_recipe) -> dict:
+    """The tiny recipe on a training split of sources only, trained by MBR distillation, evaluated by MBR."""
+    from conftest import make_pairs, write_jsonl
+
+    data = tmp_path / "sources_only"
+    data.mkdir()
+    pairs = make_pairs()
+    write_jsonl(data / "train.jsonl", [{"en": p["en"]} for p in pairs[:160]])  # no target column at all
+    write_jsonl(data / "validation.jsonl", pairs[160:168])
+    write_jsonl(data / "test.jsonl", pairs[180:186])
+    tiny_recipe["data"].update(path=str(data), reference_free=True, max_target_tokens=8)
+    tiny_recipe["xent"]["batch_size"] = 4
+    tiny_recipe["schedule"] = {"kind": "constant", "xent_steps": 0, "xent_weight": 0.0, "rl_steps": 2}
+    tiny_recipe["reinforce"] = {"estimator": {"kind": "mbr"}, "candidates": {"num_samples": 3},
+                                "baseline": {"kind": "none"}}
+    tiny_recipe["rewards"] = [{"name": "language_id", "kwargs": {"language": "es"}}]
+    tiny_recipe["mbr"] = {"num_candidates": 2, "utility": "token_bleu"}
+    tiny_recipe["eval"].update(every=2, decode="mbr", max_examples=8)
+    return tiny_recipe
+
+
+def test_a_run_on_sources_without_targets(tmp_path, tiny_recipe, cli):
+    import yaml
+
+    recipe = reference_free_recipe(tmp_path, tiny_recipe)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    rc, out, err = cli("finetune", path)
+    assert rc == 0, err
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "train/reinforce" in r]
+    assert len(trained) == 2 and all(r["train/reinforce"] > 0 for r in trained)  # -log p of the MBR choices
+    assert all(r["frac_sampled"] == 1.0 for r in trained)  # whole outputs sampled: no gold prefix to follow
+    assert any("eval/mbr_seconds_per_source" in r for r in rows)  # evaluation decoded by MBR
+    assert (run / "final").is_dir()
+
+
+def test_sources_without_targets_refuse_a_reference_based_reward_in_one_line(tmp_path, tiny_recipe, cli):
+    import yaml
+
+    recipe = reference_free_recipe(tmp_path, tiny_recipe)
+    recipe["rewards"] = [{"name": "token_bleu"}]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    rc, out, err = cli("finetune", path)
+    assert rc == 2 and err.count("\n") == 1
+    assert "rewards 'token_bleu' scores against references, which the training rows of data.reference_free lack" in err
+    recipe["schedule"] = {"kind": "mixer", "xent_steps": 2, "stage_steps": 2}
+    with pytest.raises(ConfigError, match=r"^data\.reference_free: rows without targets leave cross-entropy"):
+        from_dict(recipe)
