@@ -195,6 +195,49 @@ def test_sources_without_targets_refuse_a_reference_based_reward_in_one_line(tmp
     rc, out, err = cli("finetune", path)
     assert rc == 2 and err.count("\n") == 1
     assert "rewards 'token_bleu' scores against references, which the training rows of data.reference_free lack" in err
+    rc, out, err = cli("validate", path)  # (the same check, without training)
+    assert rc == 2 and "rewards 'token_bleu' scores against references" in err
     recipe["schedule"] = {"kind": "mixer", "xent_steps": 2, "stage_steps": 2}
     with pytest.raises(ConfigError, match=r"^data\.reference_free: rows without targets leave cross-entropy"):
         from_dict(recipe)
+
+
+def test_the_bench_script_makes_the_decoding_table(tiny_marian, tmp_path, toy_data_dir, cli):
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+    from conftest import make_tiny_recipe
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_mbr.py"
+    spec = importlib.util.spec_from_file_location("bench_mbr", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny_marian.save(tmp_path / "model")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(make_tiny_recipe(toy_data_dir, tmp_path / "run")))
+    out = tmp_path / "table.json"
+    assert bench.main([str(recipe), "--model", str(tmp_path / "model"), "--max-examples", "3",
+                       "--candidates", "2", "3", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["decoding"] for r in rows] == ["greedy", "beam 4", "MBR N=2 (sample, token_bleu)",
+                                             "MBR N=3 (sample, token_bleu)"]
+    assert all({"bleu", "chrf", "seconds_per_source"} <= set(r) and r["examples"] == 3 for r in rows)
+    # the same model through `seqrl evaluate --decode mbr`
+    rc, printed, err = cli("evaluate", recipe, "--model", tmp_path / "model", "--decode", "mbr",
+                           "--max-examples", "3", "--set", "mbr.num_candidates=3")
+    assert rc == 0, err
+    assert json.loads(printed)["chrf"] == pytest.approx(rows[3]["chrf"], abs=1e-4)
+
+
+def test_generate_by_mbr(tiny_marian, tmp_path, cli):
+    tiny_marian.save(tmp_path / "model")
+    (tmp_path / "in.txt").write_text("the red dog\na big house\n", encoding="utf-8")
+    rc, out, err = cli("generate", tmp_path / "model", "--input", tmp_path / "in.txt", "--mbr", "3",
+                       "--max-new-tokens", "6")
+    assert rc == 0, err
+    decoder = build_decoder(tiny_marian, MbrConfig(num_candidates=3), 6, seed=0)
+    sources = tiny_marian.encode_sources(["the red dog", "a big house"])
+    assert out.splitlines() == decoder.decode(tiny_marian.model, sources, 0).chosen_texts()
+    rc, out, err = cli("generate", tmp_path / "model", "--input", tmp_path / "in.txt", "--mbr", "1")
+    assert rc == 2 and err.count("\n") == 1 and "--mbr 1: MBR needs at least 2 candidates" in err
