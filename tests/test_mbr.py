@@ -241,3 +241,38 @@ def test_generate_by_mbr(tiny_marian, tmp_path, cli):
     assert out.splitlines() == decoder.decode(tiny_marian.model, sources, 0).chosen_texts()
     rc, out, err = cli("generate", tmp_path / "model", "--input", tmp_path / "in.txt", "--mbr", "1")
     assert rc == 2 and err.count("\n") == 1 and "--mbr 1: MBR needs at least 2 candidates" in err
+
+
+@pytest.mark.slow  # (a 2-process launch: ~1-2 min on a shared core; the default suite has the split test above)
+def test_two_processes_choose_what_one_process_chooses(tiny_marian, tmp_path, toy_data_dir, cli):
+    """`seqrl evaluate --decode mbr` launched on 2 processes (5 sources: shards of 3 and 2) writes the
+    candidates, matrices and choices of 1 process."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import make_tiny_recipe
+
+    tiny_marian.save(tmp_path / "model")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(make_tiny_recipe(toy_data_dir, tmp_path / "run")))
+    common = ["evaluate", str(recipe), "--model", str(tmp_path / "model"), "--decode", "mbr", "--max-examples", "5",
+              "--set", "mbr.num_candidates=3", "--set", "mbr.write_candidates=true", "--set", "eval.batch_size=2"]
+    rc, _, err = cli(*common, "--output", tmp_path / "one.jsonl")
+    assert rc == 0, err
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="",
+               TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+           "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "seqrl", *common, "--output", str(tmp_path / "two.jsonl")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("one", "two"):
+        assert (tmp_path / f"{name}.mbr.jsonl").is_file()
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+    one, two = ([json.loads(line) for line in (tmp_path / f"{n}.mbr.jsonl").read_text().splitlines()]
+                for n in ("one", "two"))
+    assert [r["candidates"] for r in two] == [r["candidates"] for r in one]
+    assert [r["choice"] for r in two] == [r["choice"] for r in one]
+    assert [r["utility"] for r in two] == [r["utility"] for r in one]
