@@ -97,5 +97,6 @@ def reward_columns(features: list[dict], cfg: DataConfig) -> dict[str, list]:
 
 def probe_batch(text_model: TextModel, raw_rows: list[dict], cfg: DataConfig) -> dict:
     """What a reward sees of these rows (loaded, not yet tokenized), for the set-up probe."""
-    return {"target_ids_list": text_model.encode_targets([r[cfg.target_field] for r in raw_rows]),
+    targets = [r[cfg.target_field] for r in raw_rows]  # (None: a reference-free row)
+    return {"target_ids_list": [text_model.encode_targets([t])[0] if t is not None else [] for t in targets],
             "columns": reward_columns(raw_rows, cfg)}

@@ -67,7 +67,7 @@ def chunk_loss(model, chunk: Rollout, rows: slice, terms: StepTerms, is_seq2seq:
     # 3. XENT on the gold prefixes, the sequence-level loss on the suffixes.
     xent = -masked_mean(logp, t.prefix_mask[rows], t.n_prefix) if t.prefix_xent else logp.new_zeros(())
     sequence = t.objective(ScoredRows(logp, t.suffix_mask[rows], t.rewards[rows], advantage, t.k,
-                                      t.suffix_mask.shape[0]))
+                                      t.suffix_mask.shape[0], chunk.sequences))
     loss = t.xent_weight * xent + (1 - t.xent_weight) * sequence + baseline_loss
     # 4. KL to the reference policy, on the sampled tokens.
     kl = logp.new_zeros(())

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory (default: RUN.output_dir/final)")
     p.add_argument("--split", help="split to decode (default: data.test_split)")
     p.add_argument("--num-beams", type=int, help="override eval.num_beams")
+    p.add_argument("--decode", choices=["search", "mbr"],
+                   help="override eval.decode: search (greedy/beam) or mbr (the recipe's mbr section)")
     p.add_argument("--max-examples", type=int, help="decode only the first N examples")
     p.add_argument("--output", help="predictions file (jsonl: source, reference, hypothesis)")
 
@@ -77,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default="-", help="file with one source per line (default: stdin)")
     p.add_argument("--output", default="-", help="file for one output per line (default: stdout)")
     p.add_argument("--num-beams", type=int, default=1, help="1 = greedy")
+    p.add_argument("--mbr", type=int, default=0, metavar="N",
+                   help="minimum Bayes risk: choose among N samples (temperature 1, seed 0) the one with the "
+                        "highest mean --utility against the others (0 = off)")
+    p.add_argument("--utility", default="token_bleu", help="MBR's utility: a reward name (default token_bleu)")
     p.add_argument("--max-new-tokens", type=int,
                    help="longest output (default: the run's eval.max_new_tokens, or what the model's positions hold, "
                         "at most 128)")
@@ -174,14 +180,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from seqrl import data, modeling
+    from seqrl.config_checks import check_recipe
     from seqrl.evaluate import evaluate_split
+    from seqrl.mbr import build_decoder
     from seqrl.run import check_lengths
 
     model_dir = Path(args.model or Path(cfg.run.output_dir) / "final")
     split = args.split or cfg.data.test_split or cfg.data.eval_split
     if args.num_beams is not None:
         cfg.eval.num_beams = args.num_beams
+    if args.decode is not None:
+        cfg.eval.decode = args.decode
+        check_recipe(cfg)  # (mbr's own settings, now that they are in use)
     text_model = modeling.load_saved(model_dir)
+    mbr = (build_decoder(text_model, cfg.mbr, cfg.eval.max_new_tokens, cfg.run.seed)
+           if cfg.eval.decode == "mbr" else None)
     check_lengths(cfg, text_model.is_seq2seq, text_model.max_positions)
     accelerator = Accelerator(cpu=cfg.run.cpu)
     tokenized, _ = data.tokenize(data.load_raw(cfg.data, [split]), text_model, cfg.data, accelerator)
@@ -189,9 +202,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scores = evaluate_split(text_model, model, tokenized[split], accelerator, cfg.data, cfg.eval,
                             max_examples=args.max_examples,
                             predictions_path=Path(args.output) if args.output else None,
-                            progress=cfg.log.progress_bar)
+                            progress=cfg.log.progress_bar, mbr=mbr)
     if accelerator.is_main_process:
-        print(json.dumps({"model": str(model_dir), "split": split, "num_beams": cfg.eval.num_beams,
+        print(json.dumps({"model": str(model_dir), "split": split, "decode": cfg.eval.decode,
+                          "num_beams": cfg.eval.num_beams,
                           **{k: round(v, 4) for k, v in scores.items()}}))
     return 0
 
@@ -200,11 +214,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from seqrl import modeling
+    from seqrl.config import MbrConfig
     from seqrl.data import truncate
-    from seqrl.evaluate import decode
+    from seqrl.evaluate import decode, decode_mbr
+    from seqrl.mbr import build_decoder
 
     if args.num_beams < 1 or args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise SeqrlError("--num-beams, --max-new-tokens and --batch-size must be >= 1")
+    if args.mbr == 1 or args.mbr < 0:
+        raise SeqrlError(f"--mbr {args.mbr}: MBR needs at least 2 candidates per source (0 = off)")
     if args.input != "-" and not Path(args.input).is_file():
         raise SeqrlError(f"--input file not found: {args.input}")
     lines = _read_lines(args.input)
@@ -224,8 +242,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     problem = text_model.length_problem(longest, max_new_tokens)
     if problem:
         raise SeqrlError(f"--max-new-tokens {max_new_tokens}: {problem}; ask for fewer")
-    outputs = decode(text_model, model, source_ids, batch_size=args.batch_size,
-                     num_beams=args.num_beams, max_new_tokens=max_new_tokens)
+    if args.mbr:
+        settings = MbrConfig(num_candidates=args.mbr, utility=args.utility)
+        mbr = build_decoder(text_model, settings, max_new_tokens, seed=0)
+        outputs = decode_mbr(mbr, model, source_ids, 0, args.batch_size)[0]
+    else:
+        outputs = decode(text_model, model, source_ids, batch_size=args.batch_size,
+                         num_beams=args.num_beams, max_new_tokens=max_new_tokens)
     text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
     if args.output == "-":
         sys.stdout.write(text)

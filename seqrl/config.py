@@ -20,11 +20,12 @@ import yaml
 from seqrl.config_checks import check_recipe
 from seqrl.errors import ConfigError
 from seqrl.model_config import DataConfig, LoraSettings, ModelConfig, TokenizerConfig
-from seqrl.rl_config import ReinforceConfig, moved_key_problem, regrouped
+from seqrl.rl_config import MbrConfig, ReinforceConfig, moved_key_problem, regrouped
 from seqrl.strict_yaml import MAX_TEXT_BYTES, build, describe_yaml_error, dump_yaml, parse_yaml, plain
 
-__all__ = ["DataConfig", "EvalConfig", "LogConfig", "LoraSettings", "ModelConfig", "OptimConfig", "RecipeConfig",
-           "ReinforceConfig", "RewardConfig", "RunConfig", "ScheduleConfig", "TokenizerConfig", "XentConfig",
+__all__ = ["DataConfig", "EvalConfig", "LogConfig", "LoraSettings", "MbrConfig", "ModelConfig", "OptimConfig",
+           "RecipeConfig", "ReinforceConfig", "RewardConfig", "RunConfig", "ScheduleConfig", "TokenizerConfig",
+           "XentConfig",
            "apply_override", "dump_recipe", "from_dict", "load_recipe", "read_text", "remove_value", "set_value",
            "to_dict"]
 
@@ -115,7 +116,11 @@ class EvalConfig:
     batch_size: int = 64
     """Sources per decoding batch."""
     num_beams: int = 1
-    """1 = greedy decoding, more = beam search."""
+    """1 = greedy decoding, more = beam search (`decode: search`)."""
+    decode: Literal["search", "mbr"] = "search"
+    """`search`: greedy or beam search (`num_beams`); `mbr`: minimum Bayes risk, each source's
+    candidate with the highest mean `mbr.utility` against its other candidates (the `mbr` section;
+    `seqrl.mbr`). Used by evaluation during training, at the end and by `seqrl evaluate`."""
     max_new_tokens: int = 128
     """Longest output decoded."""
     test_after_xent: bool = True
@@ -227,6 +232,8 @@ class RecipeConfig:
     """Optimizer and learning-rate schedule."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Periodic and final evaluation."""
+    mbr: MbrConfig = field(default_factory=MbrConfig)
+    """Minimum-Bayes-risk decoding (`eval.decode: mbr`) and MBR distillation's utility."""
     run: RunConfig = field(default_factory=RunConfig)
     """Output, seed, limits and checkpoints."""
     log: LogConfig = field(default_factory=LogConfig)

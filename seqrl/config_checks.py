@@ -20,7 +20,8 @@ def check_recipe(cfg: RecipeConfig) -> None:
               "data.max_target_tokens", "xent.batch_size", "optim.lr", "optim.grad_accum_steps",
               "eval.batch_size", "eval.num_beams", "eval.max_new_tokens", "eval.select_window", "log.every",
               "run.keep_checkpoints", "schedule.delta", "reinforce.candidates.num_samples",
-              "reinforce.candidates.temperature", "reinforce.baseline.lr", "reinforce.estimator.risk_alpha")
+              "reinforce.candidates.temperature", "reinforce.baseline.lr", "reinforce.estimator.risk_alpha",
+              "mbr.num_candidates", "mbr.temperature", "mbr.pair_batch")
     _non_negative(cfg, "optim.weight_decay", "optim.warmup_steps", "optim.eps", "eval.every", "eval.patience",
                   "run.save_every", "run.save_every_minutes", "data.split_seed", "log.samples_every", "log.samples",
                   "schedule.xent_steps", "schedule.xent_epochs",
@@ -55,6 +56,7 @@ def check_recipe(cfg: RecipeConfig) -> None:
     _check_reinforce(cfg)
     _check_eval(cfg)
     _check_languages(cfg)
+    _check_reference_free(cfg)
 
 def _check_eval(cfg: RecipeConfig) -> None:
     ev = cfg.eval
@@ -66,6 +68,11 @@ def _check_eval(cfg: RecipeConfig) -> None:
     if ev.select_window > 1 and ev.best_metric is None:
         raise ConfigError("eval.select_window needs eval.best_metric (the score whose mean it takes)")
     _check_alarms(cfg)
+    per_kind = 2 if cfg.mbr.candidates == "both" else 1
+    if ev.decode == "mbr" and cfg.mbr.num_candidates * per_kind < 2:
+        raise ConfigError(f"mbr.num_candidates: MBR decoding needs at least 2 candidates per source (got "
+                          f"{cfg.mbr.num_candidates}): it chooses the one with the highest mean utility against "
+                          f"the others; set mbr.num_candidates: 8 (or more)")
 
 
 def _check_alarms(cfg: RecipeConfig) -> None:
@@ -133,8 +140,8 @@ def _check_reinforce(cfg: RecipeConfig) -> None:
     if rl.chunk_sources is not None and base.kind == "learned" and base.normalize_advantages:
         raise ConfigError("reinforce.chunk_sources with reinforce.baseline.kind: learned and normalize_advantages: "
                           "the advantages' statistics need every chunk's decoder states first; drop one of the three")
-    if cand.kind != "sample" and est.kind != "risk":
-        raise ConfigError(f"reinforce.candidates.kind: {cand.kind} needs reinforce.estimator.kind: risk "
+    if cand.kind != "sample" and est.kind == "reinforce":
+        raise ConfigError(f"reinforce.candidates.kind: {cand.kind} needs reinforce.estimator.kind: risk or mbr "
                           f"(REINFORCE's gradient holds for samples of the policy only, not beam-search outputs)")
     if cand.reference and est.kind != "risk":
         raise ConfigError("reinforce.candidates.reference needs reinforce.estimator.kind: risk (the reference is "
@@ -142,14 +149,18 @@ def _check_reinforce(cfg: RecipeConfig) -> None:
     if est.risk_length_normalize and est.kind != "risk":
         raise ConfigError("reinforce.estimator.risk_length_normalize needs reinforce.estimator.kind: risk (it "
                           "changes q, which only the risk loss has)")
-    if est.kind == "risk":
-        if cand.num_samples + cand.reference < 2:
+    if est.kind == "mbr" and cand.num_samples * (2 if cand.kind == "both" else 1) < 2:
+        raise ConfigError(f"reinforce.estimator.kind: mbr needs reinforce.candidates.num_samples >= 2 (got "
+                          f"{cand.num_samples}): MBR chooses among a source's candidates by their utility "
+                          f"against the others")
+    if est.kind in ("risk", "mbr"):
+        if est.kind == "risk" and cand.num_samples + cand.reference < 2:
             raise ConfigError(f"reinforce.estimator.kind: risk needs reinforce.candidates.num_samples >= 2 "
                               f"candidates per source (got {cand.num_samples}), or candidates.reference: true "
                               f"beside one")
         if base.kind in ("greedy", "learned") or base.normalize_advantages:
             what = "normalize_advantages" if base.normalize_advantages else f"kind: {base.kind}"
-            raise ConfigError(f"reinforce.baseline.{what} does nothing under reinforce.estimator.kind: risk (its "
+            raise ConfigError(f"reinforce.baseline.{what} does nothing under reinforce.estimator.kind: {est.kind} (its "
                               f"loss uses no baseline); set reinforce.baseline.kind: loo (or none) and "
                               f"normalize_advantages: false")
     if base.kind == "loo" and cand.num_samples < 2:
@@ -205,3 +216,17 @@ def _non_negative(cfg: RecipeConfig, *names: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Loading
+
+
+def _check_reference_free(cfg: RecipeConfig) -> None:
+    """Training rows without targets: no cross-entropy, and a labelled validation split."""
+    if not cfg.data.reference_free:
+        return
+    sched = cfg.schedule
+    if sched.kind != "constant" or sched.xent_steps or sched.xent_epochs or sched.xent_weight:
+        raise ConfigError("data.reference_free: rows without targets leave cross-entropy nothing to learn; set "
+                          "schedule.kind: constant, schedule.xent_steps: 0 and schedule.xent_weight: 0 "
+                          "(with reinforce.estimator.kind: mbr)")
+    if cfg.data.validation_from_train is not None:
+        raise ConfigError("data.reference_free: data.validation_from_train would carve validation rows without "
+                          "targets out of training; give a labelled data.eval_split instead")

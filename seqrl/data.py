@@ -57,6 +57,8 @@ def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
     raw = DatasetDict({s: raw[s] for s in splits})
     for split, ds in raw.items():
         where = files.get(split) or f"split '{split}' of {cfg.path}"
+        if cfg.reference_free and split == cfg.train_split and cfg.target_field.split(".")[0] not in ds.column_names:
+            ds = ds.add_column(cfg.target_field, [None] * len(ds))  # (sources only: no target to read)
         raw[split] = ds = nested_fields(ds, cfg, split)
         for role, name in (("source_field", cfg.source_field), ("target_field", cfg.target_field)):
             check_text_column(ds, f"data.{role}", name, where)

@@ -99,3 +99,10 @@ def risk_loss(seq_logprobs: torch.Tensor, costs: torch.Tensor, k: int, alpha: fl
     """
     q = torch.softmax(alpha * seq_logprobs.view(-1, k), dim=1)
     return (q * costs.detach().view(-1, k).to(q.dtype)).sum() / (sources or q.shape[0])
+
+
+def mbr_distill_loss(chosen_logprobs: torch.Tensor, sources: int | None = None) -> torch.Tensor:
+    """MBR distillation's cross-entropy: -(1/B) sum_b log p(y*_b), the summed token log-probability
+    of each source's MBR choice (chosen_logprobs (B,), with gradients), averaged over the `sources`
+    of the whole batch (default: those given)."""
+    return -chosen_logprobs.sum() / (sources or chosen_logprobs.shape[0])

@@ -105,6 +105,12 @@ class DataConfig:
     split_seed: int = 0
     """Seed of `validation_from_train`'s draw (apart from `run.seed`, so that every training seed
     sees the same validation examples)."""
+    reference_free: bool = False
+    """The training split's rows need no target (its `target_field` may be absent): train toward
+    what needs no reference, MBR distillation (`reinforce.estimator.kind: mbr`) with rewards that
+    read no reference (`language_id`, your own), in a `schedule.kind: constant` with no XENT
+    (`xent_steps: 0`, `xent_weight: 0`). Evaluation still scores against references: `eval_split`
+    (and `test_split`) must be labelled files, not carved from training."""
     empty_targets: Literal["skip", "error"] = "skip"
     """What to do with rows whose target is empty, whitespace-only or null, or whose source is null:
     skip them (counted and reported) or stop. (An empty-string source is kept: it is text.)"""

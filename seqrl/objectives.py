@@ -9,6 +9,12 @@
   prefix keeps its XENT term, as with REINFORCE. No baseline enters the loss (the q-weighted mean
   plays its part); the run's baseline still gives the logged advantages.
 
+- `MbrDistill`: MBR distillation (Finkelstein et al. 2024): -(1/B) sum_b sum_t log p(y*_bt), the
+  summed log-probability of each source's MBR choice y* among its k candidates (`seqrl.mbr`: the
+  highest mean `mbr.utility` against the source's other candidates, ties to the likelier one).
+  No reward or reference enters the loss, so it trains on sources without targets; the rewards
+  are still computed and logged.
+
 Candidates are samples, beams (`seqrl.beam`) or both (`reinforce.candidates.kind`), and optionally
 the reference (`reinforce.candidates.reference`: one more row per source, the gold suffix after the
 same gold prefix, scored in the same teacher-forced pass as the others). The reference's log p is
@@ -25,12 +31,15 @@ logged gradient norm was a tenth of the prefix XENT's beside it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from seqrl.losses import reinforce_loss, risk_loss
+from seqrl.losses import mbr_distill_loss, reinforce_loss, risk_loss
+from seqrl.mbr import mbr_choice, utility_matrix
+from seqrl.rewards import Reward
 from seqrl.rl_config import EstimatorConfig
 
 
@@ -50,6 +59,8 @@ class ScoredRows:
     """Rows per source (the chunk holds whole sources)."""
     step_rows: int
     """N, the rows of the whole step (a chunk's loss is its share of the step's mean)."""
+    tokens: torch.Tensor | None = None
+    """(n, T) the rows' tokens (the suffix where `suffix_mask` is true): what MBR's utility reads."""
 
 
 class Objective(Protocol):
@@ -79,5 +90,42 @@ class ExpectedRisk:
         return risk_loss(suffix_logprobs, -rows.rewards, rows.k, self.alpha, sources=rows.step_rows // rows.k)
 
 
-def build(cfg: EstimatorConfig) -> Objective:
+@dataclass(frozen=True)
+class MbrDistill:
+    utility: Reward
+    """`mbr.utility`, scoring one candidate against another."""
+    eos: int
+    """End-of-sequence id, stripped before the utility sees a candidate."""
+    detokenize: Callable[[list[list[int]]], list[str]]
+    """Ids -> texts, for a utility that reads text."""
+    pair_batch: int = 4096
+    """Candidate pairs per utility call (`mbr.pair_batch`)."""
+
+    def __call__(self, rows: ScoredRows) -> torch.Tensor:
+        chosen = self.choose(rows)
+        mask = rows.suffix_mask.to(rows.logprobs.dtype)
+        suffix_logprobs = (rows.logprobs * mask).sum(dim=1).view(-1, rows.k)  # (B, k)
+        picked = suffix_logprobs.gather(1, chosen.to(suffix_logprobs.device)[:, None])
+        return mbr_distill_loss(picked.squeeze(1), sources=rows.step_rows // rows.k)
+
+    def choose(self, rows: ScoredRows) -> torch.Tensor:
+        """(B,) each source's MBR candidate among its k rows."""
+        if rows.tokens is None:
+            raise ValueError("MbrDistill needs the rows' tokens (ScoredRows.tokens)")
+        ids = [[tok for tok, keep in zip(row, mask, strict=True) if keep]
+               for row, mask in zip(rows.tokens.tolist(), rows.suffix_mask.tolist(), strict=True)]
+        ids = [r[:-1] if r and r[-1] == self.eos else r for r in ids]
+        grouped = [ids[b:b + rows.k] for b in range(0, len(ids), rows.k)]
+        texts = [self.detokenize(group) for group in grouped] if self.utility.reads_text else None
+        utility = utility_matrix(self.utility, grouped, texts, self.pair_batch)
+        mask = rows.suffix_mask.to(rows.logprobs.dtype)
+        scores = (rows.logprobs.detach() * mask).sum(dim=1).view(-1, rows.k).cpu()
+        return mbr_choice(utility, scores)
+
+
+def build(cfg: EstimatorConfig, utility: Reward | None = None, text_model=None, pair_batch: int = 4096
+          ) -> Objective:
+    """The recipe's estimator; `mbr` needs the built utility and the model's tokenizer."""
+    if cfg.kind == "mbr":
+        return MbrDistill(utility, text_model.tokenizer.eos_token_id, text_model.decode, pair_batch)
     return ExpectedRisk(cfg.risk_alpha, cfg.risk_length_normalize) if cfg.kind == "risk" else Reinforce()

@@ -1,13 +1,14 @@
 """The recipe's `reinforce` section, grouped by concern: which candidates a step makes
 (`candidates`), the loss on them (`estimator`), the control variate (`baseline`) and how rollouts
-decode (`decoding`). Each part of a MIXER step receives its own sub-section only.
+decode (`decoding`). Each part of a MIXER step receives its own sub-section only. Also the `mbr`
+section: minimum-Bayes-risk decoding and the utility MBR distillation shares with it.
 
 Part of the schema in `seqrl.config` (one docstring per field, defaults here only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass
@@ -29,10 +30,12 @@ class CandidatesConfig:
 
 @dataclass
 class EstimatorConfig:
-    kind: Literal["reinforce", "risk"] = "reinforce"
+    kind: Literal["reinforce", "risk", "mbr"] = "reinforce"
     """The sequence-level loss (`seqrl.objectives`): `reinforce`, the score-function estimator
     with the baseline below; `risk`, expected risk over each source's candidates, q = softmax of
-    risk_alpha * log p of each sampled suffix, cost = -reward (Shen et al. 2016, Edunov et al. 2018)."""
+    risk_alpha * log p of each sampled suffix, cost = -reward (Shen et al. 2016, Edunov et al. 2018);
+    `mbr`, MBR distillation: cross-entropy toward each source's MBR choice among its candidates,
+    by `mbr.utility` (Finkelstein et al. 2024), which needs no reference."""
     risk_alpha: float = 1.0
     """`risk`: the sharpness alpha of q over the candidates."""
     risk_length_normalize: bool = False
@@ -99,6 +102,28 @@ class ReinforceConfig:
     """REINFORCE's control variate and advantage normalization."""
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     """How rollouts decode: KV cache, compiled step, end-of-rows checks (speed only: same samples)."""
+
+
+@dataclass
+class MbrConfig:
+    num_candidates: int = 8
+    """Candidates per source that MBR decoding (`eval.decode: mbr`) chooses among (at least 2)."""
+    candidates: Literal["sample", "beam", "both"] = "sample"
+    """MBR decoding's candidates: `num_candidates` samples at `temperature`, `num_candidates` beams
+    (`seqrl.beam`), or both (2 x num_candidates)."""
+    temperature: float = 1.0
+    """Sampling temperature of MBR decoding's sampled candidates."""
+    utility: str = "token_bleu"
+    """The utility u(candidate, pseudo-reference): any reward (`seqrl rewards`, or
+    `package.module:function`), called with one candidate as the completion and another as the
+    reference. Used by MBR decoding and by `reinforce.estimator.kind: mbr`."""
+    utility_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the utility (as a reward's `kwargs`)."""
+    pair_batch: int = 4096
+    """Candidate pairs scored per call of the utility (a model-based utility's batch)."""
+    write_candidates: bool = False
+    """Write every source's candidates, their log-probabilities and the utility matrix to
+    `<predictions file>.mbr.jsonl` beside the predictions."""
 
 
 MOVED = {  # the flat `reinforce` keys before the sections, and where each went

@@ -147,8 +147,9 @@ def start_decode(text_model: TextModel, model, source_ids: list[list[int]], targ
                                                                        max_len, decoding)
     start = int(prefix.min())  # (one sync per rollout)
     logits = step.prefill(seqs[:, :start])  # (N, V): distribution of token `start`
-    # A row whose whole target is gold (n_rl_tokens = 0) ends at its gold EOS.
-    whole_gold = prefix >= lengths.clamp(max=max_len)
+    # A row whose whole target is gold (n_rl_tokens = 0) ends at its gold EOS; a row without a
+    # target (`data.reference_free`) is decoded whole.
+    whole_gold = (prefix >= lengths.clamp(max=max_len)) & (lengths > 0)
     ended_at = torch.where(whole_gold, lengths.clamp(max=max_len), torch.full_like(lengths, max_len))
     return Decode(pad, eos, prefix, source, source_mask, lead, constraints, history, seqs, step, start, logits,
                   whole_gold.clone(), ended_at)

@@ -23,12 +23,14 @@ from seqrl.config import ModelConfig, RecipeConfig
 from seqrl.decoders import Decoding
 from seqrl.decoders import resolve as resolve_decoding
 from seqrl.errors import SeqrlError
+from seqrl.mbr import MbrDecoder, build_utility
+from seqrl.mbr import build_decoder as build_mbr_decoder
 from seqrl.objectives import Objective
 from seqrl.objectives import build as build_objective
 from seqrl.reference import Reference
 from seqrl.reference import build as build_reference
 from seqrl.rewards import Reward
-from seqrl.rewards.inputs import probe
+from seqrl.rewards.inputs import check_reference_free, probe
 from seqrl.rundir import NEW_TOKENIZER
 from seqrl.runlog import RunLog
 from seqrl.schedule import Schedule, lr_factor
@@ -63,6 +65,8 @@ class Run:
     """The sequence-level loss (`reinforce.estimator`), built once here."""
     reference: Reference | None = None
     """The KL penalty's reference policy and weight (with `reinforce.kl_coef` > 0)."""
+    mbr: MbrDecoder | None = None
+    """MBR decoding for evaluation (`eval.decode: mbr`), its utility built at set-up."""
 
 
 def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: list,
@@ -75,6 +79,8 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
         # which inherit it), they cost nothing; a value under 1.2e-38 changes nothing that trains.
         torch.set_flush_denormal(True)
     set_seed(cfg.run.seed)
+    if cfg.data.reference_free and cfg.schedule.samples():
+        check_reference_free(reward_fns)
     raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
     carved = data.carve_note(cfg.data, raw)
     if carved:
@@ -112,9 +118,13 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     candidates = CandidateMaker(text_model, accelerator, reward_fns, cfg.reinforce.candidates,
                                 rollout_decoding(cfg, text_model, accelerator), cfg.reinforce.chunk_sources,
                                 cfg.data.max_target_tokens, cfg.run.seed, total, greedy=baseline.needs_greedy)
+    mbr = (build_mbr_decoder(text_model, cfg.mbr, cfg.eval.max_new_tokens, cfg.run.seed)
+           if cfg.eval.decode == "mbr" else None)
+    utility = build_utility(cfg.mbr) if cfg.reinforce.estimator.kind == "mbr" and cfg.schedule.samples() else None
+    objective = build_objective(cfg.reinforce.estimator, utility, text_model, cfg.mbr.pair_batch)
     return Run(cfg, accelerator, out, text_model, tokenized, model, optimizer, lr_scheduler, loader, rl_loader,
                schedule, total, RunLog(accelerator, out, cfg), reward_fns, tokenizer_dir, candidates, baseline,
-               build_objective(cfg.reinforce.estimator), reference)
+               objective, reference, mbr)
 
 
 def probe_rewards(cfg: RecipeConfig, device: torch.device, text_model: modeling.TextModel, train, reward_fns: list

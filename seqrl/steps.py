@@ -70,7 +70,7 @@ def mixer_step(batch: dict, plan: StagePlan, step: int, *, model, text_model: Te
                       _per_process(acc, prefix_mask.sum()), _per_process(acc, drawn_mask.sum()), plan.xent_weight,
                       prefix_xent=not plan.xent_on_gold, autocast=acc.autocast)
     gold_xent = None  # 5. XENT on the whole gold target instead, apart from the candidates (constant mix).
-    if plan.xent_on_gold:
+    if plan.xent_on_gold and plan.xent_weight > 0:  # (weight 0: no targets needed, `data.reference_free`)
         gold_total, n_gold = xent_sum(*text_model.target_logits(model, batch["model_inputs"])[:2])
         gold_xent = gold_total / _per_process(acc, n_gold)
     # 6. Per chunk: teacher-forced pass, loss, backward (the chunk's graph freed at once; the

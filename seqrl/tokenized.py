@@ -82,9 +82,11 @@ def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig, identitie
         if clash:
             raise DataError(f"split '{split}' has a column named '{clash[0]}', a name rewards receive "
                             f"from seqrl itself; rename that column")
-        key = cache_key(identities[split], text_model, cfg)
+        # (only the training split may lack targets; the others are scored against theirs)
+        split_cfg = cfg if split == cfg.train_split else dataclasses.replace(cfg, reference_free=False)
+        key = cache_key(identities[split], text_model, split_cfg)
         with _main_processes_first(accelerator):
-            table, counts, how = open_or_build(ds, root, key, text_model, cfg)
+            table, counts, how = open_or_build(ds, root, key, text_model, split_cfg)
         report = DataReport(split, len(ds), counts["empty_targets"], counts["missing_sources"],
                             counts["truncated_sources"], counts["truncated_targets"], cache=how,
                             cache_path=str(root / key))
@@ -125,6 +127,8 @@ def cache_key(identity: dict, text_model: TextModel, cfg: DataConfig) -> str:
              "prefix": text_model.source_prefix, "limits": [cfg.max_source_tokens, cfg.max_target_tokens],
              "seq2seq": text_model.is_seq2seq, "tokenizer": tokenizer_digest(text_model.tokenizer),
              "libraries": [datasets.__version__, tokenizers.__version__, transformers.__version__]}
+    if cfg.reference_free:  # (rows without a target kept: another table; earlier keys unchanged)
+        parts["reference_free"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 
@@ -229,13 +233,18 @@ def _write(ds: Dataset, tmp: Path, key: str, text_model: TextModel, cfg: DataCon
 
 
 def encode_batch(batch: dict, encoder: TextModel, cfg: DataConfig) -> dict:
-    """`map`'s function: ids (cut to the limits, EOS kept) and the row's flags."""
+    """`map`'s function: ids (cut to the limits, EOS kept) and the row's flags. With
+    `data.reference_free` a row without a target is kept, its target ids empty."""
     sources, targets = batch[cfg.source_field], batch[cfg.target_field]
-    flags = [MISSING_SOURCE if s is None else (0 if t and t.strip() else EMPTY_TARGET)
-             for s, t in zip(sources, targets, strict=True)]
+    has_target = [bool(t and t.strip()) for t in targets]
+    flags = [MISSING_SOURCE if s is None else (0 if has or cfg.reference_free else EMPTY_TARGET)
+             for s, has in zip(sources, has_target, strict=True)]
     usable = [i for i, f in enumerate(flags) if f == 0]
     src_ids = encoder.encode_sources([sources[i] for i in usable]) if usable else []
-    tgt_ids = encoder.encode_targets([targets[i] for i in usable]) if usable else []
+    labelled = [i for i in usable if has_target[i]]
+    encoded = dict(zip(labelled, encoder.encode_targets([targets[i] for i in labelled]) if labelled else [],
+                       strict=True))
+    tgt_ids = [encoded.get(i, []) for i in usable]
     source_ids, target_ids = [[] for _ in flags], [[] for _ in flags]
     for i, src, tgt in zip(usable, src_ids, tgt_ids, strict=True):
         source_ids[i], cut_source = cut(src, cfg.max_source_tokens)

@@ -294,7 +294,7 @@ def evaluate(run: Run, step: int, split: str, max_examples: int | None, predicti
     start = time.perf_counter()
     scores = evaluate_split(run.text_model, model, run.datasets[split], run.accelerator, run.cfg.data,
                             run.cfg.eval, max_examples=max_examples, predictions_path=predictions,
-                            progress=run.cfg.log.progress_bar,
+                            progress=run.cfg.log.progress_bar, mbr=run.mbr,
                             stop=lambda: agree_max(run.accelerator, preemption.requested())[0])
     prefix = "eval" if split == run.cfg.data.eval_split else split
     metrics = {f"{prefix}/{k}": v for k, v in scores.items()}

@@ -9,7 +9,8 @@ from seqrl import data, lora, modeling, rewards
 from seqrl.config import RecipeConfig
 from seqrl.evaluate import trial_decode
 from seqrl.languages import recipe_languages
-from seqrl.rewards.inputs import probe
+from seqrl.mbr import build_utility
+from seqrl.rewards.inputs import check_reference_free, probe
 from seqrl.run import check_lengths, describe
 from seqrl.runlog import check_trackers
 from seqrl.tokenizer import load_tokenizer
@@ -25,6 +26,11 @@ def validate(cfg: RecipeConfig) -> list[str]:
     check_trackers(cfg.log.trackers)
     reward_fns = (rewards.build(cfg.rewards, target_language=recipe_languages(cfg.tokenizer)[1])
                   if cfg.schedule.samples() else [])
+    if cfg.data.reference_free:
+        check_reference_free(reward_fns)
+    if cfg.eval.decode == "mbr" or (cfg.reinforce.estimator.kind == "mbr" and cfg.schedule.samples()):
+        build_utility(cfg.mbr)
+        lines.append(f"mbr: utility {cfg.mbr.utility} loads")
     raw = data.load_raw(cfg.data, data.needed_splits(cfg.data))
     carved = data.carve_note(cfg.data, raw)
     lines += [carved] if carved else []

@@ -54,3 +54,23 @@ def probe(text_model, rewards: list[Reward], batch: dict) -> None:
         score(rewards, **reward_inputs(text_model, rewards, batch, batch["target_ids_list"], 1, state, RewardLog()))
     except RewardError as err:
         raise RewardError(f"{err} (at set-up, on training rows)") from None
+
+
+def reads_references(reward: Reward) -> bool:
+    """Whether a reward scores against the reference: it takes `references` or `reference_ids`,
+    unless its options compare with something else (`length_ratio` against the source, a
+    `classifier` not paired with the reference). One taking **kwargs may do without (it gets None)."""
+    if reward.name == "length_ratio":
+        return reward.kwargs.get("against", "reference") == "reference"
+    if reward.name == "classifier":
+        return getattr(reward.fn, "pair", None) == "reference"
+    return reward.accepts is not None and bool(reward.accepts & {"references", "reference_ids"})
+
+
+def check_reference_free(rewards: list[Reward]) -> None:
+    """`data.reference_free`: no reward may need the references its training rows lack."""
+    for reward in rewards:
+        if reads_references(reward):
+            raise RewardError(f"rewards '{reward.name}' scores against references, which the training rows of "
+                              f"data.reference_free lack; use rewards that read none (language_id, length_ratio "
+                              f"with against: source, your own) or set data.reference_free: false")
