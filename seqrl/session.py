@@ -100,7 +100,9 @@ def resume(run: Run, path: Path) -> dict:
     # model, and loading one puts its base weights back, which would make the comparison vacuous.
     base = lora.base_fingerprint(lora_model, distributed.summed(run.accelerator)) if lora_model is not None else None
     buffers = lora.buffers_fingerprint(lora_model) if lora_model is not None else None
+    rates = list(run.lr_scheduler.base_lrs)  # this recipe's rates, before the checkpoint's replace them
     state = {**load_checkpoint(run.accelerator, path, lora_model), "path": str(path)}
+    follow_recipe_rates(run.lr_scheduler, rates)
     # (checkpoints written before buffers were fingerprinted hold no "lora_buffers")
     if lora_model is not None and (state.get("lora_base") != base or state.get("lora_buffers", buffers) != buffers):
         raise SeqrlError(f"run.resume: the adapters of {path} were trained on other base weights (another "
@@ -111,6 +113,18 @@ def resume(run: Run, path: Path) -> dict:
         run.reference.load(path, run.accelerator.unwrap_model(run.model))
     run.accelerator.print(f"resumed from {path} at step {state['step']}")
     return state
+
+
+def follow_recipe_rates(scheduler: torch.optim.lr_scheduler.LambdaLR, rates: list[float]) -> None:
+    """The recipe's learning rates over a checkpoint's: torch restores a scheduler's `base_lrs` and
+    the optimizer's current rates from the checkpoint, so a resume that changes `optim.lr` (which
+    the run prints as a changed setting) would silently go on at the old rate. Unchanged rates
+    give the same floats as the checkpoint's, so an exact resume stays exact."""
+    scheduler.base_lrs = rates
+    lrs = [rate * factor(scheduler.last_epoch) for rate, factor in zip(rates, scheduler.lr_lambdas, strict=True)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
 
 
 def start(run: Run, resume_from: Path | None, state: dict | None) -> None:

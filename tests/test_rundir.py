@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from test_cli import assert_one_line_error
 
@@ -165,12 +166,21 @@ def test_resume_names_the_settings_it_changes(finished_run, capsys):
     recipe, path = finished_run
     capsys.readouterr()
     assert main(["finetune", str(path), "--set", "run.resume=auto", "--set", "schedule.xent_steps=3",
-                 "--set", "optim.lr=0.001"]) == 0
+                 "--set", "optim.lr=0.001", "--set", "optim.decay=constant"]) == 0
     out = capsys.readouterr().out
     assert "resuming with settings changed since the checkpoint: " in out
     line = next(x for x in out.splitlines() if x.startswith("resuming with settings"))
     assert "optim.lr 0.0005 -> 0.001" in line and "schedule.xent_steps 2 -> 3" in line
     assert "run.resume" not in line
+    # ... and the new rate is the one trained with (torch's scheduler state would keep the old one)
+    from seqrl.config import load_recipe
+    from seqrl.run import build_lr_schedule
+    cfg = load_recipe(path, ["schedule.xent_steps=3", "optim.lr=0.001", "optim.decay=constant"])
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.001)
+    factor = build_lr_schedule(cfg, optimizer, 3, 3).lr_lambdas[0]
+    rows = [json.loads(x) for x in (Path(recipe["run"]["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert factor(3) > 0
+    assert [r["lr"] for r in rows if r["step"] == 3 and "lr" in r] == [pytest.approx(0.001 * factor(3), rel=1e-12)]
 
 
 def test_torn_last_metrics_line_is_what_a_kill_leaves(finished_run, capsys):
