@@ -29,6 +29,16 @@ whole groups where the data has a `family` column: sibling Debian packages share
 paragraph, so their truncated sources, and outputs, are often the same: they are not independent
 examples.
 
+From a converged start (`--start RUN_DIR`, e.g. the run behind a shipped model: its best/,
+final/ and last checkpoint; scripts/build_converged.py): no xent piece; the run is copied in as
+every seed's `xent`, the arms start from its best/, and A continues its last checkpoint (its Adam
+moments and data order) at a constant `--a-lr` (default: the recipe's reinforce.lr, C's rate, so
+that A and C differ only in the optimizer state carried over; the start's own schedule has
+decayed to 0, and the recipe's XENT rate restarts it far from its minimum).
+
+    python scripts/bench_quality.py --task translation --seeds 0 --start runs/converged/bible_en_es \
+        --pieces A C B B-xent-weight-0.1 B-stage-steps-half B-final-stage-to-budget table
+
 Where things go: --out (default bench/quality)/TASK/seedS/PIECE/.
 """
 
@@ -124,6 +134,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arm-eval-every", type=int, default=250, help="optimizer steps between the arms' evaluations")
     p.add_argument("--keep-evaluated", action="store_true",
                    help="XENT, A and the arms keep a checkpoint at every evaluation (for scripts/selection_check.py)")
+    p.add_argument("--start", type=Path, default=None, metavar="RUN_DIR",
+                   help="a finished XENT run to start every arm from instead of an xent piece (a converged start)")
+    p.add_argument("--a-lr", type=float, default=None,
+                   help="with --start: arm A's constant rate (default: the recipe's reinforce.lr)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "quality")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe override")
     return p.parse_args(argv)
@@ -166,6 +180,9 @@ def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) ->
         raise SystemExit(f"bench_quality: {xent} has no final checkpoint to continue (unfinished, or made before "
                          f"the xent piece saved one); run or rerun the xent piece (--pieces xent)")
     state = json.loads((checkpoints[-1] / STATE_FILE).read_text())
+    rate = [] if args.start is None else [  # a converged start's schedule ended at 0: a constant rate instead
+        "optim.decay=constant", "optim.warmup_steps=0",
+        f"optim.lr={args.a_lr or load_recipe(ROOT / recipe, args.overrides).reinforce.lr}"]
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(xent, out, ignore=shutil.ignore_patterns("final", "plots", "predictions-*", "quality.json",
                                                            "selection.json"))
@@ -173,7 +190,20 @@ def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) ->
     finetune(recipe, out, [*xent_overrides(args, recipe, metric, seed), "eval.patience=0",
                            f"eval.every={args.arm_eval_every}",
                            f"run.max_minutes={state['seconds'] / 60 + args.budget_minutes}", "run.max_steps=null",
-                           "run.resume=auto", *keep_evaluated(args)])
+                           "run.resume=auto", *rate, *keep_evaluated(args)])
+
+
+def adopt_start(start: Path, xent: Path) -> None:
+    """A converged start as a seed's `xent` piece (copied: arm A writes beside it). It must be a
+    finished run with its last checkpoint, whose step the copy keeps (branch.json's start)."""
+    if (xent / "final").is_dir():
+        return
+    if not (start / "final").is_dir() or not (start / "best").is_dir() or not list_checkpoints(start):
+        raise SystemExit(f"bench_quality: --start {start} is not a finished run with best/, final/ and a checkpoint "
+                         f"(the converged run's directory: runs/converged/...)")
+    shutil.rmtree(xent, ignore_errors=True)
+    shutil.copytree(start, xent, ignore=shutil.ignore_patterns("plots", "predictions-*", "quality.json"))
+    print(f"start: {start} copied to {xent}")
 
 
 def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[str], seed_dir: Path) -> None:
@@ -214,6 +244,8 @@ def this_machine() -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.start is not None and "xent" in args.pieces:
+        raise SystemExit("bench_quality: --start replaces the xent piece; leave `xent` out of --pieces")
     args.machine = args.machine or this_machine()
     recipe, metric = TASKS[args.task]
     recipe = args.recipe or recipe
@@ -222,7 +254,9 @@ def main(argv=None) -> None:
     for seed in args.seeds:
         seed_dir = task_dir / f"seed{seed}"
         trained = []
-        if "xent" in args.pieces:
+        if args.start is not None:
+            adopt_start(args.start, seed_dir / "xent")
+        elif "xent" in args.pieces:
             finetune(recipe, seed_dir / "xent", xent_overrides(args, recipe, metric, seed))
             trained.append("xent")
         if "A" in args.pieces:

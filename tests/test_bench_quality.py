@@ -187,3 +187,35 @@ def test_table_bootstraps_whole_families_where_the_data_has_them(toy_data_dir, t
     # without the column every example is its own group
     (toy_data_dir / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert qr.test_groups(str(recipe), [], tmp_path, {0: {"B": {}}}) is None
+
+
+def test_arms_from_a_converged_start(tiny_bench_recipe, tmp_path, capsys):
+    """--start: a finished XENT run (cosine to 0, as the converged starts) is every seed's start;
+    A resumes its last checkpoint at the constant --a-lr, B and C start from its best/."""
+    from seqrl.cli import main as seqrl_main
+    start = tmp_path / "converged"
+    assert seqrl_main(["finetune", str(tiny_bench_recipe), "--set", f"run.output_dir={start}",
+                       "--set", "schedule.kind=xent", "--set", "schedule.stage_steps=null",
+                       "--set", "optim.decay=cosine", "--set", "eval.best_metric=bleu",
+                       "--set", "run.save_every=4", "--set", "data.test_split=null",
+                       *[x for item in SMALL for x in ("--set", item)]]) == 0
+    out = tmp_path / "quality"
+    args = ["--task", "translation", "--recipe", str(tiny_bench_recipe), "--seeds", "0", "--out", str(out),
+            "--budget-minutes", "0.03", "--arm-eval-every", "2", "--start", str(start), "--a-lr", "2e-4",
+            "--pieces", "A", "C", "B", *[x for item in SMALL for x in ("--set", item)]]
+    bq.main(args)
+    seed_dir = out / "translation" / "seed0"
+    recipe_b = yaml.safe_load((seed_dir / "B" / "recipe.yaml").read_text())
+    assert recipe_b["model"]["name_or_path"] == str(seed_dir / "xent" / "best")
+    assert (seed_dir / "xent" / "best" / "model.safetensors").read_bytes() == \
+        (start / "best" / "model.safetensors").read_bytes()
+    branch = json.loads((seed_dir / "A" / "branch.json").read_text())
+    assert branch["step"] == 4
+    rates = [m["lr"] for m in map(json.loads, (seed_dir / "A" / "metrics.jsonl").open())
+             if "lr" in m and m["step"] > branch["step"]]
+    assert rates and rates == [pytest.approx(2e-4, rel=1e-12)] * len(rates)  # (the start's ended at 0)
+    with pytest.raises(SystemExit, match="--start replaces the xent piece"):
+        bq.main([*args[:-len(SMALL) * 2 - 4], "--pieces", "xent", "A"])
+    with pytest.raises(SystemExit, match="is not a finished run with best/, final/ and a checkpoint"):
+        bq.main(["--task", "translation", "--recipe", str(tiny_bench_recipe), "--seeds", "1", "--out", str(out),
+                 "--start", str(tmp_path), "--pieces", "C"])
