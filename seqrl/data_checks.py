@@ -106,3 +106,28 @@ def first_bad_json_line(path: Path) -> str | None:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+UNKNOWN_SHARE_LIMIT = 0.1  # above this, the tokenizer was not made for this data (a language, a script)
+UNKNOWN_SAMPLE_ROWS = 1000
+
+
+def check_known_tokens(ds: Dataset, unk_id: int | None, where: str, fields: dict[str, str]) -> None:
+    """The tokenizer can encode the data: in the first UNKNOWN_SAMPLE_ROWS rows of each tokenized
+    column (`fields`: column -> the recipe field it came from), at most UNKNOWN_SHARE_LIMIT of the
+    tokens are the unknown token. A start model's tokenizer meeting text in another script encodes
+    it as unknowns, and training on them would go on for hours learning nothing. Tokenizers
+    without an unknown token (byte-level) can encode any text: nothing to check."""
+    if unk_id is None:
+        return
+    sample = ds.select(range(min(len(ds), UNKNOWN_SAMPLE_ROWS)))
+    for column, field_name in fields.items():
+        if column not in sample.column_names:
+            continue
+        rows = [r for r in sample[column] if r]
+        total = sum(len(r) for r in rows)
+        unknown = sum(r.count(unk_id) for r in rows)
+        if total and unknown / total > UNKNOWN_SHARE_LIMIT:
+            raise DataError(f"{field_name} in {where}: {unknown / total:.0%} of the tokens of the first {len(rows):,} "
+                            f"rows are the tokenizer's unknown token; the tokenizer (the model's) was not made for "
+                            f"this text (another language or script?): use a model and tokenizer that know it")

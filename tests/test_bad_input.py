@@ -305,6 +305,13 @@ def stand_in_model(family: str, **fields: Any) -> Mutate:
     return mutate
 
 
+def not_a_model_dir(recipe: dict, ctx: Ctx) -> None:
+    """model.name_or_path -> a directory that exists but holds no model (a run directory, say)."""
+    (ctx.tmp / "a-run").mkdir()
+    recipe["model"] = {"name_or_path": str(ctx.tmp / "a-run")}
+    recipe.pop("tokenizer", None)
+
+
 def nested_data(recipe: dict, ctx: Ctx) -> None:
     """data.path -> a save_to_disk DatasetDict shaped like the hub's WMT data ({translation: {en, es}})."""
     import datasets
@@ -515,6 +522,11 @@ CASES = [
     # pretrained models: languages, generation settings, LoRA, hub dataset shapes
     Case("unknown-target-language", stand_in_model("mbart50", **{"tokenizer.tgt_lang": "es_ES"}),
          ("tokenizer.tgt_lang", "no language code 'es_ES'", "did you mean 'es_XX'")),
+    Case("start-model-not-a-model-directory", not_a_model_dir,
+         ("model.name_or_path", "holds no config.json", "a run's final/ or best/")),
+    Case("start-model-tokenizer-cannot-encode-the-data",
+         both(stand_in_model("marian"), data_dir_with(train=lambda row: {**row, "en": "Ἐν ἀρχῇ ἦν ὁ λόγος"})),
+         ("data.source_field 'en' in split 'train'", "the tokenizer's unknown token", "another language or script")),
     Case("language-for-a-tokenizer-without-languages", put("tokenizer.src_lang", "en_XX"),
          ("tokenizer.src_lang", "has no language codes")),
     Case("generation-setting-typo", put("model.generation", {"no_repeat_ngram": 3}),
