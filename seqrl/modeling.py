@@ -228,7 +228,7 @@ def build(model_cfg: ModelConfig, tok_cfg: TokenizerConfig, data_cfg: DataConfig
           training_texts: Iterable[str] | None = None) -> TextModel:
     """Load or build the tokenizer and model named by the recipe."""
     check_local("model.name_or_path", model_cfg.name_or_path)
-    check_local("tokenizer.name_or_path", tok_cfg.name_or_path, "")
+    check_local("tokenizer.name_or_path", tok_cfg.name_or_path, None)  # (tokenizers: no one file they all have)
     tokenizer = load_or_train(model_cfg, tok_cfg, training_texts)
     target_language = set_languages(tokenizer, tok_cfg.src_lang, tok_cfg.tgt_lang)
     model = _load_pretrained(model_cfg) if model_cfg.name_or_path is not None else _from_config(model_cfg, tokenizer)
@@ -303,7 +303,7 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
-def check_local(field_name: str, name: str | None, holds: str = "config.json") -> None:
+def check_local(field_name: str, name: str | None, holds: str | None = "config.json") -> None:
     """A name that can only be a local path must exist (else the hub's error is misleading), and
     a local directory must hold what it is named for (else the loaders' errors are long and name
     other files): `holds` is the file every such directory has."""
@@ -311,7 +311,7 @@ def check_local(field_name: str, name: str | None, holds: str = "config.json") -
         return
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / holds).is_file():
+        if holds and not (path / holds).is_file():
             raise SeqrlError(f"{field_name}: {name} holds no {holds}: give the directory a model was saved to "
                              f"(a run's final/ or best/, or save_pretrained's), or a hub name")
         return
