@@ -7,6 +7,7 @@ and peak resident memory.
     python scripts/bench_data.py --sizes 28224 282240 --out bench/data-small.md
     python scripts/bench_data.py --code /path/to/old/checkout --arms first   # the code before the cache
     python scripts/bench_data.py --padding 32     # padding of shuffled vs length-grouped batches
+    python scripts/bench_data.py --step-time 200  # XENT step time, shuffled vs length-grouped batches
 
 The model is the tests' tiny Marian (d_model 32, 1+1 layers), so what grows with the corpus is the
 data's cost. Its 300-token BPE tokenizer is trained once on the unrepeated split and named by
@@ -58,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=int, default=7200, help="seconds per start")
     p.add_argument("--padding", type=int, default=0, metavar="BATCH",
                    help="only print the padding of shuffled and length-grouped batches of BATCH rows")
+    p.add_argument("--step-time", type=int, default=0, metavar="STEPS",
+                   help="only time STEPS XENT steps of recipes/bench/translation.yaml (the quickstart's model, "
+                        "batch 64) with shuffled and with length-grouped batches, --reps times each, alternating")
+    p.add_argument("--reps", type=int, default=2, help="runs of each arm with --step-time")
     return p.parse_args(argv)
 
 
@@ -200,8 +205,37 @@ def padding(tokenizer: Path, batch: int, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+def step_time(steps: int, reps: int, work: Path, python: list[str], env: dict) -> str:
+    """Mean XENT step time (metrics.jsonl's time/step_s, the first logged window left out: warm-up)
+    with shuffled and with length-grouped batches, the arms alternating so drift hits both."""
+    times: dict[str, list[float]] = {"shuffled": [], "grouped": []}
+    for rep in range(reps):
+        for name in times:
+            run = work / "step-time" / f"{name}-{rep}"
+            cmd = [*python, "-m", "seqrl", "finetune", str(ROOT / "recipes" / "bench" / "translation.yaml")]
+            for item in ("schedule.kind=xent", "schedule.stage_steps=null", f"schedule.xent_steps={steps}",
+                         "eval.every=0", "eval.test_after_xent=false", "data.test_split=null",
+                         "eval.max_examples=8", f"log.every={max(1, steps // 10)}", f"run.output_dir={run}",
+                         "run.overwrite=true", f"data.group_by_length={name == 'grouped'}",
+                         f"data.cache_dir={work / 'step-time-cache'}"):
+                cmd += ["--set", item]
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            logged = [r["time/step_s"] for r in rows if "time/step_s" in r][1:]
+            times[name].append(sum(logged) / len(logged))
+    mean = {name: sum(v) / len(v) for name, v in times.items()}
+    lines = [f"{name}: {mean[name]:.3f} s/step (runs: {', '.join(f'{t:.3f}' for t in v)})" for name, v in times.items()]
+    lines.append(f"grouped / shuffled: {mean['grouped'] / mean['shuffled']:.3f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.step_time:
+        work = Path(args.work) if args.work else Path(args.out).parent / "bench-data-work"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+        print(step_time(args.step_time, args.reps, work, [sys.executable], env))
+        return 0
     if args.padding:
         sys.path.insert(0, str(ROOT))
         work = Path(args.work) if args.work else Path(args.out).parent / "bench-data-work"
