@@ -108,6 +108,9 @@ ABLATIONS = {
     # which of the two did it: length normalization alone; and REINFORCE with the same prefix weight
     "B-risk-length-norm": ["reinforce.estimator.kind=risk", "reinforce.estimator.risk_length_normalize=true"],
     "B-xent-weight-0.1": ["schedule.xent_weight=0.1"],
+    # issue 33: MBR distillation in REINFORCE's place: cross-entropy toward each source's MBR choice
+    # among its samples (no reward, no reference), beside MIXER's XENT on the gold prefix
+    "B-mbr-distill": ["reinforce.estimator.kind=mbr"],
     "B-risk-constant": ["reinforce.estimator.kind=risk", "schedule.kind=constant", "schedule.stage_steps=null",
                         "schedule.rl_steps=1000000"],
 }
