@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/minilm2minilm"))
     parser.add_argument("--weights", type=Path, help="a BERT-style model directory (default: the pip package's)")
-    parser.add_argument("--encoder-out", type=Path, default=Path("models/minilm"),
+    parser.add_argument("--encoder-out", default="models/minilm",
                         help="where to copy the encoder itself (a reward model); empty to skip")
     args = parser.parse_args(argv)
     weights = args.weights or minilm_dir()
     build(weights, args.out)
-    if args.encoder_out and str(args.encoder_out):
+    if args.encoder_out:  # (a str: Path("") would be ".", the current directory)
         shutil.copytree(weights, args.encoder_out, dirs_exist_ok=True)
         print(f"encoder: {weights} -> {args.encoder_out}")
 

@@ -6,6 +6,7 @@ holds every weight gets no extra module."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -29,7 +30,9 @@ DATA = DataConfig(path="unused", source_field="en", target_field="es")
 @pytest.fixture(scope="module")
 def bert2bert(tmp_path_factory):
     directory = tmp_path_factory.mktemp("b2b")
-    pm.main(["--weights", str(tiny_bert(directory / "bert")), "--out", str(directory / "b2b"), "--encoder-out", ""])
+    with contextlib.chdir(directory):  # (`--encoder-out ''` once copied the BERT into the working directory)
+        pm.main(["--weights", str(tiny_bert(directory / "bert")), "--out", str(directory / "b2b"), "--encoder-out", ""])
+    assert sorted(p.name for p in directory.iterdir()) == ["b2b", "bert"]
     return directory / "b2b"
 
 
