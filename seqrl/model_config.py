@@ -20,6 +20,10 @@ class LoraSettings:
     """Names of the linear layers to adapt (`[q_proj, v_proj]`); empty = the family's default
     (peft's for T5, BART, GPT-2 and most LLMs; the attention q/v projections for Marian, mBART,
     NLLB/M2M100, Pegasus and bert2bert)."""
+    train_new_weights: bool = True
+    """Train in full (peft's `modules_to_save`) the modules whose weights the checkpoint did not
+    hold and transformers initialised at load (a warm-started bert2bert's cross-attention), as
+    the run header lists; false leaves them frozen at their random start, like the base."""
 
 
 @dataclass

@@ -48,6 +48,9 @@ class TextModel:
     max_source_tokens: int | None = None
     max_new_tokens: int | None = None
     """Longest output the run decoded (its `eval.max_new_tokens`): `seqrl generate`'s default."""
+    new_weights: tuple[str, ...] = ()
+    """Parameters the checkpoint did not hold, initialised at load (transformers' missing keys: a
+    warm-started bert2bert's cross-attention); LoRA trains their modules in full (`seqrl.lora`)."""
 
     # -- encoding -------------------------------------------------------------------------------
     def encode_sources(self, texts: list[str]) -> list[list[int]]:
@@ -231,13 +234,14 @@ def build(model_cfg: ModelConfig, tok_cfg: TokenizerConfig, data_cfg: DataConfig
     check_local("tokenizer.name_or_path", tok_cfg.name_or_path, None)  # (tokenizers: no one file they all have)
     tokenizer = load_or_train(model_cfg, tok_cfg, training_texts)
     target_language = set_languages(tokenizer, tok_cfg.src_lang, tok_cfg.tgt_lang)
-    model = _load_pretrained(model_cfg) if model_cfg.name_or_path is not None else _from_config(model_cfg, tokenizer)
+    model, new_weights = (_load_pretrained(model_cfg) if model_cfg.name_or_path is not None
+                          else (_from_config(model_cfg, tokenizer), ()))
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise SeqrlError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
                          f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
     model.generation_config = generation.resolve(model, tokenizer, model_cfg.generation, target_language)
     return TextModel(model, tokenizer, bool(model.config.is_encoder_decoder), data_cfg.source_prefix,
-                     data_cfg.max_source_tokens)
+                     data_cfg.max_source_tokens, new_weights=new_weights)
 
 
 def load_saved(directory: str | Path) -> TextModel:
@@ -247,20 +251,23 @@ def load_saved(directory: str | Path) -> TextModel:
     cfg = ModelConfig(name_or_path=str(directory))
     tokenizer = load_or_train(cfg, TokenizerConfig(), None)
     extra = json.loads((directory / ADAPTER_FILE).read_text()) if (directory / ADAPTER_FILE).is_file() else {}
-    model = _load_pretrained(cfg)
+    model, _ = _load_pretrained(cfg)
     return TextModel(model, tokenizer, bool(model.config.is_encoder_decoder), extra.get("source_prefix", ""),
                      extra.get("max_source_tokens"), extra.get("max_new_tokens"))
 
 
-def _load_pretrained(cfg: ModelConfig) -> PreTrainedModel:
+def _load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, tuple[str, ...]]:
+    """The model, and the names of its parameters the checkpoint did not hold (initialised here)."""
     name = cfg.name_or_path
     try:
         config = AutoConfig.from_pretrained(name)
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        return auto.from_pretrained(name, dtype=getattr(torch, cfg.dtype))
+        model, info = auto.from_pretrained(name, dtype=getattr(torch, cfg.dtype), output_loading_info=True)
     except (OSError, ValueError) as err:
         raise SeqrlError(f"model.name_or_path '{name}' could not be loaded (not a model directory, "
                          f"or a hub name while offline): {str(err).splitlines()[0]}") from None
+    parameters = {n for n, _ in model.named_parameters(remove_duplicate=False)}  # (missing buffers are not trained)
+    return model, tuple(sorted(k for k in info["missing_keys"] if k in parameters))
 
 
 def architecture_config(cfg: ModelConfig, **ids) -> PretrainedConfig:

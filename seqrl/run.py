@@ -159,7 +159,8 @@ def build_lr_schedule(cfg: RecipeConfig, optimizer: torch.optim.Optimizer, xent_
 def print_header(cfg: RecipeConfig, accelerator: Accelerator, text_model: modeling.TextModel, schedule: Schedule,
                  total: int) -> None:
     """The run header: model, steps, processes, and the stages the run will reach."""
-    accelerator.print(f"model: {describe(text_model.model, cfg.model)}, vocab {len(text_model.tokenizer)}; "
+    model = describe(text_model.model, cfg.model, text_model.new_weights)
+    accelerator.print(f"model: {model}, vocab {len(text_model.tokenizer)}; "
                       f"{total} optimizer steps on {accelerator.num_processes} process(es), "
                       f"device {accelerator.device}")
     accelerator.print(distributed.describe(accelerator))
@@ -188,7 +189,7 @@ def adapt(text_model: modeling.TextModel, cfg: ModelConfig, accelerator: Acceler
     if cfg.lora is None:
         return text_model
     accelerator.register_save_state_pre_hook(lora.keep_trained)  # checkpoints hold what trains
-    return dataclasses.replace(text_model, model=lora.apply(text_model.model, cfg.lora))
+    return dataclasses.replace(text_model, model=lora.apply(text_model.model, cfg.lora, text_model.new_weights))
 
 
 def full_numel(p: torch.Tensor) -> int:
@@ -197,14 +198,13 @@ def full_numel(p: torch.Tensor) -> int:
     return getattr(p, "ds_numel", p.numel())
 
 
-def describe(model: torch.nn.Module, cfg: ModelConfig) -> str:
+def describe(model: torch.nn.Module, cfg: ModelConfig, new_weights: tuple[str, ...] = ()) -> str:
     total = sum(full_numel(p) for p in model.parameters())
     name = type(model.get_base_model() if cfg.lora else model).__name__
     text = f"{name}, {total / 1e6:.2f}M parameters"
     if cfg.lora:
         trained = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
-        targets = model.peft_config["default"].target_modules
-        text += f" ({trained / 1e6:.2f}M trained: LoRA rank {cfg.lora.rank} on {', '.join(sorted(targets))})"
+        text += f" ({trained / 1e6:.2f}M trained: {lora.describe(model, cfg.lora.rank, new_weights)})"
     return text + (", gradient checkpointing" if cfg.gradient_checkpointing else "")
 
 

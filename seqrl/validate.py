@@ -43,7 +43,8 @@ def validate(cfg: RecipeConfig) -> list[str]:
         is_seq2seq, positions = text_model.is_seq2seq, text_model.max_positions
         lines.append(f"model: {cfg.model.name_or_path} loads (vocab {len(text_model.tokenizer)})")
         if cfg.model.lora:
-            lines.append(f"model: {describe(lora.apply(text_model.model, cfg.model.lora), cfg.model)}")
+            adapted = lora.apply(text_model.model, cfg.model.lora, text_model.new_weights)
+            lines.append(f"model: {describe(adapted, cfg.model, text_model.new_weights)}")
     else:
         config = modeling.architecture_config(cfg.model)
         is_seq2seq, positions = config.is_encoder_decoder, getattr(config, "max_position_embeddings", None)

@@ -219,3 +219,25 @@ def test_arms_from_a_converged_start(tiny_bench_recipe, tmp_path, capsys):
     with pytest.raises(SystemExit, match="is not a finished run with best/, final/ and a checkpoint"):
         bq.main(["--task", "translation", "--recipe", str(tiny_bench_recipe), "--seeds", "1", "--out", str(out),
                  "--start", str(tmp_path), "--pieces", "C"])
+
+
+def test_b_minus_is_seqrl_compare_with_whole_families_resampled(tmp_path):
+    """The table's B - A cells come from `seqrl compare` (`compare_systems`) on the runs' test
+    predictions. Two families of three verses; B is every reference, A misses family f0 wholly.
+    Resampling families, a resample is {f0, f0} (B - A = 100), {f1, f1} (0) or one of each, each
+    pair of equal ones drawn a quarter of the time: the 95% interval is exactly [0, 100]. Resampling
+    verses, all six from one family happens 2 in 64 times, under 2.5% at each end: the interval is
+    strictly inside."""
+    refs = ["the old man reads a book today", "a small red house near the river", "the dog eats with the cat",
+            "a big green tree is here", "the new book is very old", "the man has a dog and a cat"]
+    wrong = ["zz yy xx ww vv uu"] * 3
+    for run, hyps in (("A", wrong + refs[3:]), ("B", refs)):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "predictions-test-best.jsonl").write_text(
+            "".join(json.dumps({"hypothesis": h, "reference": r}) + "\n" for h, r in zip(hyps, refs, strict=True)))
+    delta = 100.0 - corpus_scores(wrong + refs[3:], refs, ["bleu"])["bleu"]
+    families = ["f0"] * 3 + ["f1"] * 3
+    assert qr.b_minus(tmp_path, "A", "bleu", groups=families).startswith(f"{delta:+.2f} [+0.00, +100.00] p ")
+    low, high = map(float, qr.b_minus(tmp_path, "A", "bleu").split("[")[1].split("]")[0].split(", "))
+    assert low > 0.0 and high < 100.0
+    assert qr.b_minus(tmp_path, "C", "bleu") == "—"  # no predictions: no cell

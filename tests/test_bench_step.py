@@ -21,11 +21,13 @@ spec.loader.exec_module(bench_step)
 def test_every_arm_runs_and_is_reported(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bench_step.py", "--arch", "bart", "--prompts", "2", "--samples", "2",
                                       "--new-tokens", "4", "--steps", "2", "--warmup", "1", "--threads", "1",
-                                      "--vocab", "300", "--seqrl-set", "reinforce.decoding.check_every=2"])
+                                      "--vocab", "300", "--seqrl-set", "reinforce.decoding.check_every=2", "--guards"])
     bench_step.main()
     out = capsys.readouterr().out
     rows = dict(re.findall(r"^\| (seqrl[^|]*|minimal loop) \| ([0-9.]+) \|", out, re.M))
-    assert set(rows) == {"seqrl", "seqrl reinforce.decoding.check_every=2", "seqrl XENT step", "minimal loop"}, out
+    guarded = {f"seqrl rewards={g}" for g in bench_step.GUARDED_REWARDS}
+    assert set(rows) == {"seqrl", "seqrl reinforce.decoding.check_every=2", "seqrl XENT step", "minimal loop",
+                         *guarded}, out
     assert all(float(v) > 0 for v in rows.values())
     ratio = re.search(r"/ its XENT step \(4 rows\): ([0-9.]+)x", out)
     # (the table's times are rounded to the millisecond: the ratio agrees with them to that)
