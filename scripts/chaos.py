@@ -11,7 +11,8 @@ kind and configuration, and the wall time.
 
 A full disk is a real tmpfs per run, filled by a file at the chosen moment and emptied before the
 resume (as tests/test_faults.py does); where a tmpfs cannot be mounted (not root), that kind is
-left out and the report says so. Exit status 0 when every injected fault was survived.
+left out and the report says so. The faults and what each faulted run must do are in
+scripts/chaos_faults.py. Exit status 0 when every injected fault was survived.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import hashlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,17 +29,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import yaml
+from chaos_faults import KINDS, RUN_TIMEOUT_S, Tmpfs, expected_end, inject, said, start, wait
 from loop_two_process import recipe as two_process_recipe
 from loop_two_process import write_data
 
-KINDS = ("SIGKILL", "SIGTERM", "SIGUSR1", "full_disk", "peer_killed")
 XENT_STEPS, STAGE_STEPS, DELTA, TARGET_TOKENS = 6, 2, 4, 8
 TOTAL_STEPS = XENT_STEPS + STAGE_STEPS * (TARGET_TOKENS // DELTA)
-RUN_TIMEOUT_S = 240  # an invocation still running after this long counts as hung
-PEER_BOUND_S = 60  # a run whose worker was killed must end within this long
-TMPFS_BYTES = 48 << 20
 REFUSED_NO_CHECKPOINT = "already holds a run"
 REQUEUE_EVERY = 4  # every 4th run is resumed once more after it is done (a requeue after the end)
 
@@ -84,24 +80,6 @@ def command(work: Path, cfg: Config, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "seqrl", "finetune", str(path), "--set", f"run.output_dir={out}", *launch, *extra]
 
 
-def start(cmd: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group: SIGKILL takes every process
-
-
-def wait(proc: subprocess.Popen, timeout: float = RUN_TIMEOUT_S) -> tuple[int | None, str]:
-    """(exit status, output); None when it outlived `timeout` (then its whole group is killed)."""
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return None, out
-
-
 def weights_digest(out: Path) -> str | None:
     model = out / "final" / "model.safetensors"
     return hashlib.sha256(model.read_bytes()).hexdigest() if model.is_file() else None
@@ -115,82 +93,6 @@ def logged_step(out: Path) -> int:
         return -1
     steps = [json.loads(line).get("step", -1) for line in lines if line.endswith("}")]
     return max(steps, default=-1)
-
-
-def workers(proc: subprocess.Popen) -> dict[int, psutil.Process]:
-    """The training processes under a `--num-processes` launch, by RANK."""
-    found = {}
-    try:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            rank = child.environ().get("RANK")
-            if rank is not None and "seqrl" in " ".join(child.cmdline()):
-                found[int(rank)] = child
-    except psutil.Error:
-        pass
-    return found
-
-
-def fill(directory: Path) -> Path:
-    """A file that takes every free byte of `directory`'s filesystem."""
-    filler = directory.parent / "filler"
-    try:
-        with filler.open("wb") as f:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-    except OSError:
-        pass
-    return filler
-
-
-def inject(kind: str, proc: subprocess.Popen, out: Path, rng: random.Random) -> tuple[str, Path | None]:
-    """The fault `kind` now; returns what was hit (and the filler file of a full disk)."""
-    if kind == "SIGKILL":
-        os.killpg(proc.pid, signal.SIGKILL)
-        return "every process", None
-    if kind in ("SIGTERM", "SIGUSR1"):
-        sig = getattr(signal, kind)
-        targets = {"launcher": lambda: proc.send_signal(sig), "every process": lambda: os.killpg(proc.pid, sig)}
-        ranks = workers(proc)
-        for rank, worker in ranks.items():
-            targets[f"rank {rank} only"] = lambda w=worker: w.send_signal(sig)
-        name = rng.choice(sorted(targets)) if ranks else "launcher"
-        targets[name]()
-        return name, None
-    if kind == "full_disk":
-        return "the run's filesystem", fill(out)
-    ranks = workers(proc)  # peer_killed
-    if not ranks:
-        return "no worker found (the run had ended)", None
-    rank = rng.choice(sorted(ranks))
-    ranks[rank].send_signal(signal.SIGKILL)
-    return f"rank {rank}", None
-
-
-def said(output: str) -> str:
-    """seqrl's own last line (`seqrl finetune: ...`), else the output's last line."""
-    lines = output.strip().splitlines() or [""]
-    return next((line for line in reversed(lines) if line.startswith("seqrl finetune:")), lines[-1])
-
-
-def expected_end(kind: str, code: int | None, output: str, seconds: float) -> str | None:
-    """Why the faulted invocation's end is wrong (None: it ended as it should)."""
-    if code is None:
-        return f"hung: still running {RUN_TIMEOUT_S} s after the fault"
-    if code == 0:
-        return None  # the fault came after the last write that it could hit
-    tail = said(output)
-    if kind == "SIGKILL":
-        return None
-    if kind in ("SIGTERM", "SIGUSR1"):
-        ok = code == 75 and "preempted: stopped by" in output
-        return None if ok else f"exit {code} (expected 75 with one 'preempted' line): {tail}"
-    if kind == "full_disk":
-        ok = code == 2 and "Traceback" not in output and "cannot write" in tail
-        return None if ok else f"exit {code} (expected 2 with one 'cannot write' line): {tail}"
-    if seconds > PEER_BOUND_S:
-        return f"the other process took {seconds:.0f} s to stop (bound {PEER_BOUND_S} s)"
-    return None
 
 
 def moment(proc: subprocess.Popen, out: Path, after_step: int, rng: random.Random) -> bool:
@@ -279,36 +181,6 @@ def plan(n: int, kinds: list[str], configs: list[Config], rng: random.Random) ->
         runs.append((orders[kind][used[kind] % len(orders[kind])], kind))
         used[kind] += 1
     return runs
-
-
-class Tmpfs:
-    """A real tmpfs per full-disk run (root only); `available` says whether one can be mounted."""
-
-    def __init__(self, root: Path):
-        self.root, self.mounted = root, []
-        self.why = None
-        probe = self.mount("probe")
-        if probe is not None:
-            self.unmount(probe)
-
-    @property
-    def available(self) -> bool:
-        return self.why is None
-
-    def mount(self, name: str) -> Path | None:
-        point = self.root / name
-        point.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(point)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            self.why = done.stderr.strip() or f"mount exited {done.returncode}"
-            return None
-        self.mounted.append(point)
-        return point
-
-    def unmount(self, point: Path) -> None:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-        self.mounted.remove(point)
 
 
 def references(work: Path, needed: list[Config]) -> dict[str, str]:
