@@ -209,7 +209,7 @@ def versions() -> str:
             f"{os.environ.get('OMP_NUM_THREADS', '1')}, {len(os.sched_getaffinity(0))} CPU core(s) allowed")
 
 
-def report(records: list[dict], seconds: float, skipped: str | None, args: argparse.Namespace) -> str:
+def report(records: list[dict], seconds: float, skipped: str | None, args: argparse.Namespace, ran: str) -> str:
     """The markdown table: survived / injected per configuration (rows) and fault kind (columns)."""
     kinds = [k for k in KINDS if any(r["kind"] == k for r in records)]
     hit = [r for r in records if r["injected"]]
@@ -225,7 +225,7 @@ def report(records: list[dict], seconds: float, skipped: str | None, args: argpa
     lines.append("| **all** | " + " | ".join(cell([r for r in hit if r["kind"] == k]) for k in kinds)
                  + f" | **{cell(hit)}** |")
     notes = [f"faults survived / faults injected: {cell(hit)} in {seconds / 60:.1f} min wall time "
-             f"(`{' '.join(['scripts/chaos.py', *sys.argv[1:]])}`; {versions()})."]
+             f"(`{' '.join(['scripts/chaos.py', *sys.argv[1:]])}`; {ran})."]
     missed = [r for r in records if not r["injected"]]
     if missed:
         notes.append(f"{len(missed)} planned fault(s) not injected: the run ended before the moment.")
@@ -257,7 +257,7 @@ def main() -> None:
     unknown = set(args.configs.split(",")) - {c.name for c in configs}
     if unknown or not configs:
         parser.error(f"--configs: unknown {sorted(unknown)}; choose from {', '.join(c.name for c in CONFIGS)}")
-    started, rng = time.monotonic(), random.Random(args.seed)
+    started, rng, ran = time.monotonic(), random.Random(args.seed), versions()  # (the code as it starts)
     work = args.work or Path(tempfile.mkdtemp(prefix="seqrl-chaos-"))
     (work / "data").mkdir(parents=True, exist_ok=True)
     write_data(work / "data")
@@ -287,7 +287,7 @@ def main() -> None:
             print(f"run {index}/{len(runs)} {cfg.name} {kind} -> {record.get('target', '-')} after step "
                   f"{record.get('at_step', '-')}: {verdict}" + (f" ({record['why']})" if record["why"] else ""),
                   flush=True)
-        table = report(records, time.monotonic() - started, disks.why, args)
+        table = report(records, time.monotonic() - started, disks.why, args, ran)
         headline = next(line for line in table.splitlines() if line.startswith("faults survived"))
         jsonl.write(json.dumps({"summary": headline, "seconds": round(time.monotonic() - started, 1),
                                 "injected": sum(r["injected"] for r in records),
