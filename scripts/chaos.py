@@ -226,6 +226,9 @@ def report(records: list[dict], seconds: float, skipped: str | None, args: argpa
                  + f" | **{cell(hit)}** |")
     notes = [f"faults survived / faults injected: {cell(hit)} in {seconds / 60:.1f} min wall time "
              f"(`{' '.join(['scripts/chaos.py', *sys.argv[1:]])}`; {ran})."]
+    if len(records) < args.runs:
+        notes.append(f"{len(records)} of the {args.runs} planned runs done: --max-minutes {args.max_minutes:g} "
+                     f"reached.")
     missed = [r for r in records if not r["injected"]]
     if missed:
         notes.append(f"{len(missed)} planned fault(s) not injected: the run ended before the moment.")
