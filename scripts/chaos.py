@@ -158,11 +158,14 @@ def fault_run(work: Path, index: int, cfg: Config, kind: str, reference: str, rn
     why = expected_end(kind, code, output, record["seconds_to_exit"])
     if why:
         record["output_tail"] = output.strip().splitlines()[-30:]
-    why = why or resume_until_done(work, cfg, out, record, requeue=index % REQUEUE_EVERY == 0)
-    if why is None and first_final is not None and weights_digest(out) != first_final:
-        why = "final/ written before the fault changed on resume"
-    if why is None and weights_digest(out) != reference:
-        why = "final weights differ from the uninterrupted run's"
+    # (resumed even after a wrong end: whether anything was lost is reported on its own)
+    lost = resume_until_done(work, cfg, out, record, requeue=index % REQUEUE_EVERY == 0)
+    if lost is None and first_final is not None and weights_digest(out) != first_final:
+        lost = "final/ written before the fault changed on resume"
+    if lost is None and weights_digest(out) != reference:
+        lost = "final weights differ from the uninterrupted run's"
+    record["resumed_bitwise"] = lost is None
+    why = "; ".join(w for w in (why, lost) if w) or None
     record["leftovers"] = sorted(p.name for p in [*out.glob(".tmp-*"), *out.glob(".old-*"),
                                                   *(out / "checkpoints").glob(".tmp-*")])
     return {**record, "injected": True, "survived": why is None, "why": why}
