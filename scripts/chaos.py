@@ -195,7 +195,8 @@ def references(work: Path, needed: list[Config]) -> dict[str, str]:
         out = work / "reference" / cfg.recipe_key
         code, output = wait(start(command(work, cfg, out)))
         if code != 0:
-            sys.exit(f"chaos: the uninterrupted {cfg.recipe_key} run failed (exit {code}):\n{output[-3000:]}")
+            how = f"hung (still running after {RUN_TIMEOUT_S} s)" if code is None else f"failed (exit {code})"
+            sys.exit(f"chaos: the uninterrupted {cfg.recipe_key} run {how}:\n{output[-3000:]}")
         digests[cfg.recipe_key] = weights_digest(out)
     return digests
 
