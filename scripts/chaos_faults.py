@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 
 KINDS = ("SIGKILL", "SIGTERM", "SIGUSR1", "full_disk", "peer_killed")
-RUN_TIMEOUT_S = 240  # an invocation still running after this long counts as hung
-PEER_BOUND_S = 60  # a run whose worker was killed must end within this long
+RUN_TIMEOUT_S = 600  # a start still running this long counts as hung (a 2-process run took 218 s on a loaded core)
+PEER_BOUND_S = 120  # a run whose worker was killed must end within this long (torch's grace before SIGKILL: 300 s)
 TMPFS_BYTES = 48 << 20
 
 

@@ -26,7 +26,7 @@ CONFIGS = "1p-lora-xent,1p-lora-mixer,2p-lora-mixer"
 # handler only once the imports are done, and a stop signal before then ends the process without
 # exit 75 (a known gap, counted as not survived by the full chaos run; see the README).
 SEED = 32
-TIMEOUT_S = 1800  # about 11 starts of seqrl, each ~11 s of CPU in imports (and each bounded by 240 s)
+TIMEOUT_S = 1800  # about 11 starts of seqrl, each ~11 s of CPU in imports (and each bounded by 600 s)
 
 
 def test_short_chaos_run_survives_every_fault(tmp_path):
@@ -45,7 +45,7 @@ def test_short_chaos_run_survives_every_fault(tmp_path):
     assert kinds == {"SIGKILL", "SIGTERM", "SIGUSR1", "peer_killed"} | ({"full_disk"} if mountable else set())
     assert summary["survived"] == summary["injected"] == len(injected) >= 4
     peer = next(r for r in injected if r["kind"] == "peer_killed")
-    assert peer["config"] == "2p-lora-mixer" and peer["exit"] != 0 and peer["seconds_to_exit"] < 60
+    assert peer["config"] == "2p-lora-mixer" and peer["exit"] != 0 and peer["seconds_to_exit"] < 120
     assert any(r.get("requeued") for r in injected), "a finished run resumed again keeps its final/"
     table = (report / "chaos.md").read_text()
     assert f"faults survived / faults injected: {len(injected)} / {len(injected)} in " in table
