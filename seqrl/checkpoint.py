@@ -242,8 +242,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path, lora_model: torch.nn.M
                 raise SeqrlError(f"run.resume: checkpoint {path} holds every weight of its model (a recipe without "
                                  f"model.lora), and this recipe trains LoRA adapters only (model.lora); use its "
                                  f"own recipe")
-            if lora_model is not None:
-                check_trained(lora_model, keys)
+            if lora_model is not None:  # (the saved names are the unwrapped model's, without DDP's `module.`)
+                check_trained(accelerator.unwrap_model(lora_model), keys)
                 kwargs["strict"] = False  # (load_state passes it to the model's load_state_dict)
             elif any(".lora_" in k for k in keys):
                 raise SeqrlError(f"run.resume: checkpoint {path} holds LoRA adapters only (a recipe with "

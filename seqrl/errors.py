@@ -6,6 +6,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 
 class SeqrlError(Exception):
     """A problem with the user's input (recipe, data, model, files): message says what to do."""
@@ -46,6 +48,8 @@ DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk 
                errno.EROFS: "read-only file system"}
 # torch.save reports a failed write as a RuntimeError from its zip writer, without the errno.
 _TORCH_WRITE_FAILED = ("file write failed", "inline_container", "unexpected pos")
+# safetensors (0.8) reports it as SafetensorError("... I/O error: No space left on device (os error 28)").
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 class DiskFull(SeqrlError):
@@ -55,8 +59,9 @@ class DiskFull(SeqrlError):
 def disk_fault(err: BaseException, path: Path | str, need: int | None = None) -> DiskFull | None:
     """The one-line error for `err`, raised while writing `path`, when the filesystem refused the
     write (`need`: the bytes that write takes, when known); None for any other error."""
-    if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
-        why = f"{DISK_ERRNOS[err.errno]} ({errno.errorcode[err.errno]})"
+    code = err.errno if isinstance(err, OSError) else _rust_errno(err)
+    if code in DISK_ERRNOS:
+        why = f"{DISK_ERRNOS[code]} ({errno.errorcode[code]})"
     elif isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITE_FAILED) \
             and free_bytes(path) < max(need or 0, 1 << 20):
         why = "no space left on the device"
@@ -66,12 +71,18 @@ def disk_fault(err: BaseException, path: Path | str, need: int | None = None) ->
     return DiskFull(f"cannot write {path}: {why}{space}; free space, then rerun with --set run.resume=auto")
 
 
+def _rust_errno(err: BaseException) -> int | None:
+    """The OS error number in a safetensors write error's message (None for other errors)."""
+    found = _RUST_OS_ERROR.search(str(err)) if isinstance(err, SafetensorError) else None
+    return int(found.group(1)) if found else None
+
+
 @contextmanager
 def disk_writes(path: Path | str, need: int | None = None):
     """Turn a refused write under the block into `disk_fault`'s one line naming `path`."""
     try:
         yield
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, SafetensorError) as err:
         fault = disk_fault(err, path, need)
         if fault is None:
             raise
