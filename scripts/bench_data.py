@@ -106,12 +106,13 @@ def recipe(data: Path, run: Path, cache: Path, tokenizer: Path | None, args: arg
             "log": {"every": 1, "progress_bar": False}}
 
 
-def measure(cmd: list[str], env: dict, run: Path, timeout: int) -> dict:
-    """Time to the first step, wall time and peak RSS of `cmd`, and what it printed."""
+def measure(cmd: list[str], env: dict, run: Path, timeout: int, cwd: Path = ROOT) -> dict:
+    """Time to the first step, wall time and peak RSS of `cmd`, and what it printed. It runs in
+    `cwd`, the checkout measured: `python -m` puts the working directory before PYTHONPATH."""
     log = run.parent / f"{run.name}.log"
     start = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     first_step = None
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -157,7 +158,8 @@ def bench_size(size: int, arms: list[str], work: Path, tokenizer: Path | None, p
         launch = [] if arm != "two" else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
                                           "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend",
                                           "no", "--main_process_port", "0"]
-        result = measure([*python, *launch, "-m", "seqrl", "finetune", str(path)], env, run, args.timeout)
+        result = measure([*python, *launch, "-m", "seqrl", "finetune", str(path)], env, run, args.timeout,
+                         Path(args.code).resolve() if args.code else ROOT)
         results.append({"pairs": size, "arm": arm, **result})
         print(json.dumps(results[-1]), flush=True)
     shutil.rmtree(data, ignore_errors=True)  # (gigabytes at the largest sizes)
