@@ -20,6 +20,8 @@ LABELS = torch.tensor([[0, 1, 0]])
 
 
 class Chunk:
+    sequences = LABELS  # the rows' tokens (read by objectives that choose among them: MBR distillation)
+
     def sample_masks(self, sampled, vocab):
         return {}  # no generation constraints
 
