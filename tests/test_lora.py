@@ -245,9 +245,11 @@ def test_resume_fingerprints_the_base_before_a_whole_model_checkpoint_loads(monk
 
     loaded = []
     monkeypatch.setattr(session, "load_checkpoint", load_whole_model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     run = SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(lora=object())), model=model, reference=None,
                           accelerator=SimpleNamespace(print=lambda *a: None),
-                          baseline=SimpleNamespace(load_state_dict=loaded.append))
+                          baseline=SimpleNamespace(load_state_dict=loaded.append),
+                          lr_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     if same_base is True:
         assert session.resume(run, tmp_path)["step"] == 3 and loaded == [{}]
     else:

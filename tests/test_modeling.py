@@ -317,7 +317,7 @@ def test_nonexistent_local_path_is_seqrl_error(tmp_path, loader):
 def test_directory_without_model_is_seqrl_error(tmp_path):
     tm = build_tiny("gpt2")
     tm.tokenizer.save_pretrained(tmp_path / "tok_only")  # a tokenizer but no model weights/config
-    with pytest.raises(SeqrlError, match=r"model\.name_or_path .* could not be loaded"):
+    with pytest.raises(SeqrlError, match=r"model\.name_or_path: .*tok_only holds no config\.json: give the directory"):
         build(ModelConfig(name_or_path=str(tmp_path / "tok_only")), TokenizerConfig(), DataConfig(path="x"))
 
 
