@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 from datasets import DatasetDict
 
-from seqrl import tokenized
+from seqrl import data_checks, tokenized
 from seqrl.batching import TrainCollator, probe_batch, reward_columns  # noqa: F401  (re-exported)
 from seqrl.config import DataConfig
 from seqrl.data_checks import check_text_column, check_utf8, first_bad_json_line, first_non_utf8_line
@@ -226,6 +226,14 @@ def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig,
     skip (or reject) empty targets; cut and count over-long ones."""
     identities = {split: source_identity(cfg, split, ds) for split, ds in raw.items()}
     return tokenized.tokenize(raw, text_model, cfg, identities, accelerator)
+
+
+def check_known_tokens(tokenized: DatasetDict, unk_id: int | None, cfg: DataConfig) -> None:
+    """A pretrained tokenizer encodes each split with few unknown tokens (`data_checks`)."""
+    columns = {"source_ids": f"data.source_field '{cfg.source_field}'",
+               "target_ids": f"data.target_field '{cfg.target_field}'"}
+    for split, rows in tokenized.items():
+        data_checks.check_known_tokens(rows, unk_id, f"split '{split}'", columns)
 
 
 def source_identity(cfg: DataConfig, split: str, ds: datasets.Dataset) -> dict:

@@ -92,6 +92,8 @@ def setup(cfg: RecipeConfig, accelerator: Accelerator, out: Path, reward_fns: li
     for report in reports:
         accelerator.print(report.cache_line())
         accelerator.print(report.line())
+    if cfg.model.name_or_path or cfg.tokenizer.name_or_path:  # a tokenizer made for other data: can it read this?
+        data.check_known_tokens(tokenized, text_model.tokenizer.unk_token_id, cfg.data)
     collate = batching.TrainCollator(text_model, cfg.data)
     if reward_fns:  # model-based rewards to the device; then every reward called once, before training
         probe_rewards(cfg, accelerator.device, text_model, tokenized[cfg.data.train_split], reward_fns)

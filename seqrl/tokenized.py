@@ -27,7 +27,6 @@ import transformers
 from datasets import Dataset, DatasetDict, Features, List, Value
 
 from seqrl.config import DataConfig
-from seqrl.data_checks import check_known_tokens
 from seqrl.errors import ConfigError, DataError
 from seqrl.modeling import TextModel
 
@@ -94,9 +93,6 @@ def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig, identitie
         _check_skipped(report, counts, cfg)
         if len(table) == 0:
             raise DataError(f"split '{split}' has no example with a source and a non-empty '{cfg.target_field}'")
-        check_known_tokens(table, text_model.tokenizer.unk_token_id, f"split '{split}'",
-                           {"source_ids": f"data.source_field '{cfg.source_field}'",
-                            "target_ids": f"data.target_field '{cfg.target_field}'"})
         out[split] = table
         reports.append(report)
     return out, reports
