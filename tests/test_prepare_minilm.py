@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import unicodedata
 from pathlib import Path
 
 import yaml
@@ -24,10 +25,13 @@ spec.loader.exec_module(pm)
 
 
 def tiny_bert(directory: Path) -> Path:
-    words = sorted({w for pair in EN_ES.items() for w in pair})
+    plain = lambda w: "".join(c for c in unicodedata.normalize("NFD", w) if not unicodedata.combining(c))  # noqa: E731
+    words = sorted({form for pair in EN_ES.items() for w in pair for form in (w, plain(w))})  # (BERT strips accents)
     directory.mkdir(parents=True)
     (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    # (transformers 5 takes `vocab`; it ignored the `vocab_file` of 4.x, leaving the 5 special tokens
+    # only, so that every word was [UNK]: seqrl's unknown-token check at set-up found it)
+    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"))
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(directory)
