@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from seqrl.errors import SeqrlError
-from seqrl.launch import add_launch_args, relaunch, wants_launch
+from seqrl.launch import add_launch_args, note_user_error, relaunch, wants_launch
 from seqrl.preemption import EXIT_PREEMPTED, Preempted, stop_before_start
 
 
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"seqrl {args.command}: error: {err}", file=sys.stderr)
+        note_user_error()
         return 2
     except KeyboardInterrupt:
         print(f"seqrl {args.command}: interrupted", file=sys.stderr)
