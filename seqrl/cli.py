@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 
 from seqrl.errors import SeqrlError
-from seqrl.launch import add_launch_args, relaunch, wants_launch
-from seqrl.preemption import EXIT_PREEMPTED, Preempted
+from seqrl.launch import add_launch_args, note_user_error, relaunch, wants_launch
+from seqrl.preemption import EXIT_PREEMPTED, Preempted, stop_before_start
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -110,7 +110,7 @@ def _debug_anywhere(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.debug = getattr(args, "debug", False)
-    if not (args.command == "finetune" and wants_launch(args)):  # (a launcher needs neither library)
+    if args.command != "finetune":  # (finetune quiets them itself, once its stop handler is in place)
         _quiet_libraries(args.debug)
     try:
         return COMMANDS[args.command](args)
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"seqrl {args.command}: error: {err}", file=sys.stderr)
+        note_user_error()
         return 2
     except KeyboardInterrupt:
         print(f"seqrl {args.command}: interrupted", file=sys.stderr)
@@ -144,12 +145,16 @@ def _quiet_libraries(debug: bool = False) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from seqrl.config import load_recipe
+    with stop_before_start():  # seconds of imports, nothing written: a stop signal ends it with 75 at once
+        if not wants_launch(args):  # (a launcher needs neither library)
+            _quiet_libraries(args.debug)
+        from seqrl.config import load_recipe
 
-    cfg = load_recipe(args.recipe, args.overrides, args.unsets)  # fail here, once, before starting N processes
-    if wants_launch(args):
+        cfg = load_recipe(args.recipe, args.overrides, args.unsets)  # fail here, once, before starting N processes
+        if not wants_launch(args):
+            from seqrl.session import finetune  # the heavy imports, after the recipe has loaded
+    if wants_launch(args):  # (the launcher forwards stop signals to its processes itself)
         return relaunch(args, cfg)
-    from seqrl.session import finetune  # the heavy imports, after the recipe has loaded
     command = shlex.join(["seqrl", "finetune", args.recipe, *_recipe_arguments(args)])
     final = finetune(cfg, command=command)
     if final is not None:

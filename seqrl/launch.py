@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,14 +169,28 @@ def relaunch(args: argparse.Namespace, cfg: RecipeConfig) -> int:
         wait_for_main(args.main_process_ip, args.main_process_port, args.machine_timeout)
     print("running: " + shlex.join(cmd), flush=True)
     started = time.time()
-    child = subprocess.Popen(cmd, env=launch_env())
-    previous = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum)) for sig in SIGNALS}
-    try:
-        code = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with tempfile.TemporaryDirectory(prefix="seqrl-exit-") as exits:
+        child = subprocess.Popen(cmd, env={**launch_env(), USER_ERROR_DIR: exits})
+        previous = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum)) for sig in SIGNALS}
+        try:
+            code = child.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if code != 0 and any(Path(exits).iterdir()):  # (accelerate's launcher exits 1 whatever its processes did)
+            return 2
     return EXIT_PREEMPTED if code != 0 and ended_preempted(Path(cfg.run.output_dir), started) else code
+
+
+USER_ERROR_DIR = "SEQRL_USER_ERROR_DIR"
+
+
+def note_user_error() -> None:
+    """In a launched process that stops on a user error (exit 2, one line): leave a mark for the
+    launching `seqrl`, so that it exits 2 as well, not accelerate launcher's 1."""
+    directory = os.environ.get(USER_ERROR_DIR)
+    if directory and Path(directory).is_dir():
+        (Path(directory) / f"rank-{os.environ.get('RANK', '0')}").touch()
 
 
 def ended_preempted(output_dir: Path, since: float) -> bool:

@@ -52,3 +52,25 @@ def stop_signals_caught():
 
 def _record(signum: int, frame) -> None:
     _received.append(signum)
+
+
+@contextmanager
+def stop_before_start():
+    """Until a run's own handler takes over (`stop_signals_caught`, once its set-up begins), a stop
+    signal ends the command at once with EXIT_PREEMPTED (through `Preempted`): nothing has been
+    written yet, so nothing is lost, and a requeue that waits for 75 runs the command again.
+    Without it, a signal in a run's first seconds (its imports) killed it silently."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _stop_now) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_now(signum: int, frame) -> None:
+    raise Preempted(f"stopped by {signal.Signals(signum).name} before the run began; nothing was written: "
+                    f"run the same command again")

@@ -8,6 +8,7 @@ run). On 2 processes, a signal to one of them stops both at the same step."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -158,3 +159,26 @@ def test_sigterm_to_one_of_two_processes_stops_both(work):
     finish(start(work, "two-processes", "--set", "run.resume=auto", processes=2))
     finish(start(work, "two-processes-uninterrupted", processes=2))
     assert_bitwise_equal(weights(work, "two-processes"), weights(work, "two-processes-uninterrupted"))
+
+
+def test_a_stop_signal_during_the_imports_ends_with_75_and_one_line(tiny_recipe, tmp_path, monkeypatch, capsys):
+    """A signal in a run's first seconds (its imports, before set-up) used to kill it silently; now
+    the command ends at once with 75 and one line, having written nothing."""
+    from seqrl import cli
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    monkeypatch.setattr(cli, "_quiet_libraries", lambda debug: signal.raise_signal(signal.SIGTERM))
+    assert cli.main(["finetune", str(path)]) == 75
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["seqrl finetune: preempted: stopped by SIGTERM before the run began; nothing was written: "
+                   "run the same command again"]
+    assert not Path(tiny_recipe["run"]["output_dir"]).exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler went with the command
+
+
+def test_the_command_line_starts_without_torch():
+    """`seqrl`'s stop handler is in place before the heavy imports: importing the CLI loads no torch."""
+    code = "import sys, seqrl.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}).stdout
+    assert out.split() == ["False", "False"]
