@@ -35,18 +35,28 @@ def requested() -> int:
 
 
 @contextmanager
-def stop_signals_caught():
-    """Record SIGTERM/SIGUSR1 instead of dying of them, for the duration of the block."""
-    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
+def _stop_signals_handled_by(handler):
+    """`handler` for SIGTERM and SIGUSR1 during the block, the previous ones after it (in the main
+    thread only: handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received.clear()
-    previous = {sig: signal.signal(sig, _record) for sig in SIGNALS}
+    previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def stop_signals_caught():
+    """Record SIGTERM/SIGUSR1 instead of dying of them, for the duration of the block."""
+    _received.clear()
+    try:
+        with _stop_signals_handled_by(_record):
+            yield
+    finally:
         _received.clear()
 
 
@@ -54,21 +64,12 @@ def _record(signum: int, frame) -> None:
     _received.append(signum)
 
 
-@contextmanager
 def stop_before_start():
     """Until a run's own handler takes over (`stop_signals_caught`, once its set-up begins), a stop
     signal ends the command at once with EXIT_PREEMPTED (through `Preempted`): nothing has been
     written yet, so nothing is lost, and a requeue that waits for 75 runs the command again.
     Without it, a signal in a run's first seconds (its imports) killed it silently."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, _stop_now) for sig in SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _stop_signals_handled_by(_stop_now)
 
 
 def _stop_now(signum: int, frame) -> None:
