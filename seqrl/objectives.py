@@ -102,14 +102,18 @@ class MbrDistill:
     """Candidate pairs per utility call (`mbr.pair_batch`)."""
 
     def __call__(self, rows: ScoredRows) -> torch.Tensor:
-        chosen = self.choose(rows)
         mask = rows.suffix_mask.to(rows.logprobs.dtype)
         suffix_logprobs = (rows.logprobs * mask).sum(dim=1).view(-1, rows.k)  # (B, k)
+        chosen = self.choose(rows, suffix_logprobs.detach().cpu())
         picked = suffix_logprobs.gather(1, chosen.to(suffix_logprobs.device)[:, None])
         return mbr_distill_loss(picked.squeeze(1), sources=rows.step_rows // rows.k)
 
-    def choose(self, rows: ScoredRows) -> torch.Tensor:
-        """(B,) each source's MBR candidate among its k rows."""
+    def choose(self, rows: ScoredRows, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) each source's MBR candidate among its k rows; ties go to the higher `scores` (B, k),
+        the rows' summed suffix log p (computed here when not given)."""
+        if scores is None:
+            mask = rows.suffix_mask.to(rows.logprobs.dtype)
+            scores = (rows.logprobs.detach() * mask).sum(dim=1).view(-1, rows.k).cpu()
         if rows.tokens is None:
             raise ValueError("MbrDistill needs the rows' tokens (ScoredRows.tokens)")
         ids = [[tok for tok, keep in zip(row, mask, strict=True) if keep]
@@ -118,8 +122,6 @@ class MbrDistill:
         grouped = [ids[b:b + rows.k] for b in range(0, len(ids), rows.k)]
         texts = [self.detokenize(group) for group in grouped] if self.utility.reads_text else None
         utility = utility_matrix(self.utility, grouped, texts, self.pair_batch)
-        mask = rows.suffix_mask.to(rows.logprobs.dtype)
-        scores = (rows.logprobs.detach() * mask).sum(dim=1).view(-1, rows.k).cpu()
         return mbr_choice(utility, scores)
 
 
