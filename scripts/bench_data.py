@@ -8,6 +8,7 @@ and peak resident memory.
     python scripts/bench_data.py --code /path/to/old/checkout --arms first   # the code before the cache
     python scripts/bench_data.py --padding 32     # padding of shuffled vs length-grouped batches
     python scripts/bench_data.py --step-time 200  # XENT step time, shuffled vs length-grouped batches
+    python scripts/bench_data.py --tokenizer-cost # the tokenizers library's own cost per pair (the floor)
 
 The model is the tests' tiny Marian (d_model 32, 1+1 layers), so what grows with the corpus is the
 data's cost. Its 300-token BPE tokenizer is trained once on the unrepeated split and named by
@@ -63,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only time STEPS XENT steps of recipes/bench/translation.yaml (the quickstart's model, "
                         "batch 64) with shuffled and with length-grouped batches, --reps times each, alternating")
     p.add_argument("--reps", type=int, default=2, help="runs of each arm with --step-time")
+    p.add_argument("--tokenizer-cost", action="store_true",
+                   help="only time the fixed tokenizer's own Rust encode_batch on both sides of the Bible split")
     return p.parse_args(argv)
 
 
@@ -231,8 +234,27 @@ def step_time(steps: int, reps: int, work: Path, python: list[str], env: dict) -
     return "\n".join(lines)
 
 
+def tokenizer_cost(tokenizer: Path) -> str:
+    """Milliseconds per pair of `tokenizers`' own encode_batch (no seqrl, no datasets) on both
+    sides of the unrepeated Bible split: the floor of a first start's cost per pair."""
+    from tokenizers import Tokenizer
+
+    with gzip.open(BIBLE / "train.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    backend = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    start = time.perf_counter()
+    backend.encode_batch([r["en"] for r in rows])
+    backend.encode_batch([r["es"] for r in rows])
+    return f"encode_batch: {1000 * (time.perf_counter() - start) / len(rows):.3f} ms per pair ({len(rows):,} pairs)"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.tokenizer_cost:
+        work = Path(args.work) if args.work else Path(args.out).parent / "bench-data-work"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+        print(tokenizer_cost(fixed_tokenizer(work / "tokenizer-300", [sys.executable], env)))
+        return 0
     if args.step_time:
         work = Path(args.work) if args.work else Path(args.out).parent / "bench-data-work"
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
