@@ -1,7 +1,9 @@
 """Preemption: SIGTERM (how SLURM, Kubernetes and spot instances stop a job, shortly before
 SIGKILL) and SIGUSR1 (SLURM's `--signal=USR1@N` warning) end a run cleanly.
 
-The handler only records the signal. The training loop looks at it after each optimizer step,
+The handler only records the signal, from the first line of a run (`session.finetune`); before
+that, during the command's imports, `stop_before_start` ends it at once. A signal during set-up
+stops the run just before its first write. The training loop looks at it after each optimizer step,
 agrees with the other processes (any one of them signalled stops them all at the same step),
 writes a checkpoint atomically and exits with `EXIT_PREEMPTED` and one line saying how to
 continue. An evaluation under way when the signal arrives stops at its next batch (all processes

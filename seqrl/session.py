@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
-from seqrl import distributed, lora, rewards
+from seqrl import distributed, lora, preemption, rewards
 from seqrl.checkpoint import changed_settings, estimate_bytes, load_checkpoint, resolve_resume, space_warning
 from seqrl.config import RecipeConfig, dump_recipe, recipe_as_today
 from seqrl.errors import SeqrlError, disk_writes
@@ -23,7 +24,7 @@ from seqrl.preemption import Preempted, stop_signals_caught
 from seqrl.run import Run, setup
 from seqrl.rundir import claim, commit, is_inside
 from seqrl.runlog import check_trackers
-from seqrl.train import finish, train
+from seqrl.train import agree_max, finish, train
 
 
 def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: str | None = None) -> Path | None:
@@ -31,6 +32,13 @@ def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: s
     Raises `Preempted` once the checkpoint is written when SIGTERM or SIGUSR1 stopped the run.
     `reward_functions`: Python callables for the recipe's rewards of those names (`seqrl.finetune`);
     `command`: what started the run, for the model card."""
+    # A stop signal is recorded from the first line (set-up may take minutes): one during set-up
+    # ends the run just before its first write, one during training after the step under way.
+    with stop_signals_caught():
+        return _finetune(cfg, reward_functions, command)
+
+
+def _finetune(cfg: RecipeConfig, reward_functions: dict | None, command: str | None) -> Path | None:
     out = Path(cfg.run.output_dir)
     resume_from = resolve_resume(out, cfg.run.resume)
     check_trackers(cfg.log.trackers)
@@ -58,17 +66,20 @@ def finetune(cfg: RecipeConfig, reward_functions: dict | None = None, command: s
         accelerator.print(f"run.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh")
     run = None
     try:
-        with stop_signals_caught():
-            run = setup(cfg, accelerator, out, reward_fns, resume_from)
-            split = cfg.data.eval_split if cfg.data.eval_split in run.datasets else cfg.data.train_split
-            trial_decode(run.text_model, accelerator.unwrap_model(run.model), run.datasets[split], cfg.eval, split)
-            state = resume(run, resume_from) if resume_from else None
-            start(run, resume_from, state)
-            loop = train(run, state)
-            final = finish(run, loop, command) if not loop.preempted else None
-            if loop.preempted:
-                raise Preempted(f"stopped by {loop.preempted} after step {loop.step}, checkpoint written to "
-                                f"{loop.checkpoint}; to continue, run the same command with --set run.resume=auto")
+        run = setup(cfg, accelerator, out, reward_fns, resume_from)
+        split = cfg.data.eval_split if cfg.data.eval_split in run.datasets else cfg.data.train_split
+        trial_decode(run.text_model, accelerator.unwrap_model(run.model), run.datasets[split], cfg.eval, split)
+        state = resume(run, resume_from) if resume_from else None
+        signalled = agree_max(accelerator, preemption.requested())[0]  # (every process stops, or none)
+        if signalled:
+            raise Preempted(f"stopped by {signal.Signals(int(signalled)).name} during set-up, before the run "
+                            f"wrote anything; run the same command again")
+        start(run, resume_from, state)
+        loop = train(run, state)
+        final = finish(run, loop, command) if not loop.preempted else None
+        if loop.preempted:
+            raise Preempted(f"stopped by {loop.preempted} after step {loop.step}, checkpoint written to "
+                            f"{loop.checkpoint}; to continue, run the same command with --set run.resume=auto")
     except Preempted:  # every process stopped at the same step: a clean end
         teardown(accelerator, run, clean=True)
         raise

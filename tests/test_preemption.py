@@ -176,6 +176,29 @@ def test_a_stop_signal_during_the_imports_ends_with_75_and_one_line(tiny_recipe,
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler went with the command
 
 
+def test_a_stop_signal_during_set_up_ends_with_75_before_the_first_write(tiny_recipe, tmp_path, monkeypatch, capsys):
+    """A signal after the imports and before the first write (set-up, which takes minutes on a
+    large corpus) used to go to the default handler for part of that time, or cost a trained step
+    and a checkpoint; now the run stops before its first write, with 75 and one line."""
+    from seqrl import cli, session
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    trial_decode = session.trial_decode
+
+    def trial_decode_then_signal(*args, **kwargs):
+        trial_decode(*args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(session, "trial_decode", trial_decode_then_signal)
+    assert cli.main(["finetune", str(path)]) == 75
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "seqrl finetune: preempted: stopped by SIGTERM during set-up, before the run wrote anything; "
+        "run the same command again")
+    out = Path(tiny_recipe["run"]["output_dir"])
+    assert not out.exists() or not any(out.iterdir())  # (the lock and the directories it made are gone)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_the_command_line_starts_without_torch():
     """`seqrl`'s stop handler is in place before the heavy imports: importing the CLI loads no torch."""
     code = "import sys, seqrl.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
