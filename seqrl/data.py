@@ -7,6 +7,8 @@ Nothing is dropped or cut silently: empty targets and truncations are counted an
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import lzma
 import zlib
@@ -19,7 +21,7 @@ from datasets import DatasetDict
 from seqrl import data_checks, tokenized
 from seqrl.batching import TrainCollator, probe_batch, reward_columns  # noqa: F401  (re-exported)
 from seqrl.config import DataConfig
-from seqrl.data_checks import check_text_column, check_utf8, first_bad_json_line, first_non_utf8_line
+from seqrl.data_checks import check_text_column, first_bad_json_line, first_non_utf8_line
 from seqrl.errors import DataError, first_sentence
 from seqrl.modeling import TextModel, looks_local
 from seqrl.tokenized import RESERVED_COLUMNS, DataReport, truncate  # noqa: F401  (re-exported)
@@ -37,7 +39,7 @@ def needed_splits(cfg: DataConfig) -> list[str]:
 
 def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
     """Load the named splits as text columns (the eval split carved from train with
-    `data.validation_from_train`); check the source and target fields exist and hold text."""
+    `data.validation_from_train`); check the source and target fields exist and hold UTF-8 text."""
     datasets.disable_progress_bars()
     carve = cfg.validation_from_train is not None and cfg.eval_split in splits
     wanted = splits
@@ -62,7 +64,7 @@ def load_raw(cfg: DataConfig, splits: list[str]) -> DatasetDict:
         raw[split] = ds = nested_fields(ds, cfg, split)
         for role, name in (("source_field", cfg.source_field), ("target_field", cfg.target_field)):
             check_text_column(ds, f"data.{role}", name, where)
-        check_utf8(ds, where, files.get(split))
+        check_utf8_once(cfg, split, ds, where, files.get(split))
         if len(ds) == 0:
             raise DataError(f"split '{split}' of {cfg.path or 'data.files'} is empty")
     if cfg.max_train_examples and cfg.train_split in raw:
@@ -226,6 +228,23 @@ def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig,
     skip (or reject) empty targets; cut and count over-long ones."""
     identities = {split: source_identity(cfg, split, ds) for split, ds in raw.items()}
     return tokenized.tokenize(raw, text_model, cfg, identities, accelerator)
+
+
+def check_utf8_once(cfg: DataConfig, split: str, ds: datasets.Dataset, where: str, file: str | None) -> None:
+    """The split's text is UTF-8 (Arrow's readers do not check; `data_checks.check_utf8`), checked
+    once per origin (`source_identity`: the same files, sizes and times), a marker in the cache
+    directory saying it passed. The check reads every byte, which at every start put the whole
+    corpus in the process's resident memory (about 0.3 KB a pair)."""
+    identity = json.dumps(source_identity(cfg, split, ds), sort_keys=True, default=str)
+    marker = tokenized.cache_root(cfg) / "utf8-checked" / hashlib.sha256(identity.encode()).hexdigest()[:40]
+    if marker.is_file():
+        return
+    data_checks.check_utf8(ds, where, file)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # (not recorded: checked again next time; an unwritable cache is said when it is built)
+        pass
 
 
 def check_known_tokens(tokenized: DatasetDict, unk_id: int | None, cfg: DataConfig) -> None:

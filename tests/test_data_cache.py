@@ -21,7 +21,7 @@ from accelerate.data_loader import BatchSamplerShard
 from conftest import TINY_CONFIGS, build_tiny, make_pairs, write_jsonl, write_toy_splits
 from torch.utils.data import BatchSampler
 
-from seqrl import tokenized
+from seqrl import data_checks, tokenized
 from seqrl.batching import LengthGroupedSampler, row_lengths
 from seqrl.config import DataConfig, TokenizerConfig, from_dict
 from seqrl.data import load_raw, tokenize
@@ -78,6 +78,23 @@ def test_second_start_tokenizes_nothing_and_reads_the_same_rows(toy_data_dir, tm
     assert row["source_ids"] == tm.encode_sources([row["en"]])[0][:11] + [tm.tokenizer.eos_token_id]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(r.cache_path.split("/")[-1]
                                                                            for r in again)
+
+
+def test_the_utf8_check_reads_a_file_once(toy_data_dir, tmp_path, monkeypatch):
+    """The check reads every byte of the text (at 2.8M pairs, most of a cached start's resident
+    memory): a split from the same file (path, size, time) passed it before, so it is skipped."""
+    checked = []
+    real = data_checks.check_utf8
+    monkeypatch.setattr(data_checks, "check_utf8", lambda ds, where, file: checked.append(where) or real(ds, where, file))
+    data_cfg = cfg(toy_data_dir, tmp_path / "cache")
+    load_raw(data_cfg, SPLITS)
+    assert checked == [str(toy_data_dir / f"{split}.jsonl") for split in SPLITS]
+    checked.clear()
+    load_raw(data_cfg, SPLITS)
+    assert checked == []
+    os.utime(toy_data_dir / "train.jsonl", ns=(1, 1))  # (a rewritten file)
+    load_raw(data_cfg, SPLITS)
+    assert checked == [str(toy_data_dir / "train.jsonl")]
 
 
 def _changed(what: str, data_dir: Path, data_cfg: DataConfig, tm):
