@@ -8,6 +8,11 @@ included). Prints and writes (REPORT/chaos.md, REPORT/chaos.jsonl) survived / in
 kind and configuration, and the wall time.
 
     OMP_NUM_THREADS=1 python scripts/chaos.py --runs 50 --seed 0 --report chaos-report
+    OMP_NUM_THREADS=1 python scripts/chaos.py --runs 50 --seed 0 --report chaos-report --continue  # the rest
+
+Each run draws its moment and target from its own generator (seed, run number), so a plan can
+be run in sittings (`--max-minutes`, then `--continue`): the report sums their wall times and
+names each sitting's code and versions.
 
 A full disk is a real tmpfs per run, filled by a file at the chosen moment and emptied before the
 resume (as tests/test_faults.py does); where a tmpfs cannot be mounted (not root), that kind is
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -213,7 +219,13 @@ def versions() -> str:
             f"{os.environ.get('OMP_NUM_THREADS', '1')}, {len(os.sched_getaffinity(0))} CPU core(s) allowed")
 
 
-def report(records: list[dict], seconds: float, skipped: str | None, args: argparse.Namespace, ran: str) -> str:
+def earlier(path: Path) -> tuple[list[dict], list[dict]]:
+    """The runs and the sittings (one line each: the code, its wall time) of an earlier chaos.jsonl."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    return [x for x in lines if "run" in x], [x for x in lines if "sitting" in x]
+
+
+def report(records: list[dict], sittings: list[dict], skipped: str | None, args: argparse.Namespace) -> str:
     """The markdown table: survived / injected per configuration (rows) and fault kind (columns)."""
     kinds = [k for k in KINDS if any(r["kind"] == k for r in records)]
     hit = [r for r in records if r["injected"]]
@@ -228,8 +240,15 @@ def report(records: list[dict], seconds: float, skipped: str | None, args: argpa
                      + f" | {cell(rows)} |")
     lines.append("| **all** | " + " | ".join(cell([r for r in hit if r["kind"] == k]) for k in kinds)
                  + f" | **{cell(hit)}** |")
-    notes = [f"faults survived / faults injected: {cell(hit)} in {seconds / 60:.1f} min wall time "
-             f"(`{' '.join(['scripts/chaos.py', *sys.argv[1:]])}`; {ran})."]
+    seconds = sum(s["seconds"] for s in sittings)
+    pieces = f" in {len(sittings)} sittings" if len(sittings) > 1 else ""
+    notes = [f"faults survived / faults injected: {cell(hit)} in {seconds / 60:.1f} min wall time{pieces} "
+             f"(`{' '.join(['scripts/chaos.py', *sys.argv[1:]])}`)."]
+    notes += [f"sitting {i}: runs up to {s['runs']}, {s['seconds'] / 60:.1f} min; {s['sitting']}"
+              for i, s in enumerate(sittings, 1)]
+    if len({json.dumps(s.get("references"), sort_keys=True) for s in sittings}) > 1:
+        notes.append("the uninterrupted runs' weights differ between sittings: each sitting's runs were compared "
+                     "with its own")
     if len(records) < args.runs:
         notes.append(f"{len(records)} of the {args.runs} planned runs done: --max-minutes {args.max_minutes:g} "
                      f"reached.")
@@ -259,6 +278,9 @@ def main() -> None:
                         help="comma-separated configurations to draw from (default: all eight)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no further run after this long; the report counts the runs done")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="keep the runs REPORT/chaos.jsonl holds and run the rest of the plan (the same "
+                             "--seed and --runs); with the same --work, the uninterrupted runs are reused")
     args = parser.parse_args()
     configs = [c for c in CONFIGS if c.name in args.configs.split(",")]
     unknown = set(args.configs.split(",")) - {c.name for c in configs}
@@ -276,15 +298,24 @@ def main() -> None:
     runs = plan(args.runs, kinds, configs, rng)
     digests = references(work, [cfg for cfg, _ in runs])
     args.report.mkdir(parents=True, exist_ok=True)
-    records = []
+    records, sittings = earlier(args.report / "chaos.jsonl") if args.resume else ([], [])
+    done = {r["run"] for r in records}
     with (args.report / "chaos.jsonl").open("w") as jsonl:
+        for line in [*records, *sittings]:
+            jsonl.write(json.dumps(line) + "\n")
         for index, (cfg, kind) in enumerate(runs, 1):
+            if index in done:
+                continue
             if args.max_minutes is not None and time.monotonic() - started > args.max_minutes * 60:
                 print(f"--max-minutes {args.max_minutes:g} reached: {index - 1} of {len(runs)} runs done", flush=True)
                 break
             point = disks.mount(f"run-{index:03d}") if kind == "full_disk" else None
             out = (point or work / "runs") / f"run-{index:03d}"
-            record = fault_run(work, index, cfg, kind, digests[cfg.recipe_key], rng, out)
+            shutil.rmtree(out, ignore_errors=True)  # (what a sitting stopped mid-run left)
+            began = time.monotonic()
+            draws = random.Random(f"{args.seed}:{index}")  # (its own: a later sitting draws the same)
+            record = fault_run(work, index, cfg, kind, digests[cfg.recipe_key], draws, out)
+            record["seconds"] = round(time.monotonic() - began, 1)
             if point is not None:
                 disks.unmount(point)
             records.append(record)
@@ -294,11 +325,10 @@ def main() -> None:
             print(f"run {index}/{len(runs)} {cfg.name} {kind} -> {record.get('target', '-')} after step "
                   f"{record.get('at_step', '-')}: {verdict}" + (f" ({record['why']})" if record["why"] else ""),
                   flush=True)
-        table = report(records, time.monotonic() - started, disks.why, args, ran)
-        headline = next(line for line in table.splitlines() if line.startswith("faults survived"))
-        jsonl.write(json.dumps({"summary": headline, "seconds": round(time.monotonic() - started, 1),
-                                "injected": sum(r["injected"] for r in records),
-                                "survived": sum(r.get("survived", False) for r in records)}) + "\n")
+        sittings.append({"sitting": ran, "seconds": round(time.monotonic() - started, 1), "runs": len(records),
+                         "references": digests})
+        table = report(records, sittings, disks.why, args)
+        jsonl.write(json.dumps(sittings[-1]) + "\n")
     (args.report / "chaos.md").write_text(table)
     print(table)
     sys.exit(0 if all(r.get("survived", True) for r in records) else 1)

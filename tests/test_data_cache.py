@@ -85,7 +85,8 @@ def test_the_utf8_check_reads_a_file_once(toy_data_dir, tmp_path, monkeypatch):
     memory): a split from the same file (path, size, time) passed it before, so it is skipped."""
     checked = []
     real = data_checks.check_utf8
-    monkeypatch.setattr(data_checks, "check_utf8", lambda ds, where, file: checked.append(where) or real(ds, where, file))
+    monkeypatch.setattr(data_checks, "check_utf8",
+                        lambda ds, where, file: checked.append(where) or real(ds, where, file))
     data_cfg = cfg(toy_data_dir, tmp_path / "cache")
     load_raw(data_cfg, SPLITS)
     assert checked == [str(toy_data_dir / f"{split}.jsonl") for split in SPLITS]
