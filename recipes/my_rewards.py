@@ -10,7 +10,7 @@ def length_penalty(completions: list[str], references: list[str], alpha: float =
     """1 for an output as long as its reference (in words), falling to 0 at (1 + 1/alpha) x or 0 x
     its length: a guard against the short outputs a BLEU reward can drift towards."""
     scores = []
-    for hyp, ref in zip(completions, references):
+    for hyp, ref in zip(completions, references, strict=True):
         ratio = len(hyp.split()) / max(len(ref.split()), 1)
         scores.append(max(0.0, 1.0 - alpha * abs(ratio - 1.0)))
     return scores
