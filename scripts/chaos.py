@@ -276,6 +276,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
     parser.add_argument("--configs", default=",".join(c.name for c in CONFIGS),
                         help="comma-separated configurations to draw from (default: all eight)")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"comma-separated fault kinds to inject (default: all of {', '.join(KINDS)})")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no further run after this long; the report counts the runs done")
     parser.add_argument("--continue", dest="resume", action="store_true",
@@ -286,6 +288,9 @@ def main() -> None:
     unknown = set(args.configs.split(",")) - {c.name for c in configs}
     if unknown or not configs:
         parser.error(f"--configs: unknown {sorted(unknown)}; choose from {', '.join(c.name for c in CONFIGS)}")
+    unknown_kinds = set(args.kinds.split(",")) - set(KINDS)
+    if unknown_kinds:
+        parser.error(f"--kinds: unknown {sorted(unknown_kinds)}; choose from {', '.join(KINDS)}")
     started, rng, ran = time.monotonic(), random.Random(args.seed), versions()  # (the code as it starts)
     work = args.work or Path(tempfile.mkdtemp(prefix="seqrl-chaos-"))
     (work / "data").mkdir(parents=True, exist_ok=True)
@@ -294,7 +299,7 @@ def main() -> None:
         path = work / f"recipe-{key}.yaml"
         path.write_text(yaml.safe_dump(recipe(work / "data", work / "cache", work / "unused", lora)))
     disks = Tmpfs(work / "disk")
-    kinds = [k for k in KINDS if k != "full_disk" or disks.available]
+    kinds = [k for k in KINDS if k in args.kinds.split(",") and (k != "full_disk" or disks.available)]
     runs = plan(args.runs, kinds, configs, rng)
     digests = references(work, [cfg for cfg, _ in runs])
     args.report.mkdir(parents=True, exist_ok=True)

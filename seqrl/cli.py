@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import EXIT_USER_ERROR, SeqrlError
 from seqrl.launch import add_launch_args, note_user_error, relaunch, wants_launch
 from seqrl.preemption import EXIT_PREEMPTED, Preempted, stop_before_start
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"seqrl {args.command}: error: {err}", file=sys.stderr)
         note_user_error()
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"seqrl {args.command}: interrupted", file=sys.stderr)
         return 130

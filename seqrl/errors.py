@@ -8,6 +8,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+EXIT_USER_ERROR = 2  # what `seqrl` exits with after the one line of a SeqrlError
+
 
 class SeqrlError(Exception):
     """A problem with the user's input (recipe, data, model, files): message says what to do."""

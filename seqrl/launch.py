@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seqrl.errors import SeqrlError
+from seqrl.errors import EXIT_USER_ERROR, SeqrlError
 from seqrl.preemption import EXIT_PREEMPTED, SIGNALS
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def machine_args(args: argparse.Namespace) -> list[str]:
 def launch_command(args: argparse.Namespace, mixed_precision: str = "no") -> list[str]:
     """The `accelerate launch` command equivalent to this `seqrl finetune` call; it names the
     recipe's `run.mixed_precision`, which is what the processes use whatever a config file says."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd = [sys.executable, "-m", "seqrl.launcher"]  # (accelerate launch; see seqrl.launcher)
     machines = machine_args(args)
     if args.accelerate_config:
         if not Path(args.accelerate_config).is_file():
@@ -177,8 +177,8 @@ def relaunch(args: argparse.Namespace, cfg: RecipeConfig) -> int:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        if code != 0 and any(Path(exits).iterdir()):  # (accelerate's launcher exits 1 whatever its processes did)
-            return 2
+        if code != 0 and any(Path(exits).iterdir()):  # (a process that failed later may have been first)
+            return EXIT_USER_ERROR
     return EXIT_PREEMPTED if code != 0 and ended_preempted(Path(cfg.run.output_dir), started) else code
 
 

@@ -195,6 +195,23 @@ def test_fsdp_yaml_on_the_cpu_is_one_line_before_launching(toy_data_dir, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_a_user_error_in_launched_processes_is_their_line_and_exit_2(toy_data_dir, tmp_path):
+    """Found only once the processes run (a row that is not UTF-8): each says its one line and
+    exits 2; torch's ChildFailedError traceback and report, which `accelerate launch` prints
+    after them, are left out (`seqrl.launcher`), and `seqrl finetune` exits 2."""
+    with open(toy_data_dir / "train.jsonl", "ab") as f:
+        f.write(b'{"en": "the caf\xe9", "es": "el"}\n')
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_tiny_recipe(toy_data_dir, tmp_path / "run", cpu=True)))
+    proc = subprocess.run([sys.executable, "-m", "seqrl", "finetune", str(path), "--num-processes", "2"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
+    said = {line for line in proc.stderr.splitlines() if line.strip()}
+    assert said == {f"seqrl finetune: error: line 161 of {toy_data_dir / 'train.jsonl'} is not UTF-8 text "
+                    f"(column 'en'); save the file as UTF-8"}, proc.stderr[-3000:]
+
+
 def test_fsdp_yaml_through_accelerate_launch_stops_every_process(toy_data_dir, tmp_path):
     """`accelerate launch --config_file fsdp.yaml -m seqrl finetune` on the CPU: each process
     stops with the error before set-up (accelerate alone would have trained with DDP)."""

@@ -260,7 +260,7 @@ def test_launch_command_for_machine_1_of_2():
                                       "--main-process-ip", "node-a", "--main-process-port", "29400",
                                       "--num-processes", "8", "--machine-timeout", "45", "--set", "optim.lr=1e-4"])
     assert launch_command(args, "bf16") == [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--mixed_precision", "bf16",
+        sys.executable, "-m", "seqrl.launcher", "--multi_gpu", "--mixed_precision", "bf16",
         "--dynamo_backend", "no", "--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "node-a",
         "--main_process_port", "29400", "--rdzv_conf", "timeout=45", "--num_processes", "8",
         "-m", "seqrl", "finetune", "r.yaml", "--set", "optim.lr=1e-4"]

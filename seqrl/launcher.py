@@ -1,0 +1,35 @@
+"""What `seqrl finetune --num-processes N` (or `--num-machines`) starts: `accelerate launch`
+itself, minus the report that would bury seqrl's own line.
+
+torch's elastic agent raises `ChildFailedError` whenever a process exits non-zero, and accelerate
+lets it end the launcher with a traceback and a report of every process. When the process that
+failed first ended the way seqrl ends on purpose (2: a user error, its one line already printed;
+75: preempted, its checkpoint written), that report says nothing the line did not, so this
+launcher exits with that code instead. Any other failure (a crash, a killed process) keeps
+accelerate's report."""
+
+from __future__ import annotations
+
+import sys
+
+from accelerate.commands.launch import main as accelerate_launch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from seqrl.errors import EXIT_USER_ERROR
+from seqrl.preemption import EXIT_PREEMPTED
+
+SAID_EXITS = (EXIT_USER_ERROR, EXIT_PREEMPTED)
+
+
+def main() -> None:
+    try:
+        accelerate_launch()
+    except ChildFailedError as err:
+        first = err.get_first_failure()[1].exitcode
+        if first in SAID_EXITS:
+            sys.exit(first)
+        raise
+
+
+if __name__ == "__main__":
+    main()
