@@ -15,8 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from seqrl.errors import EXIT_USER_ERROR, SeqrlError
-from seqrl.launch import add_launch_args, note_user_error, relaunch, wants_launch
+from seqrl.errors import EXIT_USER_ERROR, SeqrlError, note_user_error, peer_stopped_on_user_error
+from seqrl.launch import add_launch_args, relaunch, wants_launch
 from seqrl.preemption import EXIT_PREEMPTED, Preempted, stop_before_start
 
 
@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:  # one line for the whole run
             print(f"seqrl {args.command}: preempted: {stop}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except Exception:  # (a collective broken by a process that stopped on a user error: its line is the news)
+        if args.debug or not peer_stopped_on_user_error():
+            raise
+        return EXIT_USER_ERROR
 
 
 def _quiet_libraries(debug: bool = False) -> None:

@@ -1,6 +1,7 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero (no traceback)."""
 
 import errno
+import os
 import re
 import shutil
 from contextlib import contextmanager
@@ -9,6 +10,23 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 EXIT_USER_ERROR = 2  # what `seqrl` exits with after the one line of a SeqrlError
+USER_ERROR_DIR = "SEQRL_USER_ERROR_DIR"  # where launched processes mark a user error (`seqrl.launch`)
+
+
+def note_user_error() -> None:
+    """In a launched process that stops on a user error (exit 2, one line): leave a mark for the
+    launching `seqrl`, so that it exits 2 as well, not accelerate launcher's 1, and for the other
+    processes on this machine, whose collectives then fail (`peer_stopped_on_user_error`)."""
+    directory = os.environ.get(USER_ERROR_DIR)
+    if directory and Path(directory).is_dir():
+        (Path(directory) / f"rank-{os.environ.get('RANK', '0')}").touch()
+
+
+def peer_stopped_on_user_error() -> bool:
+    """Another launched process on this machine stopped on a user error (and said its line)."""
+    directory = os.environ.get(USER_ERROR_DIR)
+    mine = f"rank-{os.environ.get('RANK', '0')}"
+    return bool(directory) and Path(directory).is_dir() and any(f.name != mine for f in Path(directory).iterdir())
 
 
 class SeqrlError(Exception):

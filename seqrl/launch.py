@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seqrl.errors import EXIT_USER_ERROR, SeqrlError
+from seqrl.errors import EXIT_USER_ERROR, USER_ERROR_DIR, SeqrlError
 from seqrl.preemption import EXIT_PREEMPTED, SIGNALS
 
 if TYPE_CHECKING:
@@ -180,17 +180,6 @@ def relaunch(args: argparse.Namespace, cfg: RecipeConfig) -> int:
         if code != 0 and any(Path(exits).iterdir()):  # (a process that failed later may have been first)
             return EXIT_USER_ERROR
     return EXIT_PREEMPTED if code != 0 and ended_preempted(Path(cfg.run.output_dir), started) else code
-
-
-USER_ERROR_DIR = "SEQRL_USER_ERROR_DIR"
-
-
-def note_user_error() -> None:
-    """In a launched process that stops on a user error (exit 2, one line): leave a mark for the
-    launching `seqrl`, so that it exits 2 as well, not accelerate launcher's 1."""
-    directory = os.environ.get(USER_ERROR_DIR)
-    if directory and Path(directory).is_dir():
-        (Path(directory) / f"rank-{os.environ.get('RANK', '0')}").touch()
 
 
 def ended_preempted(output_dir: Path, since: float) -> bool:

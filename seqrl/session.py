@@ -17,7 +17,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from seqrl import distributed, lora, preemption, rewards
 from seqrl.checkpoint import changed_settings, estimate_bytes, load_checkpoint, resolve_resume, space_warning
 from seqrl.config import RecipeConfig, dump_recipe, recipe_as_today
-from seqrl.errors import SeqrlError, disk_writes
+from seqrl.errors import SeqrlError, disk_writes, note_user_error
 from seqrl.evaluate import trial_decode
 from seqrl.languages import recipe_languages
 from seqrl.preemption import Preempted, stop_signals_caught
@@ -83,7 +83,9 @@ def _finetune(cfg: RecipeConfig, reward_functions: dict | None, command: str | N
     except Preempted:  # every process stopped at the same step: a clean end
         teardown(accelerator, run, clean=True)
         raise
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, SeqrlError):  # (marked before gloo goes, so the other processes see it when it does)
+            note_user_error()
         teardown(accelerator, run, clean=False)
         raise
     finally:
