@@ -230,13 +230,16 @@ def tokenize(raw: DatasetDict, text_model: TextModel, cfg: DataConfig,
     return tokenized.tokenize(raw, text_model, cfg, identities, accelerator)
 
 
+UTF8_CHECKED = "utf8-checked"  # data.cache_dir's folder of markers, beside the tokenized splits' folders
+
+
 def check_utf8_once(cfg: DataConfig, split: str, ds: datasets.Dataset, where: str, file: str | None) -> None:
     """The split's text is UTF-8 (Arrow's readers do not check; `data_checks.check_utf8`), checked
     once per origin (`source_identity`: the same files, sizes and times), a marker in the cache
     directory saying it passed. The check reads every byte, which at every start put the whole
     corpus in the process's resident memory (about 0.3 KB a pair)."""
     identity = json.dumps(source_identity(cfg, split, ds), sort_keys=True, default=str)
-    marker = tokenized.cache_root(cfg) / "utf8-checked" / hashlib.sha256(identity.encode()).hexdigest()[:40]
+    marker = tokenized.cache_root(cfg) / UTF8_CHECKED / hashlib.sha256(identity.encode()).hexdigest()[:40]
     if marker.is_file():
         return
     data_checks.check_utf8(ds, where, file)
