@@ -207,7 +207,9 @@ def test_a_user_error_in_launched_processes_is_their_line_and_exit_2(toy_data_di
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
-    said = {line for line in proc.stderr.splitlines() if line.strip()}
+    # (when one process ends first, torch's agent may log that it sends the other SIGTERM: a notice
+    # printed before anyone knows why the first ended, so the launcher cannot leave it out)
+    said = {line for line in proc.stderr.splitlines() if line.strip() and "closing signal SIGTERM" not in line}
     assert said == {f"seqrl finetune: error: line 161 of {toy_data_dir / 'train.jsonl'} is not UTF-8 text "
                     f"(column 'en'); save the file as UTF-8"}, proc.stderr[-3000:]
 
