@@ -1,7 +1,7 @@
 """Data cost against corpus size: the Bible training split repeated to 28k, 280k, 1.4M and 2.8M
 pairs; for each, a first start (tokenizes into the cache), a second start (opens the cache) and a
 2-process first start, each `seqrl finetune` in a fresh process: time to the first optimizer step
-and peak resident memory.
+and peak resident memory (and, in the JSON lines, the cache's size on disk).
 
     python scripts/bench_data.py                                   # every size, bench/data.md
     python scripts/bench_data.py --sizes 28224 282240 --out bench/data-small.md
@@ -163,7 +163,9 @@ def bench_size(size: int, arms: list[str], work: Path, tokenizer: Path | None, p
                                           "no", "--main_process_port", "0"]
         result = measure([*python, *launch, "-m", "seqrl", "finetune", str(path)], env, run, args.timeout,
                          Path(args.code).resolve() if args.code else ROOT)
-        results.append({"pairs": size, "arm": arm, **result})
+        cached = [f for f in cache.rglob("*") if f.is_file()] if args.code is None else []
+        results.append({"pairs": size, "arm": arm, **result,  # (the cache's size on disk, after this start)
+                        "cache_mb": sum(f.stat().st_size for f in cached) / 2**20 if cached else None})
         print(json.dumps(results[-1]), flush=True)
     shutil.rmtree(data, ignore_errors=True)  # (gigabytes at the largest sizes)
     return results
