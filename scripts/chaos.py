@@ -282,7 +282,7 @@ def main() -> None:
                         help="start no further run after this long; the report counts the runs done")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="keep the runs REPORT/chaos.jsonl holds and run the rest of the plan (the same "
-                             "--seed and --runs); with the same --work, the uninterrupted runs are reused")
+                             "--seed and --runs); each sitting reruns the uninterrupted runs on its own code")
     args = parser.parse_args()
     configs = [c for c in CONFIGS if c.name in args.configs.split(",")]
     unknown = set(args.configs.split(",")) - {c.name for c in configs}

@@ -17,16 +17,25 @@ def note_user_error() -> None:
     """In a launched process that stops on a user error (exit 2, one line): leave a mark for the
     launching `seqrl`, so that it exits 2 as well, not accelerate launcher's 1, and for the other
     processes on this machine, whose collectives then fail (`peer_stopped_on_user_error`)."""
-    directory = os.environ.get(USER_ERROR_DIR)
-    if directory and Path(directory).is_dir():
-        (Path(directory) / f"rank-{os.environ.get('RANK', '0')}").touch()
+    marks = _user_error_marks()
+    if marks is not None:
+        (marks / _my_mark()).touch()
 
 
 def peer_stopped_on_user_error() -> bool:
     """Another launched process on this machine stopped on a user error (and said its line)."""
+    marks = _user_error_marks()
+    return marks is not None and any(f.name != _my_mark() for f in marks.iterdir())
+
+
+def _user_error_marks() -> Path | None:
+    """The launching `seqrl`'s folder of marks (None outside a launch by `seqrl finetune`)."""
     directory = os.environ.get(USER_ERROR_DIR)
-    mine = f"rank-{os.environ.get('RANK', '0')}"
-    return bool(directory) and Path(directory).is_dir() and any(f.name != mine for f in Path(directory).iterdir())
+    return Path(directory) if directory and Path(directory).is_dir() else None
+
+
+def _my_mark() -> str:
+    return f"rank-{os.environ.get('RANK', '0')}"
 
 
 class SeqrlError(Exception):

@@ -6,8 +6,7 @@ lets it end the launcher with a traceback and a report of every process. When th
 failed first ended the way seqrl ends on purpose (2: a user error, its one line already printed;
 75: preempted, its checkpoint written), that report says nothing the line did not, so this
 launcher exits with that code instead (and the agent's log line for such an exit is left out
-too). Any other failure (a crash, a killed process) keeps
-accelerate's report."""
+too). Any other failure (a crash, a killed process) keeps accelerate's report."""
 
 from __future__ import annotations
 

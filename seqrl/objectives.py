@@ -90,6 +90,12 @@ class ExpectedRisk:
         return risk_loss(suffix_logprobs, -rows.rewards, rows.k, self.alpha, sources=rows.step_rows // rows.k)
 
 
+def summed_suffix_logprobs(rows: ScoredRows) -> torch.Tensor:
+    """(B, k) each row's log p of its sampled suffix."""
+    mask = rows.suffix_mask.to(rows.logprobs.dtype)
+    return (rows.logprobs * mask).sum(dim=1).view(-1, rows.k)
+
+
 @dataclass(frozen=True)
 class MbrDistill:
     utility: Reward
@@ -102,8 +108,7 @@ class MbrDistill:
     """Candidate pairs per utility call (`mbr.pair_batch`)."""
 
     def __call__(self, rows: ScoredRows) -> torch.Tensor:
-        mask = rows.suffix_mask.to(rows.logprobs.dtype)
-        suffix_logprobs = (rows.logprobs * mask).sum(dim=1).view(-1, rows.k)  # (B, k)
+        suffix_logprobs = summed_suffix_logprobs(rows)
         chosen = self.choose(rows, suffix_logprobs.detach().cpu())
         picked = suffix_logprobs.gather(1, chosen.to(suffix_logprobs.device)[:, None])
         return mbr_distill_loss(picked.squeeze(1), sources=rows.step_rows // rows.k)
@@ -112,8 +117,7 @@ class MbrDistill:
         """(B,) each source's MBR candidate among its k rows; ties go to the higher `scores` (B, k),
         the rows' summed suffix log p (computed here when not given)."""
         if scores is None:
-            mask = rows.suffix_mask.to(rows.logprobs.dtype)
-            scores = (rows.logprobs.detach() * mask).sum(dim=1).view(-1, rows.k).cpu()
+            scores = summed_suffix_logprobs(rows).detach().cpu()
         if rows.tokens is None:
             raise ValueError("MbrDistill needs the rows' tokens (ScoredRows.tokens)")
         ids = [[tok for tok, keep in zip(row, mask, strict=True) if keep]

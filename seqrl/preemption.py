@@ -62,6 +62,11 @@ def stop_signals_caught():
         _received.clear()
 
 
+def signal_name(signum: float) -> str:
+    """SIGTERM for 15 (a number agreed across processes arrives as a float)."""
+    return signal.Signals(int(signum)).name
+
+
 def _record(signum: int, frame) -> None:
     _received.append(signum)
 
@@ -75,5 +80,5 @@ def stop_before_start():
 
 
 def _stop_now(signum: int, frame) -> None:
-    raise Preempted(f"stopped by {signal.Signals(signum).name} before the run began; nothing was written: "
+    raise Preempted(f"stopped by {signal_name(signum)} before the run began; nothing was written: "
                     f"run the same command again")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -72,7 +71,7 @@ def _finetune(cfg: RecipeConfig, reward_functions: dict | None, command: str | N
         state = resume(run, resume_from) if resume_from else None
         signalled = agree_max(accelerator, preemption.requested())[0]  # (every process stops, or none)
         if signalled:
-            raise Preempted(f"stopped by {signal.Signals(int(signalled)).name} during set-up, before the run "
+            raise Preempted(f"stopped by {preemption.signal_name(signalled)} during set-up, before the run "
                             f"wrote anything; run the same command again")
         start(run, resume_from, state)
         loop = train(run, state)

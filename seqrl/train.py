@@ -11,7 +11,6 @@ the number of processes.
 from __future__ import annotations
 
 import hashlib
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +221,7 @@ def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> tuple[list[str],
 
 def preempt(run: Run, loop: _Loop, signum: float, pending: list[str]) -> None:
     """End the run on a stop signal: a checkpoint that runs the `pending` evaluations on resume."""
-    loop.preempted = signal.Signals(int(signum)).name
+    loop.preempted = preemption.signal_name(signum)
     loop.stop = f"stopped by {loop.preempted}"
     checkpoint(run, loop, pending_evaluations=pending)
 
