@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from quality_report import assess, table  # noqa: E402  scripts/, beside this file
 
-from seqrl.checkpoint import STATE_FILE, list_checkpoints  # noqa: E402
+from seqrl.checkpoint import CHECKPOINT_DIR, STATE_FILE, list_checkpoints  # noqa: E402
 from seqrl.config import load_recipe  # noqa: E402
 
 TASKS = {  # recipe, and the metric that selects checkpoints and is reported
@@ -197,16 +197,44 @@ def continue_piece(args, recipe: str, metric: str, seed: int, seed_dir: Path) ->
 
 
 def adopt_start(start: Path, xent: Path) -> None:
-    """A converged start as a seed's `xent` piece (copied: arm A writes beside it). It must be a
-    finished run with its last checkpoint, whose step the copy keeps (branch.json's start)."""
+    """A converged start as a seed's `xent` piece (copied: arm A writes beside it): a finished run
+    with its last checkpoint, whose step the copy keeps (branch.json's start), or a shipped start
+    with its run/ part (scripts/build_converged.py --with-checkpoint), laid out as that run."""
     if (xent / "final").is_dir():
         return
-    if not (start / "final").is_dir() or not (start / "best").is_dir() or not list_checkpoints(start):
-        raise SystemExit(f"bench_quality: --start {start} is not a finished run with best/, final/ and a checkpoint "
-                         f"(the converged run's directory: runs/converged/...)")
+    shipped = (start / "run" / "checkpoint" / STATE_FILE).is_file() and (start / "config.json").is_file()
+    if not shipped and not ((start / "final").is_dir() and (start / "best").is_dir() and list_checkpoints(start)):
+        raise SystemExit(f"bench_quality: --start {start} is neither a finished run with best/, final/ and a "
+                         f"checkpoint (runs/converged/...) nor a shipped start with its run/ part (starts/...)")
     shutil.rmtree(xent, ignore_errors=True)
-    shutil.copytree(start, xent, ignore=shutil.ignore_patterns("plots", "predictions-*", "quality.json"))
+    if shipped:
+        unpack_shipped(start, xent)
+    else:
+        shutil.copytree(start, xent, ignore=shutil.ignore_patterns("plots", "predictions-*", "quality.json"))
     print(f"start: {start} copied to {xent}")
+
+
+def unpack_shipped(start: Path, xent: Path) -> None:
+    """The run a shipped start came from, as far as the arms need it: best/ (the shipped model),
+    the last checkpoint, final/ (that checkpoint's weights with the model's files), the curve and
+    the trained tokenizer."""
+    model_files = [p for p in start.iterdir() if p.is_file() and p.name not in ("README.md", "curve.png")]
+    step = json.loads((start / "run" / "checkpoint" / STATE_FILE).read_text())["step"]
+    for folder in ("best", "final"):
+        (xent / folder).mkdir(parents=True)
+        for p in model_files:
+            shutil.copy2(p, xent / folder / p.name)
+    # final/: the checkpoint's weights, as save_pretrained writes them (without the buffers a
+    # checkpoint's state dict also holds)
+    from safetensors.torch import load_file, save_file
+    names = load_file(start / "model.safetensors").keys()
+    weights = load_file(start / "run" / "checkpoint" / "model.safetensors")
+    save_file({k: weights[k] for k in names}, xent / "final" / "model.safetensors", metadata={"format": "pt"})
+    shutil.copytree(start / "run" / "checkpoint", xent / CHECKPOINT_DIR / f"step-{step:08d}")
+    for name in ("metrics.jsonl", "recipe.yaml"):
+        shutil.copy2(start / "run" / name, xent / name)
+    if (start / "run" / "tokenizer").is_dir():
+        shutil.copytree(start / "run" / "tokenizer", xent / "tokenizer")
 
 
 def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[str], seed_dir: Path) -> None:

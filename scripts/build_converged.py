@@ -24,12 +24,13 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from seqrl import software  # noqa: E402
+from seqrl.checkpoint import list_checkpoints  # noqa: E402
 from seqrl.config import load_recipe  # noqa: E402
 from seqrl.model_card import card_metadata  # noqa: E402
 
@@ -38,8 +39,8 @@ TASKS = {  # recipe, shipped name
     "summarization": ("recipes/converged/debian_synopsis.yaml", "debian-synopsis-xent"),
 }
 SHIPPED = ROOT / "starts"
+RUN_PART = "run"  # with --with-checkpoint: the last checkpoint, metrics.jsonl and recipe.yaml
 MIN_EVALS, TOLERANCE = 8, 0.3
-VERSIONS = ("seqrl", "torch", "transformers", "tokenizers", "datasets", "sacrebleu")
 
 
 @dataclass
@@ -141,12 +142,15 @@ def card(name: str, cfg, command: str, found: Plateau, evals, scores, hours: flo
              f"- {max(s for s, _ in evals)} optimizer steps, batch {cfg.xent.batch_size}, learning rate "
              f"{cfg.optim.lr:g} with {cfg.optim.warmup_steps} warm-up steps and `{cfg.optim.decay}` decay to 0",
              f"- {hours:.1f} hours of computation (steps x mean step time + evaluations) on {machine}",
-             "- versions: " + ", ".join(f"{p} {_version(p)}" for p in VERSIONS),
+             f"- versions: {software.versions()}",
              f"- data: `{cfg.data.path}` ({cfg.data.source_field} -> {cfg.data.target_field}), sources and targets "
              f"cut to {cfg.data.max_source_tokens} / {cfg.data.max_target_tokens} tokens",
-             "- the shipped weights are the run's `best/` (the best validation evaluation)", "",
-             "## Validation curve", "", "![validation curve](curve.png)", "",
-             "| step | " + cfg.eval.best_metric + " |", "|---|---|"]
+             "- the shipped weights are the run's `best/` (the best validation evaluation)"]
+    if f"{RUN_PART}/checkpoint/trainer_state.json" in files:
+        lines.append(f"- `{RUN_PART}/`: the run's last checkpoint (Adam moments and data position included), its "
+                     "metrics.jsonl and recipe: arm A of `scripts/bench_quality.py --start` continues it")
+    lines += ["", "## Validation curve", "", "![validation curve](curve.png)", "",
+              "| step | " + cfg.eval.best_metric + " |", "|---|---|"]
     lines += [f"| {s} | {v:.2f} |" for s, v in evals]
     lines += ["", f"Plateau rule (the last third of the run, at least {MIN_EVALS} evaluations, no gain over the "
                   f"best before it above {TOLERANCE}): {found.reason}.", "",
@@ -157,18 +161,24 @@ def card(name: str, cfg, command: str, found: Plateau, evals, scores, hours: flo
     return "\n".join(lines) + "\n"
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def this_machine() -> str:
     import os
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return f"one core of a {os.cpu_count()}-core {cpu or platform.machine()} (OMP_NUM_THREADS=1)"
+
+
+def ship_last_checkpoint(run: Path, part: Path) -> None:
+    """The run's last checkpoint (weights, Adam moments, data position), its curve, recipe and
+    trained tokenizer, under `run/`: what `scripts/bench_quality.py --start` needs for arm A,
+    which continues the run."""
+    last = list_checkpoints(run)[-1]
+    part.mkdir()
+    shutil.copytree(last, part / "checkpoint")
+    shutil.copy2(run / "metrics.jsonl", part / "metrics.jsonl")
+    shutil.copy2(run / "recipe.yaml", part / "recipe.yaml")
+    if (run / "tokenizer").is_dir():  # a tokenizer the run trained: its checkpoints are read with it
+        shutil.copytree(run / "tokenizer", part / "tokenizer")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -179,6 +189,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", help="the shipped folder's name under --out (default: the task's)")
     p.add_argument("--out", type=Path, default=SHIPPED)
     p.add_argument("--check-only", action="store_true", help="only check the plateau rule")
+    p.add_argument("--with-checkpoint", action="store_true",
+                   help="also ship the run's last checkpoint and curve under run/ (for the benchmark's arm A)")
     p.add_argument("--machine", default=None, help="where it trained (default: this machine, one core)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override (as trained)")
     args = p.parse_args(argv)
@@ -211,14 +223,16 @@ def main(argv=None) -> int:
     shutil.copytree(run / "best", tmp, ignore=shutil.ignore_patterns("best.json", "README.md"))
     plot_curve(evals, metric, tmp / "curve.png")
     scores = test_scores(recipe, tmp, args.overrides, run / "predictions-test-best.jsonl")
-    files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    if args.with_checkpoint:
+        ship_last_checkpoint(run, tmp / RUN_PART)
+    files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     command = (f"OMP_NUM_THREADS=1 taskset -c 0 seqrl finetune {recipe} --set run.resume=auto"
                + "".join(f" --set {o}" for o in args.overrides))
     (tmp / "README.md").write_text(card(name, cfg, command, found, evals, scores, compute_hours(rows),
                                         args.machine or this_machine(), files), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     print(f"shipped: {out} ({size:.1f} MB); test {json.dumps({k: round(v, 2) for k, v in scores.items()})}")
     return 0
 

@@ -125,7 +125,8 @@ class EvalConfig:
     """Longest output decoded."""
     test_after_xent: bool = True
     """Also decode `data.test_split` when the XENT stage ends (before sequence-level training),
-    logged as `test/...` at that step: XENT and final scores from the same run."""
+    logged as `test/...` at that step: XENT and final scores from the same run. With no XENT
+    stage (`schedule.xent_steps: 0`), before the first step: the start model's scores."""
     test_max_examples: int | None = None
     """Decode only the first N examples of `data.test_split`, after the XENT stage and at the end
     (empty = all). Scores on a part of the split are not comparable with those on all of it."""

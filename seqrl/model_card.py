@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from seqrl import alarms
+from seqrl import alarms, software
 from seqrl.config import RecipeConfig, dump_recipe
 from seqrl.errors import SeqrlError
 from seqrl.languages import recipe_languages
@@ -121,7 +121,8 @@ def write_model_card(directory: Path, cfg: RecipeConfig, is_seq2seq: bool, steps
              f"{cfg.reinforce.candidates.num_samples} samples per source",
              "- weights: " + (f"LoRA rank {cfg.model.lora.rank} adapters, merged here (the adapter is in `adapter/`)"
                                if cfg.model.lora else "all trained"),
-             f"- the whole recipe: `{RECIPE}`", ""]
+             f"- the whole recipe: `{RECIPE}`",
+             f"- {software.describe()}", ""]
     if scores:
         lines += ["## Results", "", "| split / metric | score |", "|---|---|"]
         lines += [f"| {name} | {value:.2f} |" for name, value in sorted(scores.items()) if not name.endswith("seconds")]

@@ -16,7 +16,7 @@ from datasets import DatasetDict
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from seqrl import baselines, batching, data, distributed, lora, modeling
+from seqrl import baselines, batching, data, distributed, lora, modeling, software
 from seqrl.baselines import Baseline, LearnedBaseline
 from seqrl.candidates import CandidateMaker
 from seqrl.config import ModelConfig, RecipeConfig
@@ -166,6 +166,7 @@ def print_header(cfg: RecipeConfig, accelerator: Accelerator, text_model: modeli
                       f"{total} optimizer steps on {accelerator.num_processes} process(es), "
                       f"device {accelerator.device}")
     accelerator.print(distributed.describe(accelerator))
+    accelerator.print(software.describe())
     for start, plan in schedule.boundaries():
         if start >= total:  # (stages after run.max_steps are never reached)
             break

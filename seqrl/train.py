@@ -82,13 +82,11 @@ def train(run: Run, state: dict | None = None) -> _Loop:
         loop.window.load(state.get("windows", []), acc)
         loop.checkpoint = Path(state["path"])
         loop.bar.update(loop.step)
-        left, signalled = run_evaluations(run, loop, state.get("pending_evaluations", []))  # due when preempted
-        if left:
-            preempt(run, loop, signalled, left)
-    elif cfg.eval.at_start:
-        left, signalled = run_evaluations(run, loop, ["validation"])
-        if left:
-            preempt(run, loop, signalled, left)
+    # A resumed run first runs the evaluations a stop signal left undone; a fresh one, the start's.
+    due = state.get("pending_evaluations", []) if state else start_evaluations(run)
+    left, signalled = run_evaluations(run, loop, due)
+    if left:
+        preempt(run, loop, signalled, left)
     phases = [(run.loader, min(run.schedule.xent_steps, run.total_steps)), (run.rl_loader, run.total_steps)]
     for phase, (loader, end) in enumerate(phases):
         if loop.step >= end or loop.stop:
@@ -178,7 +176,7 @@ def on_step_end(run: Run, loop: _Loop) -> None:
     due = []
     if cfg.eval.every and step % cfg.eval.every == 0 and step < run.total_steps:
         due.append("validation")
-    if step == run.schedule.xent_steps < run.total_steps and cfg.eval.test_after_xent and cfg.data.test_split:
+    if step == run.schedule.xent_steps < run.total_steps and test_after_xent(run):
         due.append("test_after_xent")
     # Decisions all processes share (signals and clocks differ between them).
     signalled, out_of_time, save_due = agree_max(
@@ -201,6 +199,19 @@ def on_step_end(run: Run, loop: _Loop) -> None:
     ending = (loop.stop or step == run.total_steps) and (cfg.run.save_every or loop.checkpoint is not None)
     if periodic or save_due or ending:
         checkpoint(run, loop)
+
+
+def test_after_xent(run: Run) -> bool:
+    return bool(run.cfg.eval.test_after_xent and run.cfg.data.test_split)
+
+
+def start_evaluations(run: Run) -> list[str]:
+    """Before the first step of a fresh run: validation with `eval.at_start`; the test split when
+    the XENT stage has no steps (a start model trained elsewhere: its scores beside the end's)."""
+    due = ["validation"] if run.cfg.eval.at_start else []
+    if run.schedule.xent_steps == 0 < run.total_steps and test_after_xent(run):
+        due.append("test_after_xent")
+    return due
 
 
 def run_evaluations(run: Run, loop: _Loop, names: list[str]) -> tuple[list[str], int]:

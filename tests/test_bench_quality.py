@@ -7,12 +7,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import make_tiny_recipe
+from safetensors.torch import load_file
 
 from seqrl.metrics import corpus_scores
 
@@ -26,6 +29,10 @@ spec = importlib.util.spec_from_file_location("bench_quality", REPO / "scripts" 
 bq = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = bq
 spec.loader.exec_module(bq)
+spec = importlib.util.spec_from_file_location("build_converged", REPO / "scripts" / "build_converged.py")
+bc = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bc
+spec.loader.exec_module(bc)
 
 SMALL = ["eval.every=2", "eval.max_examples=null", "eval.max_new_tokens=8", "schedule.delta=4",
          "reinforce.batch_size=4", "reinforce.candidates.num_samples=2", "reinforce.lr=1e-4",
@@ -213,12 +220,32 @@ def test_arms_from_a_converged_start(tiny_bench_recipe, tmp_path, capsys):
     assert branch["step"] == 4
     rates = [m["lr"] for m in map(json.loads, (seed_dir / "A" / "metrics.jsonl").open())
              if "lr" in m and m["step"] > branch["step"]]
+    rates_before = [m["lr"] for m in map(json.loads, (start / "metrics.jsonl").open()) if "lr" in m]
     assert rates and rates == [pytest.approx(2e-4, rel=1e-12)] * len(rates)  # (the start's ended at 0)
     with pytest.raises(SystemExit, match="--start replaces the xent piece"):
         bq.main([*args[:-len(SMALL) * 2 - 4], "--pieces", "xent", "A"])
-    with pytest.raises(SystemExit, match="is not a finished run with best/, final/ and a checkpoint"):
+    with pytest.raises(SystemExit, match="is neither a finished run with best/, final/ and a checkpoint"):
         bq.main(["--task", "translation", "--recipe", str(tiny_bench_recipe), "--seeds", "1", "--out", str(out),
                  "--start", str(tmp_path), "--pieces", "C"])
+
+    # A shipped start (build_converged.py --with-checkpoint: best/'s files, and run/) continues as the run did.
+    shipped = tmp_path / "starts" / "tiny"
+    shutil.copytree(start / "best", shipped, ignore=shutil.ignore_patterns("best.json"))
+    (shipped / "README.md").write_text("card")
+    bc.ship_last_checkpoint(start, shipped / "run")
+    bq.main([*args[:args.index("--start")], "--start", str(shipped), "--a-lr", "2e-4", "--seeds", "1", "--pieces", "A",
+             *[x for item in SMALL for x in ("--set", item)]])
+    seed1 = out / "translation" / "seed1"
+    for folder in ("best", "final"):  # the run's own models, rebuilt from the shipped files
+        assert load_file(seed1 / "xent" / folder / "model.safetensors").keys() == \
+            load_file(start / folder / "model.safetensors").keys()
+        assert all(torch.equal(a, load_file(start / folder / "model.safetensors")[k])
+                   for k, a in load_file(seed1 / "xent" / folder / "model.safetensors").items())
+    assert json.loads((seed1 / "A" / "branch.json").read_text())["step"] == 4
+    rows = [m for m in map(json.loads, (seed1 / "A" / "metrics.jsonl").open()) if "lr" in m]
+    assert [m["lr"] for m in rows if m["step"] <= 4] == rates_before  # the shipped curve, carried on
+    continued = [m["lr"] for m in rows if m["step"] > 4]
+    assert continued and continued == [pytest.approx(2e-4, rel=1e-12)] * len(continued)
 
 
 def test_b_minus_is_seqrl_compare_with_whole_families_resampled(tmp_path):

@@ -42,6 +42,7 @@ def test_a_finished_run_ships_as_a_converged_start(toy_data_dir, tmp_path, monke
     recipe["optim"] = {"lr": 1e-3, "warmup_steps": 1, "decay": "cosine"}
     recipe["eval"].update({"every": 1, "best_metric": "bleu", "max_examples": 8})
     recipe["data"]["test_split"] = "test"
+    recipe["run"]["save_every"] = 3  # (a checkpoint at steps 3 and 6: the last one ships under run/)
     path = tmp_path / "converged.yaml"
     path.write_text(yaml.safe_dump(recipe))
     monkeypatch.setattr(bc, "MIN_EVALS", 2)
@@ -50,11 +51,12 @@ def test_a_finished_run_ships_as_a_converged_start(toy_data_dir, tmp_path, monke
     assert seqrl_main(["finetune", str(path)]) == 0
     capsys.readouterr()
     assert bc.main(["--recipe", str(path), "--name", "tiny-xent", "--out", str(tmp_path / "starts"),
-                    "--machine", "a test"]) == 0
+                    "--machine", "a test", "--with-checkpoint"]) == 0
     shipped = tmp_path / "starts" / "tiny-xent"
     assert "shipped: " in capsys.readouterr().out
     card = (shipped / "README.md").read_text()
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "curve.png"):
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "curve.png", "run/checkpoint/optimizer.bin",
+                 "run/metrics.jsonl", "run/tokenizer/tokenizer.json"):
         digest = hashlib.sha256((shipped / name).read_bytes()).hexdigest()
         assert f"| {name} | `{digest}` |" in card
     best = tmp_path / "run" / "best"
@@ -63,6 +65,8 @@ def test_a_finished_run_ships_as_a_converged_start(toy_data_dir, tmp_path, monke
     assert f"| test/bleu | {scores['bleu']:.2f} |" in card
     assert "6 optimizer steps" in card and "on a test" in card and "seqrl finetune" in card
     assert "![validation curve](curve.png)" in card and not (shipped / "best.json").exists()
+    assert json.loads((shipped / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 6
+    assert "arm A of `scripts/bench_quality.py --start` continues it" in card
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
     model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(shipped), AutoTokenizer.from_pretrained(shipped)
     out = model.generate(**tokenizer(["the cat"], return_tensors="pt"), max_new_tokens=4)

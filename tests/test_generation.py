@@ -223,7 +223,7 @@ def test_a_recipe_override_reaches_training_samples_and_evaluation(stand_in_dir,
     assert main(["finetune", str(tmp_path / "recipe.yaml")]) == 0
     sampled = recorder.seen[2:]  # (the first 2: the set-up call, on gold targets)
     assert len(sampled) == 2 * 4 * 2 and all(row[0] == forced for row in sampled)
-    # the set-up's trial decode of 2 rows, then validation, then test
-    assert len(outputs) == 2 + 8 + 20 and all(out[0] == forced for out in outputs)
+    # the set-up's trial decode of 2 rows, test before the first step (no XENT stage), validation, test
+    assert len(outputs) == 2 + 20 + 8 + 20 and all(out[0] == forced for out in outputs)
     saved = json.loads((tmp_path / "run" / "final" / "generation_config.json").read_text())
     assert saved["forced_bos_token_id"] == forced
