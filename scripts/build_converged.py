@@ -137,15 +137,18 @@ def card(name: str, cfg, command: str, found: Plateau, evals, scores, hours: flo
     lines = ["---", meta.to_yaml().strip(), "---", "", f"# {name}", "",
              f"A converged start made by seqrl: a {cfg.model.architecture} built from a config (random weights) "
              f"and trained with cross-entropy alone until validation {cfg.eval.best_metric} stopped moving. "
-             "Load it with `from_pretrained`, or name this folder as a recipe's `model.name_or_path`.", "",
-             "## How it was made", "", "```bash", command, "```", "",
-             f"- {max(s for s, _ in evals)} optimizer steps, batch {cfg.xent.batch_size}, learning rate "
-             f"{cfg.optim.lr:g} with {cfg.optim.warmup_steps} warm-up steps and `{cfg.optim.decay}` decay to 0",
-             f"- {hours:.1f} hours of computation (steps x mean step time + evaluations) on {machine}",
-             f"- versions: {software.versions()}",
-             f"- data: `{cfg.data.path}` ({cfg.data.source_field} -> {cfg.data.target_field}), sources and targets "
-             f"cut to {cfg.data.max_source_tokens} / {cfg.data.max_target_tokens} tokens",
-             "- the shipped weights are the run's `best/` (the best validation evaluation)"]
+             "Load it with `from_pretrained`, or name this folder as a recipe's `model.name_or_path`.", ""]
+    if not found.met:
+        lines += [f"**The plateau rule is not met** ({found.reason}): shipped all the same "
+                  "(`--ship-unmet`); see the curve below.", ""]
+    lines += ["## How it was made", "", "```bash", command, "```", "",
+              f"- {max(s for s, _ in evals)} optimizer steps, batch {cfg.xent.batch_size}, learning rate "
+              f"{cfg.optim.lr:g} with {cfg.optim.warmup_steps} warm-up steps and `{cfg.optim.decay}` decay to 0",
+              f"- {hours:.1f} hours of computation (steps x mean step time + evaluations) on {machine}",
+              f"- versions: {software.versions()}",
+              f"- data: `{cfg.data.path}` ({cfg.data.source_field} -> {cfg.data.target_field}), sources and targets "
+              f"cut to {cfg.data.max_source_tokens} / {cfg.data.max_target_tokens} tokens",
+              "- the shipped weights are the run's `best/` (the best validation evaluation)"]
     if f"{RUN_PART}/checkpoint/trainer_state.json" in files:
         lines.append(f"- `{RUN_PART}/`: the run's last checkpoint (Adam moments and data position included), its "
                      "metrics.jsonl and recipe: arm A of `scripts/bench_quality.py --start` continues it")
@@ -153,7 +156,7 @@ def card(name: str, cfg, command: str, found: Plateau, evals, scores, hours: flo
               "| step | " + cfg.eval.best_metric + " |", "|---|---|"]
     lines += [f"| {s} | {v:.2f} |" for s, v in evals]
     lines += ["", f"Plateau rule (the last third of the run, at least {MIN_EVALS} evaluations, no gain over the "
-                  f"best before it above {TOLERANCE}): {found.reason}.", "",
+                  f"best before it above {TOLERANCE}): {'met' if found.met else '**not met**'}: {found.reason}.", "",
               "## Test scores (greedy)", "", "| metric | score |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in sorted(scores.items()) if not k.endswith("seconds")]
     lines += ["", "## Files", "", "| file | sha256 |", "|---|---|"]
@@ -189,6 +192,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", help="the shipped folder's name under --out (default: the task's)")
     p.add_argument("--out", type=Path, default=SHIPPED)
     p.add_argument("--check-only", action="store_true", help="only check the plateau rule")
+    p.add_argument("--ship-unmet", action="store_true",
+                   help="ship a finished run that misses the plateau rule all the same; its card says so first")
     p.add_argument("--with-checkpoint", action="store_true",
                    help="also ship the run's last checkpoint and curve under run/ (for the benchmark's arm A)")
     p.add_argument("--machine", default=None, help="where it trained (default: this machine, one core)")
@@ -213,7 +218,8 @@ def main(argv=None) -> int:
     evals = sorted((r["step"], r[f"eval/{metric}"]) for r in rows if f"eval/{metric}" in r)
     found = plateau(evals, cfg.schedule.xent_steps, MIN_EVALS, TOLERANCE)
     print(f"{run}: {found.reason}")
-    if not found.met:
+    finished = bool(evals) and max(s for s, _ in evals) >= cfg.schedule.xent_steps
+    if not found.met and not (args.ship_unmet and finished):
         return 1
     if args.check_only:
         return 0

@@ -67,6 +67,13 @@ def test_a_finished_run_ships_as_a_converged_start(toy_data_dir, tmp_path, monke
     assert "![validation curve](curve.png)" in card and not (shipped / "best.json").exists()
     assert json.loads((shipped / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 6
     assert "arm A of `scripts/bench_quality.py --start` continues it" in card
+    # A finished run that misses the rule ships only when asked, and its card says so first.
+    monkeypatch.setattr(bc, "TOLERANCE", -1000.0)
+    unmet = ["--recipe", str(path), "--name", "unmet", "--out", str(tmp_path / "starts"), "--machine", "a test"]
+    assert bc.main(unmet) == 1 and not (tmp_path / "starts" / "unmet").exists()
+    assert bc.main([*unmet, "--ship-unmet"]) == 0
+    unmet_card = (tmp_path / "starts" / "unmet" / "README.md").read_text()
+    assert "**The plateau rule is not met** (still improving" in unmet_card
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
     model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(shipped), AutoTokenizer.from_pretrained(shipped)
     out = model.generate(**tokenizer(["the cat"], return_tensors="pt"), max_new_tokens=4)
