@@ -28,7 +28,7 @@ SHORT = {
 # Recorded with torch 2.13.0 (CPU), transformers 5.25.0, tokenizers 0.23.3, datasets 5.2.0 (constraints.txt),
 # OMP_NUM_THREADS=1, on this project's CI machine (AMD EPYC, 2 cores).
 RECORDED = {
-    "quickstart": {},
+    "quickstart": {"train/loss": -0.36202599853277206, "test/bleu": 20.46551114329129},
     "from_scratch": {"train/loss": 0.22228601202368736, "test/bleu": 0.06835169706364395},
 }
 
