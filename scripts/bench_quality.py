@@ -29,14 +29,15 @@ whole groups where the data has a `family` column: sibling Debian packages share
 paragraph, so their truncated sources, and outputs, are often the same: they are not independent
 examples.
 
-From a converged start (`--start RUN_DIR`, e.g. the run behind a shipped model: its best/,
-final/ and last checkpoint; scripts/build_converged.py): no xent piece; the run is copied in as
+From a converged start (`--start DIR`: a shipped start with its run/ part, e.g.
+starts/bible-en-es-xent, or the run behind one, with best/, final/ and its last checkpoint;
+scripts/build_converged.py): no xent piece; the run is copied in as
 every seed's `xent`, the arms start from its best/, and A continues its last checkpoint (its Adam
 moments and data order) at a constant `--a-lr` (default: the recipe's reinforce.lr, C's rate, so
 that A and C differ only in the optimizer state carried over; the start's own schedule has
 decayed to 0, and the recipe's XENT rate restarts it far from its minimum).
 
-    python scripts/bench_quality.py --task translation --seeds 0 --start runs/converged/bible_en_es \
+    python scripts/bench_quality.py --task translation --seeds 0 --start starts/bible-en-es-xent \
         --pieces A C B B-xent-weight-0.1 B-stage-steps-half B-final-stage-to-budget table
 
 Where things go: --out (default bench/quality)/TASK/seedS/PIECE/.
@@ -137,8 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arm-eval-every", type=int, default=250, help="optimizer steps between the arms' evaluations")
     p.add_argument("--keep-evaluated", action="store_true",
                    help="XENT, A and the arms keep a checkpoint at every evaluation (for scripts/selection_check.py)")
-    p.add_argument("--start", type=Path, default=None, metavar="RUN_DIR",
-                   help="a finished XENT run to start every arm from instead of an xent piece (a converged start)")
+    p.add_argument("--start", type=Path, default=None, metavar="DIR",
+                   help="a converged start for every arm instead of an xent piece: a finished XENT run's directory, "
+                        "or a shipped start with its run/ part (starts/bible-en-es-xent)")
     p.add_argument("--a-lr", type=float, default=None,
                    help="with --start: arm A's constant rate (default: the recipe's reinforce.lr)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "quality")
