@@ -176,7 +176,7 @@ def on_step_end(run: Run, loop: _Loop) -> None:
     due = []
     if cfg.eval.every and step % cfg.eval.every == 0 and step < run.total_steps:
         due.append("validation")
-    if step == run.schedule.xent_steps < run.total_steps and test_after_xent(run):
+    if step == run.schedule.xent_steps < run.total_steps and wants_test_after_xent(run):
         due.append("test_after_xent")
     # Decisions all processes share (signals and clocks differ between them).
     signalled, out_of_time, save_due = agree_max(
@@ -201,7 +201,7 @@ def on_step_end(run: Run, loop: _Loop) -> None:
         checkpoint(run, loop)
 
 
-def test_after_xent(run: Run) -> bool:
+def wants_test_after_xent(run: Run) -> bool:
     return bool(run.cfg.eval.test_after_xent and run.cfg.data.test_split)
 
 
@@ -209,7 +209,7 @@ def start_evaluations(run: Run) -> list[str]:
     """Before the first step of a fresh run: validation with `eval.at_start`; the test split when
     the XENT stage has no steps (a start model trained elsewhere: its scores beside the end's)."""
     due = ["validation"] if run.cfg.eval.at_start else []
-    if run.schedule.xent_steps == 0 < run.total_steps and test_after_xent(run):
+    if run.schedule.xent_steps == 0 < run.total_steps and wants_test_after_xent(run):
         due.append("test_after_xent")
     return due
 
