@@ -237,6 +237,11 @@ def unpack_shipped(start: Path, xent: Path) -> None:
         shutil.copy2(start / "run" / name, xent / name)
     if (start / "run" / "tokenizer").is_dir():
         shutil.copytree(start / "run" / "tokenizer", xent / "tokenizer")
+    # best.json, which the shipped folder leaves out: the run's best evaluation on its best_metric
+    metric = load_recipe(xent / "recipe.yaml").eval.best_metric
+    rows = [json.loads(line) for line in (xent / "metrics.jsonl").read_text().splitlines() if f"eval/{metric}" in line]
+    value, earlier = max((r[f"eval/{metric}"], -r["step"]) for r in rows)  # (ties: the first, as training keeps)
+    (xent / "best" / "best.json").write_text(json.dumps({"step": -earlier, metric: value}))
 
 
 def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[str], seed_dir: Path) -> None:

@@ -130,7 +130,7 @@ def plot_curve(evals: list[tuple[int, float]], metric: str, path: Path) -> None:
 
 
 def card(name: str, cfg, command: str, found: Plateau, evals, scores, hours: float, machine: str,
-         files: dict[str, str]) -> str:
+         files: dict[str, str], fp32_scores: dict[str, float] | None = None) -> str:
     meta = card_metadata(cfg, True, scores, None)
     meta.tags = ["seqrl", "cross-entropy", "converged-start"]
     meta.model_name = name
@@ -158,7 +158,12 @@ def card(name: str, cfg, command: str, found: Plateau, evals, scores, hours: flo
     lines += ["", f"Plateau rule (the last third of the run, at least {MIN_EVALS} evaluations, no gain over the "
                   f"best before it above {TOLERANCE}): {'met' if found.met else '**not met**'}: {found.reason}.", "",
               "## Test scores (greedy)", "", "| metric | score |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in sorted(scores.items()) if not k.endswith("seconds")]
+    if fp32_scores is None:
+        lines += [f"| {k} | {v:.2f} |" for k, v in sorted(scores.items()) if not k.endswith("seconds")]
+    else:  # shipped in bf16: its scores, and the fp32 model's it was rounded from
+        lines[-2:] = ["| metric | shipped (bf16 weights) | fp32 before rounding |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.2f} | {fp32_scores[k]:.2f} |" for k, v in sorted(scores.items())
+                  if not k.endswith("seconds")]
     lines += ["", "## Files", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| {f} | `{h}` |" for f, h in sorted(files.items())]
     return "\n".join(lines) + "\n"
@@ -169,6 +174,17 @@ def this_machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return f"one core of a {os.cpu_count()}-core {cpu or platform.machine()} (OMP_NUM_THREADS=1)"
+
+
+def store_bf16(weights: Path) -> None:
+    """Rewrite a safetensors file with its float tensors in bfloat16 (loaded back as the recipe's
+    `model.dtype`, float32 by default: transformers casts on load)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}, weights,
+              metadata={"format": "pt"})
 
 
 def ship_last_checkpoint(run: Path, part: Path) -> None:
@@ -194,6 +210,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check-only", action="store_true", help="only check the plateau rule")
     p.add_argument("--ship-unmet", action="store_true",
                    help="ship a finished run that misses the plateau rule all the same; its card says so first")
+    p.add_argument("--bf16", action="store_true",
+                   help="store the shipped weights in bfloat16 (half the size) if no test score moves by more "
+                        "than --bf16-tolerance; the card gives both")
+    p.add_argument("--bf16-tolerance", type=float, default=0.2)
     p.add_argument("--with-checkpoint", action="store_true",
                    help="also ship the run's last checkpoint and curve under run/ (for the benchmark's arm A)")
     p.add_argument("--machine", default=None, help="where it trained (default: this machine, one core)")
@@ -229,13 +249,25 @@ def main(argv=None) -> int:
     shutil.copytree(run / "best", tmp, ignore=shutil.ignore_patterns("best.json", "README.md"))
     plot_curve(evals, metric, tmp / "curve.png")
     scores = test_scores(recipe, tmp, args.overrides, run / "predictions-test-best.jsonl")
+    fp32_scores = None
+    if args.bf16:  # half the size, if the scores hold
+        fp32_scores = scores
+        store_bf16(tmp / "model.safetensors")
+        scores = test_scores(recipe, tmp, args.overrides, run / "predictions-test-best-bf16.jsonl")
+        moved = {k: scores[k] - v for k, v in fp32_scores.items() if not k.endswith("seconds")}
+        print(f"bf16 - fp32 on test: {json.dumps({k: round(v, 3) for k, v in moved.items()})}")
+        if any(abs(v) > args.bf16_tolerance for v in moved.values()):
+            print(f"not shipped: a test score moved more than --bf16-tolerance {args.bf16_tolerance} in bf16; "
+                  "ship it in fp32 (leave --bf16 out)")
+            shutil.rmtree(tmp)
+            return 1
     if args.with_checkpoint:
         ship_last_checkpoint(run, tmp / RUN_PART)
     files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     command = (f"OMP_NUM_THREADS=1 taskset -c 0 seqrl finetune {recipe} --set run.resume=auto"
                + "".join(f" --set {o}" for o in args.overrides))
     (tmp / "README.md").write_text(card(name, cfg, command, found, evals, scores, compute_hours(rows),
-                                        args.machine or this_machine(), files), encoding="utf-8")
+                                        args.machine or this_machine(), files, fp32_scores), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20

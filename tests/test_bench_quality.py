@@ -241,6 +241,8 @@ def test_arms_from_a_converged_start(tiny_bench_recipe, tmp_path, capsys):
             load_file(start / folder / "model.safetensors").keys()
         assert all(torch.equal(a, load_file(start / folder / "model.safetensors")[k])
                    for k, a in load_file(seed1 / "xent" / folder / "model.safetensors").items())
+    assert json.loads((seed1 / "xent" / "best" / "best.json").read_text()) == \
+        json.loads((start / "best" / "best.json").read_text())  # (the shipped folder leaves it out)
     assert json.loads((seed1 / "A" / "branch.json").read_text())["step"] == 4
     rows = [m for m in map(json.loads, (seed1 / "A" / "metrics.jsonl").open()) if "lr" in m]
     assert [m["lr"] for m in rows if m["step"] <= 4] == rates_before  # the shipped curve, carried on

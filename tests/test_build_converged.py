@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import make_tiny_recipe
+from safetensors.torch import load_file
 
 from seqrl.cli import main as seqrl_main
 
@@ -67,6 +69,16 @@ def test_a_finished_run_ships_as_a_converged_start(toy_data_dir, tmp_path, monke
     assert "![validation curve](curve.png)" in card and not (shipped / "best.json").exists()
     assert json.loads((shipped / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 6
     assert "arm A of `scripts/bench_quality.py --start` continues it" in card
+    # In bf16 only if the test scores hold: the card gives both; the weights are half the size.
+    base = ["--recipe", str(path), "--out", str(tmp_path / "starts"), "--machine", "a test", "--bf16"]
+    assert bc.main([*base, "--name", "strict", "--bf16-tolerance", "-1"]) == 1
+    assert not (tmp_path / "starts" / "strict").exists()
+    assert bc.main([*base, "--name", "half", "--bf16-tolerance", "1000"]) == 0
+    half = tmp_path / "starts" / "half"
+    assert {t.dtype for t in load_file(half / "model.safetensors").values()} == {torch.bfloat16}
+    assert "| metric | shipped (bf16 weights) | fp32 before rounding |" in (half / "README.md").read_text()
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (shipped / "model.safetensors").stat().st_size
+
     # A finished run that misses the rule ships only when asked, and its card says so first.
     monkeypatch.setattr(bc, "TOLERANCE", -1000.0)
     unmet = ["--recipe", str(path), "--name", "unmet", "--out", str(tmp_path / "starts"), "--machine", "a test"]
