@@ -217,9 +217,9 @@ def adopt_start(start: Path, xent: Path) -> None:
 
 
 def unpack_shipped(start: Path, xent: Path) -> None:
-    """The run a shipped start came from, as far as the arms need it: best/ (the shipped model),
-    the last checkpoint, final/ (that checkpoint's weights with the model's files), the curve and
-    the trained tokenizer."""
+    """The run a shipped start came from, as far as the arms need it: best/ (the shipped model and
+    its best.json), the last checkpoint, final/ (that checkpoint's weights with the model's files),
+    the curve and the trained tokenizer."""
     model_files = [p for p in start.iterdir() if p.is_file() and p.name not in ("README.md", "curve.png")]
     step = json.loads((start / "run" / "checkpoint" / STATE_FILE).read_text())["step"]
     for folder in ("best", "final"):
@@ -235,13 +235,9 @@ def unpack_shipped(start: Path, xent: Path) -> None:
     shutil.copytree(start / "run" / "checkpoint", xent / CHECKPOINT_DIR / f"step-{step:08d}")
     for name in ("metrics.jsonl", "recipe.yaml"):
         shutil.copy2(start / "run" / name, xent / name)
+    shutil.copy2(start / "run" / "best.json", xent / "best" / "best.json")
     if (start / "run" / "tokenizer").is_dir():
         shutil.copytree(start / "run" / "tokenizer", xent / "tokenizer")
-    # best.json, which the shipped folder leaves out: the run's best evaluation on its best_metric
-    metric = load_recipe(xent / "recipe.yaml").eval.best_metric
-    rows = [json.loads(line) for line in (xent / "metrics.jsonl").read_text().splitlines() if f"eval/{metric}" in line]
-    value, earlier = max((r[f"eval/{metric}"], -r["step"]) for r in rows)  # (ties: the first, as training keeps)
-    (xent / "best" / "best.json").write_text(json.dumps({"step": -earlier, metric: value}))
 
 
 def arm_piece(args, recipe: str, metric: str, seed: int, name: str, extra: list[str], seed_dir: Path) -> None:

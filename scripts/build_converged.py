@@ -50,6 +50,7 @@ class Plateau:
     best_before: float | None  # the best evaluation up to two thirds of the run
     best_last_third: float | None
     evals_last_third: int
+    finished: bool = True  # the run reached its last scheduled step
 
 
 def plateau(evals: list[tuple[int, float]], total_steps: int, min_evals: int = MIN_EVALS,
@@ -62,7 +63,7 @@ def plateau(evals: list[tuple[int, float]], total_steps: int, min_evals: int = M
     if not evals or max(s for s, _ in evals) < total_steps:
         reached = max((s for s, _ in evals), default=0)
         return Plateau(False, f"not finished: last evaluation at step {reached} of {total_steps}",
-                       best_before, best_last, len(last))
+                       best_before, best_last, len(last), finished=False)
     if len(last) < min_evals or best_before is None:
         return Plateau(False, f"{len(last)} evaluations in the last third (at least {min_evals} needed)",
                        best_before, best_last, len(last))
@@ -188,14 +189,15 @@ def store_bf16(weights: Path) -> None:
 
 
 def ship_last_checkpoint(run: Path, part: Path) -> None:
-    """The run's last checkpoint (weights, Adam moments, data position), its curve, recipe and
-    trained tokenizer, under `run/`: what `scripts/bench_quality.py --start` needs for arm A,
+    """The run's last checkpoint (weights, Adam moments, data position), its curve, recipe,
+    best.json and trained tokenizer, under `run/`: what `scripts/bench_quality.py --start` needs for arm A,
     which continues the run."""
     last = list_checkpoints(run)[-1]
     part.mkdir()
     shutil.copytree(last, part / "checkpoint")
     shutil.copy2(run / "metrics.jsonl", part / "metrics.jsonl")
     shutil.copy2(run / "recipe.yaml", part / "recipe.yaml")
+    shutil.copy2(run / "best" / "best.json", part / "best.json")  # (the shipped model's step and score)
     if (run / "tokenizer").is_dir():  # a tokenizer the run trained: its checkpoints are read with it
         shutil.copytree(run / "tokenizer", part / "tokenizer")
 
@@ -238,8 +240,7 @@ def main(argv=None) -> int:
     evals = sorted((r["step"], r[f"eval/{metric}"]) for r in rows if f"eval/{metric}" in r)
     found = plateau(evals, cfg.schedule.xent_steps, MIN_EVALS, TOLERANCE)
     print(f"{run}: {found.reason}")
-    finished = bool(evals) and max(s for s, _ in evals) >= cfg.schedule.xent_steps
-    if not found.met and not (args.ship_unmet and finished):
+    if not found.met and not (args.ship_unmet and found.finished):
         return 1
     if args.check_only:
         return 0

@@ -58,7 +58,7 @@ def test_a_finished_run_ships_as_a_converged_start(toy_data_dir, tmp_path, monke
     assert "shipped: " in capsys.readouterr().out
     card = (shipped / "README.md").read_text()
     for name in ("model.safetensors", "config.json", "tokenizer.json", "curve.png", "run/checkpoint/optimizer.bin",
-                 "run/metrics.jsonl", "run/tokenizer/tokenizer.json"):
+                 "run/metrics.jsonl", "run/best.json", "run/tokenizer/tokenizer.json"):
         digest = hashlib.sha256((shipped / name).read_bytes()).hexdigest()
         assert f"| {name} | `{digest}` |" in card
     best = tmp_path / "run" / "best"
